@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically (temp file, fsync, rename), read only with
+``torch.load(weights_only=True)`` or safetensors, never an unrestricted unpickle."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specc.errors import CheckpointError
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to `path` so that a crash at any moment leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load a checkpoint or plain state_dict; clear errors for missing, truncated, corrupt
+    or unsafe files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return {"model": load_file(str(path))}
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read {path}: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects that could run code when unpickled "
+            f"({str(exc).splitlines()[0][:200]})",
+            hint="specc loads only tensors and plain containers; re-save the weights as a "
+            "state_dict or .safetensors",
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})",
+            hint="use the previous good checkpoint (e.g. best.pt) or start without --resume",
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")
+    if "model" in obj and isinstance(obj["model"], dict):
+        return obj
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"model": obj}
+    raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")

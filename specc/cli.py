@@ -1,0 +1,251 @@
+"""The `specc` command: a thin layer over the Python API.
+
+Every user mistake ends as a rendered SpecError on stderr and exit code 2, never a
+traceback. torch is imported only inside the commands that need it, so `specc --help` and
+`specc --version` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specc import __version__
+from specc.errors import EXIT_USER_ERROR, SpecError, UsageError
+
+app = typer.Typer(
+    name="specc",
+    help=(
+        "Compile and run declarative PyTorch model specs.\n\n"
+        "Write a model (layers and a forward dataflow), its data, loss, optimizer and "
+        "training in a .spec file; specc shape-checks it before anything runs, builds it "
+        "as an nn.Module, trains it, or writes it out as plain PyTorch source.\n\n"
+        "Start with: specc check specs/cifar_net.spec"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+SpecPath = Annotated[Path, typer.Argument(help="The .spec file.", show_default=False)]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
+    typer.Option("--model", "-m", help="Model to use (default: the train block's, else the "
+                 "last one defined)."),
+]  # fmt: skip
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"specc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _parse_inputs(values: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for v in values:
+        name, sep, dims = v.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise UsageError(f"--input expects NAME=D1,D2,..., e.g. x=3,224,224; got {v!r}") \
+                from None
+    return out
+
+
+@app.command()
+def check(
+    spec: SpecPath,
+    model: ModelOpt = None,
+    input: Annotated[  # noqa: A002 - the flag users type
+        list[str],
+        typer.Option("--input", "-i", help="Concrete input shape, e.g. x=3,224,224 (per "
+                     "sample, no batch dimension). Repeat for several inputs."),
+    ] = [],  # noqa: B006 - typer reads defaults, never mutates them
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Validate a spec and print each model's layers, output shapes and parameter counts."""
+    from rich.console import Console
+
+    from specc.loader import load
+    from specc.report import model_table
+    from specc.shapes import check_model, standalone
+
+    program = load(spec, plugins=not no_plugins)
+    inputs = _parse_inputs(input)
+    console = Console(width=max(Console().width, 100))
+    if model or inputs:
+        targets = [model]
+    else:
+        root = program.sources[0].path
+        targets = [m.name for m in program.models if m.file == root and standalone(m)]
+        generic = [m.name for m in program.models if m.file == root and not standalone(m)]
+        if not targets:
+            targets = [None]
+            generic = []
+    for name in targets:
+        inst = check_model(program, name, inputs=inputs)
+        frozen = _frozen_counts(program, inst)
+        console.print(model_table(inst, frozen))
+    if not (model or inputs):
+        for g in generic:
+            console.print(f"{g}: generic (parameters or sizes bound at each use); checked "
+                          "through the models that use it")  # fmt: skip
+    console.print("ok")
+
+
+def _frozen_counts(program, inst) -> dict[str, int] | None:
+    try:
+        from specc.finetune import frozen_counts
+    except ImportError:
+        return None
+    return frozen_counts(program, inst)
+
+
+@app.command("ir")
+def ir_cmd(
+    spec: SpecPath,
+    checked: Annotated[bool, typer.Option("--checked", help="Print the shape-checked "
+                       "instance of a model instead of the program.")] = False,  # fmt: skip
+    model: ModelOpt = None,
+) -> None:
+    """Print the spec's IR as JSON (it round-trips: the JSON loads back unchanged)."""
+    from specc.loader import load
+
+    program = load(spec)
+    if checked:
+        from specc.shapes import check_model
+
+        typer.echo(check_model(program, model).model_dump_json(indent=2))
+    else:
+        typer.echo(program.model_dump_json(indent=2))
+
+
+@app.command("compile")
+def compile_cmd(
+    spec: SpecPath,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here "  # noqa: UP045
+                      "instead of stdout.")] = None,  # fmt: skip
+    model: ModelOpt = None,
+    train: Annotated[bool, typer.Option("--train", help="Also emit the data pipeline and a "
+                     "training loop under `if __name__ == \"__main__\":`.")] = False,  # fmt: skip
+) -> None:
+    """Write the spec as readable standalone PyTorch source."""
+    from specc.codegen import generate
+    from specc.loader import load
+
+    source = generate(load(spec), model=model, train=train)
+    if output is None:
+        typer.echo(source, nl=False)
+    else:
+        _write_text(output, source)
+        typer.echo(f"wrote {output}", err=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+@app.command()
+def run(
+    spec: SpecPath,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", "-s", help="Override a spec value, e.g. --set epochs=5 "
+                     "--set optimizer.lr=0.01 (repeatable)."),
+    ] = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from runs/<name>/last.pt.")]
+    = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: the "  # noqa: UP045
+                    "spec file's stem); outputs go to runs/<name>/.")] = None,  # fmt: skip
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")]
+    = Path("runs"),
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Train and evaluate the spec's `train` block."""
+    from specc.loader import load
+    from specc.run import run as run_training
+
+    program = load(spec, plugins=not no_plugins)
+    run_training(program, overrides=set_, resume=resume, name=name or spec.stem,
+                 runs_dir=runs_dir)  # fmt: skip
+
+
+@app.command("eval")
+def eval_cmd(
+    spec: SpecPath,
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint to evaluate.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")]
+    = [],  # noqa: B006
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Evaluate a checkpoint on the spec's test data."""
+    from specc.loader import load
+    from specc.run import evaluate_checkpoint
+
+    program = load(spec, plugins=not no_plugins)
+    evaluate_checkpoint(program, ckpt, overrides=set_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app, turning user errors into exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SpecError as err:
+        print(err.render(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except typer.Abort:
+        return 130
+    except typer.TyperException as e:  # bad flags, missing arguments
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:  # a specc bug: say so briefly; SPECC_DEBUG=1 shows the traceback
+        import os
+        import traceback
+
+        if os.environ.get("SPECC_DEBUG"):
+            traceback.print_exc()
+        else:
+            print(f"internal error: {type(e).__name__}: {e}\n(this is a bug in specc; "
+                  "rerun with SPECC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 70
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The IR: frozen Pydantic models, the single source of truth for every later stage.
+
+Two layers live here:
+
+* the *program* (``Program``): models, data and train blocks as written, with forward
+  bodies lowered to SSA-like ``FNode`` lists. Names are still unresolved strings.
+* the *checked instance* (``ModelInstance``): one concrete use of a model after name
+  resolution and shape inference, with every ``_`` filled in, every constructor argument a
+  literal, and every forward value's shape known. The builder and the code generator both
+  consume this, which is why they agree.
+
+Every node carries a ``Span``. ``Program.model_dump_json()`` round-trips losslessly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Span(Node):
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+# ---- expressions ----------------------------------------------------------------------
+# A small expression language shared by layer arguments, data/train fields and forward.
+
+
+class Const(Node):
+    kind: Literal["const"] = "const"
+    value: int | float | str | bool | None
+    span: Span | None = None
+
+
+class Name(Node):
+    kind: Literal["name"] = "name"
+    id: str
+    span: Span | None = None
+
+
+class Hole(Node):
+    """`_`: an argument the incoming shape determines; `id` is unique within its model."""
+
+    kind: Literal["hole"] = "hole"
+    id: int
+    span: Span | None = None
+
+
+class Ellipsis_(Node):
+    kind: Literal["ellipsis"] = "ellipsis"
+    span: Span | None = None
+
+
+class ListExpr(Node):
+    kind: Literal["list"] = "list"
+    items: list[Expr]
+    span: Span | None = None
+
+
+class TupleExpr(Node):
+    kind: Literal["tuple"] = "tuple"
+    items: list[Expr]
+    span: Span | None = None
+
+
+class SliceExpr(Node):
+    kind: Literal["slice"] = "slice"
+    start: Expr | None = None
+    stop: Expr | None = None
+    step: Expr | None = None
+    span: Span | None = None
+
+
+BinOpName = Literal["add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"]
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: BinOpName
+    left: Expr
+    right: Expr
+    span: Span | None = None
+
+
+class Neg(Node):
+    kind: Literal["neg"] = "neg"
+    operand: Expr
+    span: Span | None = None
+
+
+class Call(Node):
+    kind: Literal["call"] = "call"
+    func: str
+    args: list[Expr] = []
+    kwargs: dict[str, Expr] = {}
+    span: Span | None = None
+    # Span of the callee name alone, for "unknown name" carets.
+    func_span: Span | None = None
+
+
+class Ref(Node):
+    """A forward value: the output of SSA node `node` (element `index` if it is unpacked)."""
+
+    kind: Literal["ref"] = "ref"
+    node: str
+    index: int | None = None
+    span: Span | None = None
+
+
+Expr = Annotated[
+    Union[Const, Name, Hole, Ellipsis_, ListExpr, TupleExpr, SliceExpr, BinOp, Neg, Call, Ref],
+    Field(discriminator="kind"),
+]
+
+
+# ---- forward graph --------------------------------------------------------------------
+
+FOp = Literal[
+    "input",  # a forward argument
+    "call",  # before resolution: a call of a name (layer or function)
+    "layer",  # a declared layer: target is its attribute name
+    "function",  # a torch function: target is its qualified name, e.g. torch.nn.functional.relu
+    "method",  # a tensor method: args[0] is the receiver
+    "operator",  # + - * / // % @ ** and unary -; target is the operator name
+    "getitem",  # indexing/slicing; args = [value, index]
+    "attribute",  # x.shape, x.T, ...
+    "alias",  # `y = x`: a new name for an existing value
+    "output",  # the return statement; args are the returned values
+]
+
+
+class FNode(Node):
+    name: str  # unique SSA name
+    op: FOp
+    target: str = ""
+    args: list[Expr] = []
+    kwargs: dict[str, Expr] = {}
+    # The spec variables this node's value is assigned to (several: tuple unpacking).
+    vars: list[str] = []
+    span: Span
+
+
+class Dim(Node):
+    """A dimension of a declared input shape: a size, or a name bound at each use."""
+
+    value: int | str
+    span: Span
+
+
+class Input(Node):
+    name: str
+    shape: list[Dim]
+    dtype: str | None = None
+    span: Span
+
+
+class Forward(Node):
+    inputs: list[Input]
+    nodes: list[FNode]
+    span: Span
+
+
+# ---- models ---------------------------------------------------------------------------
+
+
+class Param(Node):
+    name: str
+    type: str | None = None
+    default: Expr | None = None
+    span: Span
+
+
+class Layer(Node):
+    name: str
+    ctor: Expr  # usually a Call; `repeat(n, X)` and `Sequential(...)` included
+    span: Span
+    anonymous: bool = False  # unnamed entry of a `sequential` model
+
+
+class ModelDef(Node):
+    name: str
+    kind: Literal["model", "sequential"] = "model"
+    params: list[Param] = []
+    layers: list[Layer] = []
+    forward: Forward | None = None
+    span: Span
+    file: str
+
+
+# ---- data and training ----------------------------------------------------------------
+
+
+class FieldDef(Node):
+    key: str
+    value: Expr
+    span: Span
+
+
+class DataDef(Node):
+    name: str
+    fields: list[FieldDef]
+    span: Span
+
+
+class InitStmt(Node):
+    target: str | None  # sub-module path, or None for the whole model
+    path: str
+    options: dict[str, Expr] = {}
+    span: Span
+
+
+class FreezeStmt(Node):
+    patterns: list[str]
+    span: Span
+
+
+class TrainDef(Node):
+    name: str | None = None
+    fields: list[FieldDef] = []
+    inits: list[InitStmt] = []
+    freezes: list[FreezeStmt] = []
+    span: Span
+
+
+class ImportStmt(Node):
+    path: str
+    span: Span
+
+
+class PluginStmt(Node):
+    target: str
+    span: Span
+
+
+class SourceFile(Node):
+    path: str
+    text: str
+    sha256: str
+
+
+class Program(Node):
+    """A whole spec, with the files it imported."""
+
+    sources: list[SourceFile]
+    imports: list[ImportStmt] = []
+    plugins: list[PluginStmt] = []
+    models: list[ModelDef] = []
+    data: list[DataDef] = []
+    trains: list[TrainDef] = []
+
+    def model(self, name: str) -> ModelDef | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+# ---- checked instances (output of the shape pass) -------------------------------------
+
+
+class TensorType(Node):
+    """A per-sample tensor type as the checker saw it; `batched` = leading batch dim."""
+
+    shape: list[int]
+    dtype: str
+    batched: bool = True
+
+
+class Value(Node):
+    """What a forward value is at check time: a tensor, or a nested tuple/list of them, or a
+    plain Python constant (e.g. from `x.shape[1]`)."""
+
+    kind: Literal["tensor", "tuple", "const"]
+    tensor: TensorType | None = None
+    items: list[Value] = []
+    const: Any = None
+
+
+class TorchCtor(Node):
+    """A torch.nn (or plugin) class called with literal arguments."""
+
+    kind: Literal["torch"] = "torch"
+    cls: str  # qualified, e.g. torch.nn.Conv2d or plugin:custom.CustomConv2d
+    args: list[Expr] = []
+    kwargs: dict[str, Expr] = {}
+    span: Span | None = None
+
+
+class SequentialCtor(Node):
+    kind: Literal["sequential"] = "sequential"
+    items: list[Ctor]
+    names: list[str] | None = None  # named entries (an OrderedDict) or positional
+    cls_name: str | None = None  # set for a `sequential` model definition
+    span: Span | None = None
+
+
+class RepeatCtor(Node):
+    """`repeat(n, X)`: n independent instances of X applied in order. `items` are the
+    distinct leading instances; the rest equal the last one (shapes reached a fixed point)."""
+
+    kind: Literal["repeat"] = "repeat"
+    count: int
+    items: list[Ctor]
+    span: Span | None = None
+
+
+class ModelCtor(Node):
+    kind: Literal["model"] = "model"
+    instance: ModelInstance
+    span: Span | None = None
+
+
+Ctor = Annotated[
+    Union[TorchCtor, SequentialCtor, RepeatCtor, ModelCtor], Field(discriminator="kind")
+]
+
+
+class LayerInstance(Node):
+    name: str
+    ctor: Ctor
+    type_name: str  # what `check` shows: Conv2d, Sequential, Residual x3, ...
+    out: Value | None = None  # output at its first call; None if never called
+    params: int
+    trainable: int
+    span: Span
+
+
+class ModelInstance(Node):
+    model: str
+    file: str
+    args: dict[str, Expr]  # bound model parameters, as literals
+    inputs: list[tuple[str, TensorType]]
+    layers: list[LayerInstance]
+    nodes: list[FNode]  # forward with names folded to literals (what the builder runs)
+    values: dict[str, Value]  # SSA node name -> value
+    outputs: list[Value]
+    holes: dict[int, Expr]  # hole id -> literal it resolved to
+    params: int
+    trainable: int
+
+
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, BaseModel) and _cls is not BaseModel:
+        _cls.model_rebuild()

@@ -1,0 +1,118 @@
+"""Reads a spec (and the specs it imports) into one validated ``Program``.
+
+This is the front half of the pipeline: text -> parse -> transform -> passes. It never
+imports torch unless a pass needs the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from specc import ir
+from specc.errors import Location, SpecError, SpecNameError, UsageError
+from specc.parse import parse
+from specc.transform import transform
+
+
+def _is_path(source: Any) -> bool:
+    if isinstance(source, Path):
+        return True
+    return isinstance(source, str) and "\n" not in source and source.strip().endswith(".spec")
+
+
+def _loc(span: ir.Span) -> Location:
+    return Location(span.file, span.line, span.column, span.end_line, span.end_column)
+
+
+def _read(path: Path, display: str) -> str:
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"spec file not found: {display}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{display} is a directory, not a spec file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {display}: {exc.strerror}") from None
+
+
+def load(source: Any, *, plugins: bool = True) -> ir.Program:
+    """Load a spec path or text into a Program, following `import` statements."""
+    if isinstance(source, ir.Program):
+        return source
+    if _is_path(source):
+        path = Path(source)
+        display = str(source)
+        text = _read(path, display)
+        base = path.resolve().parent
+    elif isinstance(source, str):
+        text, display, base, path = source, "<spec>", Path.cwd(), None
+    else:
+        raise UsageError(f"expected a spec path or spec text, got {type(source).__name__}")
+
+    files: dict[str, str] = {}
+    parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [],
+                              "plugins": []}  # fmt: skip
+    sources: list[ir.SourceFile] = []
+    origin: dict[str, str] = {}  # model name -> file that defined it
+
+    def visit(text: str, display: str, base: Path, real: Path | None, stack: list[str]) -> None:
+        files[display] = text
+        tree = parse(text, display)
+        got = transform(tree, display, text)
+        sources.append(ir.SourceFile(path=display, text=text,
+                                     sha256=hashlib.sha256(text.encode()).hexdigest()))  # fmt: skip
+        for imp in got["imports"]:
+            target = (base / imp.path).resolve()
+            shown = _display_path(target)
+            key = str(target)
+            if key in stack:
+                chain = " -> ".join([*map(_display_path, map(Path, stack)), shown])
+                raise SpecNameError(f"import cycle: {chain}", _loc(imp.span),
+                                    hint="remove one of the imports in the cycle")  # fmt: skip
+            if any(s.path == shown for s in sources):
+                continue  # imported twice (diamond): once is enough
+            if not target.is_file():
+                raise SpecNameError(f"imported spec not found: {imp.path} (looked at {shown})",
+                                    _loc(imp.span))  # fmt: skip
+            visit(_read(target, shown), shown, target.parent, target, [*stack, key])
+        for m in got["models"]:
+            if m.name in origin:
+                first = origin[m.name]
+                raise SpecNameError(
+                    f"model `{m.name}` is defined in both {first} and {m.file}",
+                    _loc(m.span), hint="rename one of them",
+                )
+            origin[m.name] = m.file
+        for key, items in got.items():
+            parts[key].extend(items)
+
+    try:
+        root = str(path.resolve()) if path is not None else "<spec>"
+        visit(text, display, base, path, [root])
+        if not plugins and parts["plugins"]:
+            p = parts["plugins"][0]
+            raise SpecError(
+                f"plugin {p.target!r} refused: plugins are disabled (--no-plugins)",
+                _loc(p.span), hint="plugins run Python code; drop --no-plugins to allow it",
+            )
+        program = ir.Program(sources=sources, **parts)
+        from specc.passes import run_passes
+
+        return run_passes(program)
+    except SpecError as err:
+        raise err.with_source(files) from None
+
+
+def _display_path(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def source_texts(program: ir.Program) -> dict[str, str]:
+    return {s.path: s.text for s in program.sources}

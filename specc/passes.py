@@ -1,0 +1,167 @@
+"""Stage 3a: IR -> IR passes that need no shapes. Each is a plain function; `PASSES` runs
+in order. Errors are collected (up to a cap) so one run reports several mistakes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from specc import ir
+from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
+from specc.values import PARAM_TYPES, loc
+
+MAX_ERRORS = 20
+_LITERALS = ("True", "False", "None")
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[SpecError] = []
+
+    def add(self, err: SpecError) -> None:
+        if len(self.items) < MAX_ERRORS:
+            self.items.append(err)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            first, *rest = self.items
+            first.more = rest
+            raise first
+
+
+def _registry(program: ir.Program):
+    from specc.plugins import load_plugins
+    from specc.registry import Registry
+
+    return Registry({m.name for m in program.models}, load_plugins(program))
+
+
+def check_param_types(program: ir.Program) -> ir.Program:
+    errors = _Errors()
+    for m in program.models:
+        for p in m.params:
+            if p.type is not None and p.type not in PARAM_TYPES:
+                errors.add(SpecTypeError(
+                    f"unknown parameter type `{p.type}`", loc(p.span),
+                    hint=did_you_mean(p.type, PARAM_TYPES) or f"use one of {', '.join(PARAM_TYPES)}",
+                ))  # fmt: skip
+    errors.raise_if_any()
+    return program
+
+
+def resolve_names(program: ir.Program) -> ir.Program:
+    """Classify forward calls as layer or function calls and check every name exists."""
+    reg = _registry(program)
+    errors = _Errors()
+    models = []
+    for m in program.models:
+        params = {p.name for p in m.params}
+        layer_names = {layer.name for layer in m.layers}
+        for layer in m.layers:
+            _check_ctor(layer.ctor, reg, params, errors)
+        if m.forward is None:
+            errors.add(SpecTypeError(f"model `{m.name}` has no forward block", loc(m.span),
+                                     hint="add `forward(x: [...]) { ... return ... }`"))  # fmt: skip
+            models.append(m)
+            continue
+        dims = {d.value for i in m.forward.inputs for d in i.shape if isinstance(d.value, str)}
+        nodes = []
+        for n in m.forward.nodes:
+            if n.op == "call":
+                if n.target in layer_names:
+                    n = n.model_copy(update={"op": "layer"})
+                elif (fn := reg.function(n.target)) is not None:
+                    n = n.model_copy(update={"op": "function", "target": fn[0]})
+                else:
+                    hint = did_you_mean(n.target, [*layer_names, *reg.function_names()])
+                    if hint is None and reg.layer(n.target) is not None:
+                        hint = (f"`{n.target}` is a layer type: declare it first "
+                                f"(`name = {n.target}(...)`) and call it by name")  # fmt: skip
+                    errors.add(SpecNameError(
+                        f"unknown layer or function `{n.target}`", loc(n.span), hint=hint))
+            elif n.op == "method":
+                from specc.registry import tensor_methods
+
+                if n.target not in tensor_methods():
+                    errors.add(SpecNameError(
+                        f"tensors have no method `{n.target}`", loc(n.span),
+                        hint=did_you_mean(n.target, tensor_methods())))  # fmt: skip
+            for arg in [*n.args, *n.kwargs.values()]:
+                _check_forward_expr(arg, params | dims, layer_names, errors)
+            nodes.append(n)
+        fwd = m.forward.model_copy(update={"nodes": nodes})
+        models.append(m.model_copy(update={"forward": fwd}))
+    errors.raise_if_any()
+    return program.model_copy(update={"models": models})
+
+
+def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
+    if isinstance(e, ir.Call):
+        if e.func.startswith((".", "@", "[]")):
+            errors.add(SpecTypeError("a layer must be a constructor call like `Linear(64, 10)`",
+                                     loc(e.span)))  # fmt: skip
+            return
+        if reg.layer(e.func) is None:
+            errors.add(SpecNameError(
+                f"unknown layer type `{e.func}`", loc(e.func_span or e.span),
+                hint=did_you_mean(e.func, reg.layer_names()),
+            ))
+        inner_ctor = e.func in ("Sequential",)
+        for i, a in enumerate(e.args):
+            if inner_ctor or (e.func == "repeat" and i == 1):
+                _check_ctor(a, reg, params, errors)
+            else:
+                _check_value(a, params, errors)
+        for v in e.kwargs.values():
+            _check_value(v, params, errors)
+    elif isinstance(e, ir.Name) and e.id in params:
+        return
+    else:
+        errors.add(SpecTypeError("a layer must be a constructor call like `Linear(64, 10)`",
+                                 loc(getattr(e, "span", None))))  # fmt: skip
+
+
+def _check_value(e: ir.Expr, params: set[str], errors: _Errors) -> None:
+    if isinstance(e, ir.Name):
+        if e.id not in params:
+            errors.add(SpecNameError(f"unknown name `{e.id}`", loc(e.span),
+                                     hint=did_you_mean(e.id, [*params, *_LITERALS])))  # fmt: skip
+    elif isinstance(e, ir.Call):
+        errors.add(SpecTypeError(
+            "a call is not allowed in a layer argument", loc(e.span),
+            hint="layer arguments are constants, model parameters and arithmetic"))
+    for child in _children(e):
+        _check_value(child, params, errors)
+
+
+def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _Errors) -> None:
+    if isinstance(e, ir.Name):
+        if e.id in layers:
+            errors.add(SpecTypeError(f"layer `{e.id}` must be called: `{e.id}(x)`", loc(e.span)))
+        elif e.id not in names:
+            errors.add(SpecNameError(f"unknown name `{e.id}`", loc(e.span),
+                                     hint=did_you_mean(e.id, [*names, *layers, *_LITERALS])))  # fmt: skip
+    elif isinstance(e, ir.Hole):
+        errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
+    for child in _children(e):
+        _check_forward_expr(child, names, layers, errors)
+
+
+def _children(e: ir.Expr) -> list[ir.Expr]:
+    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+        return list(e.items)
+    if isinstance(e, ir.BinOp):
+        return [e.left, e.right]
+    if isinstance(e, ir.Neg):
+        return [e.operand]
+    if isinstance(e, ir.SliceExpr):
+        return [p for p in (e.start, e.stop, e.step) if p is not None]
+    return []
+
+
+PASSES: tuple[Callable[[ir.Program], ir.Program], ...] = (check_param_types, resolve_names)
+
+
+def run_passes(program: ir.Program) -> ir.Program:
+    for p in PASSES:
+        program = p(program)
+    return program

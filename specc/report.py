@@ -1,0 +1,68 @@
+"""What `specc check` prints: a table per checked model (rich, plain when not a TTY)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from specc import ir
+from specc.values import literal
+
+
+def _lit(e: ir.Expr) -> str:
+    return repr(literal(e))
+
+
+def ctor_text(c: Any) -> str:
+    if isinstance(c, ir.TorchCtor):
+        parts = [*map(_lit, c.args), *(f"{k}={_lit(v)}" for k, v in c.kwargs.items())]
+        return f"{c.cls.rsplit('.', 1)[-1]}({', '.join(parts)})"
+    if isinstance(c, ir.SequentialCtor):
+        inner = ", ".join(ctor_text(i) for i in c.items[:3])
+        more = ", ..." if len(c.items) > 3 else ""
+        return f"Sequential({inner}{more})"
+    if isinstance(c, ir.RepeatCtor):
+        return f"repeat({c.count}, {ctor_text(c.items[0])})"
+    if isinstance(c, ir.ModelCtor):
+        args = ", ".join(f"{k}={_lit(v)}" for k, v in c.instance.args.items())
+        return f"{c.instance.model}({args})"
+    return "?"
+
+
+def shape_of(v: ir.Value | None) -> str:
+    from specc.shapes import value_text
+
+    return "-" if v is None else value_text(v)
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def model_table(inst: ir.ModelInstance, frozen: dict[str, int] | None = None) -> Table:
+    ins = ", ".join(f"{n}: {shape_of(ir.Value(kind='tensor', tensor=t))}" for n, t in inst.inputs)
+    table = Table(title=f"{inst.model}  ({ins})", title_justify="left", show_lines=False)
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape")
+    table.add_column("params", justify="right")
+    for layer in inst.layers:
+        table.add_row(layer.name, ctor_text(layer.ctor), shape_of(layer.out), _fmt(layer.params))
+    outs = ", ".join(shape_of(v) for v in inst.outputs)
+    table.add_section()
+    table.add_row("output", "", outs, "")
+    frozen_count = sum((frozen or {}).values())
+    table.add_row("total", "", "", _fmt(inst.params))
+    if frozen is not None:
+        table.add_row("trainable", "", "", _fmt(inst.params - frozen_count))
+        table.add_row("frozen", "", "", _fmt(frozen_count))
+    return table
+
+
+def print_tables(console: Console, tables: list[Table], notes: list[str]) -> None:
+    for t in tables:
+        console.print(t)
+    for n in notes:
+        console.print(n)

@@ -1,0 +1,635 @@
+"""Stage 5: the runner. Trains and evaluates a spec's `train` block.
+
+Fast path: when the data's transforms are deterministic and the dataset fits in memory,
+transforms run once and batches are sliced from one tensor on the training device (no
+DataLoader, no per-sample Python). Otherwise a DataLoader. Checkpoints hold everything
+needed to resume bit-for-bit on CPU: model, optimizer, scheduler, scaler, RNG states,
+and the position in the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from specc import ir
+from specc.config import CallSpec, DataConfig, TrainConfig, apply_overrides, train_config
+from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
+from specc.errors import did_you_mean as _dym
+from specc.values import loc
+
+# ---- construction ---------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}", hint="use auto, cpu, cuda or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device = \"cuda\" but no CUDA GPU is available here")
+    return dev
+
+
+def build_model(program: ir.Program, cfg: TrainConfig) -> nn.Module:
+    from specc.builder import build_module
+    from specc.plugins import load_plugins
+    from specc.shapes import check_model
+
+    spec = cfg.model
+    mdef = program.model(spec.name)
+    if mdef is None:
+        raise SpecTypeError(f"no model named `{spec.name}`", loc(spec.span),
+                            hint=_dym(spec.name, [m.name for m in program.models]))  # fmt: skip
+    names = [p.name for p in mdef.params]
+    args = dict(zip(names, spec.args)) | spec.kwargs
+    inst = check_model(program, spec.name, args=args)
+    return build_module(inst, load_plugins(program))
+
+
+def _ctor(namespace: Any, spec: CallSpec, what: str, *extra: Any, **more: Any) -> Any:
+    cls = getattr(namespace, spec.name, None)
+    if not isinstance(cls, type):
+        public = [n for n in dir(namespace) if not n.startswith("_")]
+        raise SpecTypeError(f"unknown {what} `{spec.name}`", loc(spec.span),
+                            hint=_dym(spec.name, public))  # fmt: skip
+    try:
+        return cls(*extra, *spec.args, **(spec.kwargs | more))
+    except (TypeError, ValueError) as exc:
+        raise SpecTypeError(f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}",
+                            loc(spec.span)) from None  # fmt: skip
+
+
+def build_loss(spec: CallSpec) -> nn.Module:
+    cls = getattr(nn, spec.name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        losses = [n for n in dir(nn) if n.endswith("Loss")]
+        raise SpecTypeError(f"unknown loss `{spec.name}`", loc(spec.span),
+                            hint=_dym(spec.name, losses))  # fmt: skip
+    return _ctor(nn, spec, "loss")
+
+
+def build_optimizer(spec: CallSpec, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SpecTypeError("every parameter is frozen: nothing to optimize", loc(spec.span))
+    return _ctor(torch.optim, spec, "optimizer", params)
+
+
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    sched = None
+    interval = cfg.scheduler_interval
+    sched_cls = lr = torch.optim.lr_scheduler
+    if cfg.scheduler is not None:
+        extra = {}
+        if cfg.scheduler.name == "OneCycleLR" and "total_steps" not in cfg.scheduler.kwargs:
+            extra["total_steps"] = steps_per_epoch * cfg.epochs
+        sched = _ctor(sched_cls, cfg.scheduler, "scheduler", opt, **extra)
+        if interval is None:
+            interval = "step" if cfg.scheduler.name in ("OneCycleLR", "CyclicLR") else "epoch"
+    if cfg.warmup:
+        warm = lr.LinearLR(opt, start_factor=1e-3, total_iters=cfg.warmup)
+        if sched is None:
+            return warm, "step"
+        if interval != "step":
+            raise SpecTypeError("warmup counts optimizer steps; set scheduler_interval = "
+                                "\"step\" to combine it with a scheduler", loc(cfg.scheduler.span))
+        return lr.SequentialLR(opt, [warm, sched], milestones=[cfg.warmup]), "step"
+    return sched, interval or "epoch"
+
+
+# ---- data -----------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    name: str
+    x: torch.Tensor | None = None  # fast path: all inputs, already transformed
+    y: torch.Tensor | None = None
+    dataset: Any = None  # fallback: a Dataset for a DataLoader
+
+    def __len__(self) -> int:
+        return len(self.y) if self.y is not None else len(self.dataset)
+
+
+def _transform_items(items: list[CallSpec]) -> list[tuple[str, list, dict]]:
+    return [(c.name, list(c.args), dict(c.kwargs)) for c in items]
+
+
+def make_splits(data: DataConfig, device: torch.device, seed: int) -> dict[str, Split]:
+    from specc import data as D
+
+    common = _transform_items(data.transform)
+    train_items = _transform_items(data.train_transform) if data.train_transform is not None \
+        else common
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        spec: CallSpec | None = getattr(data, name)
+        if spec is None:
+            continue
+        items = train_items if name == "train" else common
+        det, rnd = D.split_transforms(items)
+        location = loc(spec.span)
+        tf = D.make_transform(items, location=location)
+        ds = D.make_dataset(spec.name, list(spec.args), dict(spec.kwargs), transform=tf,
+                            location=location)  # fmt: skip
+        split = Split(name, dataset=ds)
+        if data.in_memory and not rnd:
+            got = D.materialize(ds, location=location)
+            if got is not None:
+                split = Split(name, x=got[0].to(device), y=got[1].to(device))
+        splits[name] = split
+    if data.val_split and "val" not in splits:
+        splits = _carve_val(splits, data.val_split, seed)
+    return splits
+
+
+def _carve_val(splits: dict[str, Split], fraction: float, seed: int) -> dict[str, Split]:
+    train = splits["train"]
+    n = len(train)
+    n_val = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    if train.x is not None:
+        dev = train.x.device
+        splits["val"] = Split("val", x=train.x[val_idx.to(dev)], y=train.y[val_idx.to(dev)])
+        splits["train"] = Split("train", x=train.x[train_idx.to(dev)],
+                                y=train.y[train_idx.to(dev)])  # fmt: skip
+    else:
+        from torch.utils.data import Subset
+
+        splits["val"] = Split("val", dataset=Subset(train.dataset, val_idx.tolist()))
+        splits["train"] = Split("train", dataset=Subset(train.dataset, train_idx.tolist()))
+    return splits
+
+
+def batches(split: Split, batch_size: int, *, perm: torch.Tensor | None, start: int,
+            workers: int, drop_last: bool, device: torch.device):  # fmt: skip
+    """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives."""
+    n = len(split)
+    count = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if split.x is not None:
+        order = perm.to(split.x.device) if perm is not None else None
+        for b in range(start, count):
+            if order is None:
+                sl = slice(b * batch_size, (b + 1) * batch_size)
+                yield split.x[sl], split.y[sl]
+            else:
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                yield split.x[idx], split.y[idx]
+        return
+    from torch.utils.data import DataLoader, Subset
+
+    ds = split.dataset
+    if perm is not None:
+        ds = Subset(ds, perm[start * batch_size :].tolist())
+    else:
+        ds = Subset(ds, list(range(start * batch_size, n)))
+    # Workers only help when a core is left for the training process itself.
+    workers = min(workers, max((os.cpu_count() or 1) - 2, 0))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        drop_last=drop_last, pin_memory=device.type == "cuda")  # fmt: skip
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+# ---- metrics --------------------------------------------------------------------------
+
+METRICS = ("accuracy", "top5", "loss")
+
+
+def _topk(out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, out.shape[-1])
+    return (out.topk(k, dim=-1).indices == y.unsqueeze(-1)).any(-1).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, loss_fn: nn.Module, cfg: TrainConfig,
+             data: DataConfig, device: torch.device, amp) -> dict[str, float]:  # fmt: skip
+    was_training = model.training
+    model.eval()
+    total, loss_sum = 0, 0.0
+    correct = {m: 0 for m in cfg.metrics if m != "loss"}
+    bs = data.eval_batch_size or max(data.batch_size, 256)
+    for x, y in batches(split, bs, perm=None, start=0, workers=data.workers, drop_last=False,
+                        device=device):  # fmt: skip
+        with amp():
+            out = model(x)
+            loss = loss_fn(out, y)
+        n = y.shape[0]
+        total += n
+        loss_sum += float(loss) * n
+        for m in correct:
+            correct[m] += int(_topk(out, y, 1 if m == "accuracy" else 5))
+    model.train(was_training)
+    result = {"loss": loss_sum / max(total, 1)}
+    result.update({m: c / max(total, 1) for m, c in correct.items()})
+    return result
+
+
+# ---- progress -------------------------------------------------------------------------
+
+
+class Progress:
+    """A live bar on a terminal, plain lines every `log_every` steps otherwise."""
+
+    def __init__(self, total_steps: int, log_every: int, quiet: bool = False) -> None:
+        self.total = total_steps
+        self.log_every = log_every
+        self.quiet = quiet
+        self.live = sys.stderr.isatty() and not quiet
+        self.bar = None
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
+                                       TimeRemainingColumn)  # fmt: skip
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                    MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                    TimeRemainingColumn(), transient=False)  # fmt: skip
+            self.task = self.bar.add_task("train", total=total_steps, epoch=1, info="")
+            self.bar.start()
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, ips: float) -> None:
+        info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} samples/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch, info=info)
+        elif not self.quiet and (step % self.log_every == 0 or step == self.total):
+            print(f"epoch {epoch}  step {step}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---- the loop -------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches consumed in the current epoch
+    best: float | None = None
+    best_epoch: int | None = None
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _amp(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _maybe_compile(model: nn.Module, enabled: bool, progress: Progress, sample: Any) -> Any:
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled.eval()
+            compiled(sample)
+            compiled.train()
+        return compiled
+    except Exception as exc:  # any backend failure: fall back rather than lose the run
+        progress.message(f"warning: torch.compile failed ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]}); training in eager mode")  # fmt: skip
+        return model
+
+
+def run(program: ir.Program, overrides: list[str] | None = None, *, resume: bool = False,
+        name: str | None = None, runs_dir: Path | str = "runs", quiet: bool = False,
+        train_name: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train the program's train block; returns the final summary (metrics, paths)."""
+    texts = {s.path: s.text for s in program.sources}
+    try:
+        return _run(program, overrides or [], resume, name, Path(runs_dir), quiet, train_name)
+    except SpecError as err:
+        raise err.with_source(texts) from None
+
+
+def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa: C901
+    from specc import checkpoint
+
+    program = apply_overrides(program, overrides)
+    cfg, data = train_config(program, train_name)
+    for m in cfg.metrics:
+        if m not in METRICS:
+            raise UsageError(f"unknown metric `{m}`", hint=_dym(m, METRICS) or
+                             f"available: {', '.join(METRICS)}")  # fmt: skip
+    best_metric = cfg.best_metric or next((m for m in cfg.metrics if m != "loss"), "loss")
+    higher_better = best_metric != "loss"
+    run_name = name or Path(program.sources[0].path).stem
+    out_dir = runs_dir / run_name
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = build_model(program, cfg).to(device)
+    from specc.finetune import apply_train_setup
+
+    apply_train_setup(program, model, quiet=quiet)
+    splits = make_splits(data, device, cfg.seed)
+    train = splits["train"]
+    if len(train) == 0:
+        raise DataError("the training set is empty", loc(data.train.span))
+    eval_split = splits.get("val") or splits.get("test")
+    n = len(train)
+    per_epoch = n // data.batch_size if data.drop_last else math.ceil(n / data.batch_size)
+    steps_per_epoch = max(per_epoch // cfg.accumulate, 1)
+    loss_fn = build_loss(cfg.loss).to(device)
+    opt = build_optimizer(cfg.optimizer, model)
+    sched, interval = build_scheduler(cfg, opt, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    amp = _amp(cfg.precision, device)
+
+    state = State()
+    if resume:
+        if not last_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {last_path}",
+                                  hint="run without --resume to start fresh")  # fmt: skip
+        ck = checkpoint.load(last_path)
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler") is not None:
+                sched.load_state_dict(ck["scheduler"])
+            scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"])
+            state = State(**ck["state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{last_path} does not match this spec: "
+                                  f"{str(exc).splitlines()[0][:300]}") from None  # fmt: skip
+
+    total_batches = per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_batches = min(total_batches, cfg.max_steps * cfg.accumulate)
+    progress = Progress(total_batches, cfg.log_every, quiet)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = (out_dir / "metrics.jsonl").open("a")
+    tb = _tensorboard(out_dir)
+
+    def log(record: dict) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        if tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    tb.add_scalar(k, v, record.get("step", 0))
+
+    def save(path: Path) -> None:
+        checkpoint.save({
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "scaler": scaler.state_dict(), "rng": _rng_state(),
+            "state": state.__dict__, "spec": program.sources[0].text,
+            "model_name": cfg.model.name,
+        }, path)  # fmt: skip
+
+    stop = {"signal": None}
+
+    def on_sigint(signum, frame):  # stop at the next step boundary, then checkpoint
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        progress.message("interrupt: finishing this step and saving a checkpoint "
+                         "(press Ctrl-C again to abort)")  # fmt: skip
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    model.train()
+    sample = train.x[:2] if train.x is not None else None
+    step_model = _maybe_compile(model, cfg.compile and sample is not None, progress, sample)
+    if cfg.compile and sample is None:
+        progress.message("warning: compile = True needs the in-memory fast path; eager mode")
+    t_start = time.perf_counter()
+    seen = 0
+    batch_no = state.epoch * per_epoch + state.batch
+    interrupted = False
+    try:
+        while state.epoch < cfg.epochs and not interrupted:
+            epoch = state.epoch + 1
+            gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+            perm = torch.randperm(n, generator=gen) if data.shuffle else None
+            t_log, n_log, loss_acc = time.perf_counter(), 0, 0.0
+            for x, y in batches(train, data.batch_size, perm=perm, start=state.batch,
+                                workers=data.workers, drop_last=data.drop_last, device=device):
+                with amp():
+                    out = step_model(x)
+                    loss = loss_fn(out, y)
+                loss_value = float(loss)
+                if not math.isfinite(loss_value):
+                    if cfg.on_nan == "skip":
+                        opt.zero_grad(set_to_none=True)
+                        progress.message(f"warning: non-finite loss at step {state.step}; "
+                                         "skipped")  # fmt: skip
+                        state.batch += 1
+                        batch_no += 1
+                        continue
+                    raise SpecTypeError(
+                        f"loss became {loss_value} at step {state.step + 1} (epoch {epoch}); "
+                        f"training stopped. The last good checkpoint is {last_path}"
+                        if last_path.exists() else
+                        f"loss became {loss_value} at step {state.step + 1} (epoch {epoch}); "
+                        "training stopped before any checkpoint was written",
+                        hint="lower the learning rate, add clip_grad_norm, or set "
+                        "on_nan = \"skip\"")  # fmt: skip
+                scaler.scale(loss / cfg.accumulate).backward()
+                state.batch += 1
+                batch_no += 1
+                seen += y.shape[0]
+                n_log += y.shape[0]
+                loss_acc += loss_value
+                if state.batch % cfg.accumulate == 0 or state.batch == per_epoch:
+                    if cfg.clip_grad_norm:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                    state.step += 1
+                    if sched is not None and interval == "step":
+                        sched.step()
+                    if state.step % cfg.log_every == 0:
+                        now = time.perf_counter()
+                        ips = n_log / max(now - t_log, 1e-9)
+                        log({"step": state.step, "epoch": epoch,
+                             "loss": loss_acc / max(cfg.log_every * cfg.accumulate, 1),
+                             "lr": opt.param_groups[0]["lr"], "samples_per_s": ips})  # fmt: skip
+                        t_log, n_log, loss_acc = now, 0, 0.0
+                    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                        save(last_path)
+                progress.step(batch_no, epoch, loss_value, opt.param_groups[0]["lr"],
+                              seen / max(time.perf_counter() - t_start, 1e-9))  # fmt: skip
+                if stop["signal"] is not None or (cfg.max_steps and state.step >= cfg.max_steps):
+                    interrupted = stop["signal"] is not None
+                    break
+            else:
+                # The epoch ran to its end.
+                state.epoch += 1
+                state.batch = 0
+                if sched is not None and interval == "epoch":
+                    sched.step()
+                record = {"epoch": state.epoch, "step": state.step}
+                if eval_split is not None:
+                    ev = evaluate(model, eval_split, loss_fn, cfg, data, device, amp)
+                    record.update({f"{eval_split.name}_{k}": v for k, v in ev.items()})
+                    value = ev.get(best_metric, ev["loss"])
+                    improved = state.best is None or (value > state.best if higher_better
+                                                      else value < state.best)  # fmt: skip
+                    if improved:
+                        state.best, state.best_epoch, state.stale_epochs = value, state.epoch, 0
+                    else:
+                        state.stale_epochs += 1
+                    progress.message(f"epoch {state.epoch}: " + "  ".join(
+                        f"{eval_split.name} {k} {v:.4f}" for k, v in ev.items()))  # fmt: skip
+                    state.history.append(record)
+                    log(record)
+                    save(last_path)
+                    if improved:
+                        save(best_path)
+                    if cfg.early_stop and state.stale_epochs >= cfg.early_stop:
+                        progress.message(f"early stop: no improvement in {cfg.early_stop} "
+                                         "epochs")  # fmt: skip
+                        break
+                else:
+                    state.history.append(record)
+                    log(record)
+                    save(last_path)
+                continue
+            # Left the epoch early: max_steps or an interrupt.
+            save(last_path)
+            break
+    finally:
+        progress.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+        if interrupted or sys.exc_info()[0] is not None:
+            _close(metrics_file, tb)
+
+    if interrupted:
+        print(f"stopped at step {state.step}; checkpoint saved to {last_path}\n"
+              f"resume with: specc run {program.sources[0].path} --resume", file=sys.stderr)
+        return {"interrupted": True, "step": state.step, "checkpoint": str(last_path)}
+
+    summary: dict[str, Any] = {"steps": state.step, "epochs": state.epoch,
+                               "seconds": time.perf_counter() - t_start,
+                               "run_dir": str(out_dir)}  # fmt: skip
+    if "test" in splits:
+        if best_path.exists() and "val" in splits:
+            model.load_state_dict(checkpoint.load(best_path)["model"])
+        test = evaluate(model, splits["test"], loss_fn, cfg, data, device, amp)
+        summary.update({f"test_{k}": v for k, v in test.items()})
+        log({"final": True, **{f"test_{k}": v for k, v in test.items()}})
+    _close(metrics_file, tb)
+    _print_summary(summary, quiet)
+    return summary
+
+
+def _close(metrics_file, tb) -> None:
+    metrics_file.close()
+    if tb is not None:
+        tb.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: metrics.jsonl is enough
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
+    if quiet:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console(stderr=False).print(table)
+
+
+def evaluate_checkpoint(program: ir.Program, ckpt: Path, overrides: list[str] | None = None,
+                        quiet: bool = False) -> dict[str, float]:  # fmt: skip
+    """`specc eval`: load a checkpoint into the spec's model and evaluate on test data."""
+    from specc import checkpoint
+
+    texts = {s.path: s.text for s in program.sources}
+    try:
+        program = apply_overrides(program, overrides or [])
+        cfg, data = train_config(program)
+        device = pick_device(cfg.device)
+        model = build_model(program, cfg).to(device)
+        state = checkpoint.load(ckpt)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt} does not fit model `{cfg.model.name}`: "
+                                  f"{str(exc).splitlines()[0][:300]}") from None  # fmt: skip
+        splits = make_splits(data, device, cfg.seed)
+        split = splits.get("test") or splits.get("val")
+        if split is None:
+            raise UsageError("the data block has no `test` set to evaluate on")
+        result = evaluate(model, split, build_loss(cfg.loss).to(device), cfg, data, device,
+                          _amp(cfg.precision, device))  # fmt: skip
+    except SpecError as err:
+        raise err.with_source(texts) from None
+    if not quiet:
+        print("  ".join(f"{split.name}_{k} {v:.4f}" for k, v in result.items()))
+    return result

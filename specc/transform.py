@@ -1,0 +1,476 @@
+"""Stage 2: Lark parse tree -> IR. Expressions become ``Expr`` nodes; forward bodies are
+lowered to SSA ``FNode`` lists. Names are not resolved here (that is `passes.resolve`)."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import lark
+from lark import Token, Tree
+
+from specc import ir
+from specc.errors import SpecSyntaxError, SpecTypeError
+
+_BINOPS = {"add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"}
+
+
+def span_of(node: Tree | Token, file: str) -> ir.Span:
+    if isinstance(node, Token):
+        return ir.Span(
+            file=file,
+            line=node.line,
+            column=node.column,
+            end_line=node.end_line or node.line,
+            end_column=node.end_column or node.column + len(node),
+        )
+    m = node.meta
+    if getattr(m, "empty", True):
+        return ir.Span(file=file, line=1, column=1, end_line=1, end_column=1)
+    return ir.Span(
+        file=file, line=m.line, column=m.column, end_line=m.end_line, end_column=m.end_column
+    )
+
+
+class _Exprs:
+    """Converts expression subtrees to ``Expr`` (no forward lowering)."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.text = text
+        self.hole_ids = 0
+
+    def sp(self, node: Tree | Token) -> ir.Span:
+        return span_of(node, self.file)
+
+    def error(self, msg: str, node: Tree | Token, cls=SpecSyntaxError) -> Exception:
+        s = self.sp(node)
+        from specc.errors import Location
+
+        loc = Location(s.file, s.line, s.column, s.end_line, s.end_column)
+        return cls(msg, loc, source=self.text)
+
+    def expr(self, t: Tree | Token | None) -> ir.Expr:  # noqa: C901 - a dispatch table would hide the shapes
+        if isinstance(t, Token):
+            # Inlined `?rule` alternatives that reduce to a bare token never occur here,
+            # but a lone NAME in `dim`/`targets` contexts may reach us.
+            return ir.Name(id=str(t), span=self.sp(t))
+        data = t.data
+        kids = t.children
+        if data == "int":
+            return ir.Const(value=int(str(kids[0]).replace("_", ""), 0), span=self.sp(t))
+        if data == "float":
+            return ir.Const(value=float(str(kids[0]).replace("_", "")), span=self.sp(t))
+        if data == "string":
+            return ir.Const(value=self._string(kids[0]), span=self.sp(t))
+        if data in ("true", "false", "none"):
+            value = {"true": True, "false": False, "none": None}[data]
+            return ir.Const(value=value, span=self.sp(t))
+        if data == "name":
+            if str(kids[0]) == "_":
+                self.hole_ids += 1
+                return ir.Hole(id=self.hole_ids, span=self.sp(t))
+            return ir.Name(id=str(kids[0]), span=self.sp(t))
+        if data == "ellipsis":
+            return ir.Ellipsis_(span=self.sp(t))
+        if data == "list":
+            return ir.ListExpr(items=[self.expr(k) for k in kids if k is not None], span=self.sp(t))
+        if data == "tuple":
+            return ir.TupleExpr(
+                items=[self.expr(k) for k in kids if k is not None], span=self.sp(t)
+            )
+        if data == "empty_tuple":
+            return ir.TupleExpr(items=[], span=self.sp(t))
+        if data in _BINOPS:
+            return ir.BinOp(
+                op=data, left=self.expr(kids[0]), right=self.expr(kids[1]), span=self.sp(t)
+            )
+        if data == "neg":
+            inner = self.expr(kids[0])
+            if isinstance(inner, ir.Const) and isinstance(inner.value, (int, float)):
+                if not isinstance(inner.value, bool):
+                    return ir.Const(value=-inner.value, span=self.sp(t))
+            return ir.Neg(operand=inner, span=self.sp(t))
+        if data == "unary":  # unary plus
+            return self.expr(kids[0])
+        if data == "call":
+            name, arguments = kids
+            args, kwargs = self.arguments(arguments)
+            return ir.Call(
+                func=str(name), args=args, kwargs=kwargs, span=self.sp(t), func_span=self.sp(name)
+            )
+        if data == "method_call":
+            recv, name, arguments = kids
+            args, kwargs = self.arguments(arguments)
+            return ir.Call(
+                func="." + str(name),
+                args=[self.expr(recv), *args],
+                kwargs=kwargs,
+                span=self.sp(t),
+                func_span=self.sp(name),
+            )
+        if data == "attribute":
+            recv, name = kids
+            return ir.Call(
+                func="@" + str(name), args=[self.expr(recv)], span=self.sp(t),
+                func_span=self.sp(name),
+            )  # fmt: skip
+        if data == "index":
+            value, *subs = kids
+            items = [self.expr(s) for s in subs]
+            index = items[0] if len(items) == 1 else ir.TupleExpr(items=items, span=self.sp(t))
+            return ir.Call(func="[]", args=[self.expr(value), index], span=self.sp(t))
+        if data == "slice":
+            parts = [None if k is None else self.expr(k) for k in kids]
+            parts += [None] * (3 - len(parts))
+            return ir.SliceExpr(start=parts[0], stop=parts[1], step=parts[2], span=self.sp(t))
+        if data == "kwarg":
+            raise self.error("keyword argument outside a call", t)
+        raise self.error(f"unsupported expression `{data}`", t)
+
+    def arguments(self, node: Tree | None) -> tuple[list[ir.Expr], dict[str, ir.Expr]]:
+        args: list[ir.Expr] = []
+        kwargs: dict[str, ir.Expr] = {}
+        if node is None:
+            return args, kwargs
+        for child in node.children:
+            if isinstance(child, Tree) and child.data == "kwarg":
+                key, value = child.children
+                if str(key) in kwargs:
+                    raise self.error(f"keyword argument `{key}` given twice", key, SpecTypeError)
+                kwargs[str(key)] = self.expr(value)
+            else:
+                if kwargs:
+                    raise self.error("positional argument after a keyword argument", child)
+                args.append(self.expr(child))
+        return args, kwargs
+
+    def _string(self, tok: Token) -> str:
+        try:
+            value = ast.literal_eval(str(tok))
+        except (ValueError, SyntaxError):
+            raise self.error("invalid string literal", tok) from None
+        if not isinstance(value, str):
+            raise self.error("invalid string literal", tok)
+        return value
+
+
+class _ForwardLowering:
+    """Lowers forward statements to SSA nodes, keeping spec variable names on the nodes
+    they are assigned from (the code generator writes them back as statements)."""
+
+    def __init__(self, exprs: _Exprs, inputs: list[ir.Input]) -> None:
+        self.x = exprs
+        self.nodes: list[dict[str, Any]] = []
+        self.used: set[str] = set()
+        self.env: dict[str, ir.Ref] = {}
+        for inp in inputs:
+            name = self.fresh(inp.name)
+            self.nodes.append(dict(name=name, op="input", target=inp.name, vars=[inp.name],
+                                   span=inp.span))  # fmt: skip
+            self.env[inp.name] = ir.Ref(node=name, span=inp.span)
+
+    def fresh(self, base: str) -> str:
+        base = base.lstrip("._@[]") or "t"
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+    def add(self, op: str, target: str, args, kwargs, span: ir.Span, base: str) -> ir.Ref:
+        name = self.fresh(base)
+        self.nodes.append(dict(name=name, op=op, target=target, args=args, kwargs=kwargs,
+                               vars=[], span=span))  # fmt: skip
+        return ir.Ref(node=name, span=span)
+
+    def lower(self, e: ir.Expr) -> ir.Expr:
+        """Lower an expression; tensor-valued parts become nodes, constants stay Exprs."""
+        if isinstance(e, ir.Name):
+            return self.env.get(e.id, e)
+        if isinstance(e, ir.Call):
+            args = [self.lower(a) for a in e.args]
+            kwargs = {k: self.lower(v) for k, v in e.kwargs.items()}
+            if e.func == "[]":
+                return self.add("getitem", "getitem", args, {}, e.span, "getitem")
+            if e.func.startswith("."):
+                return self.add("method", e.func[1:], args, kwargs, e.span, e.func[1:])
+            if e.func.startswith("@"):
+                return self.add("attribute", e.func[1:], args, {}, e.span, e.func[1:])
+            return self.add("call", e.func, args, kwargs, e.span, e.func)
+        if isinstance(e, ir.BinOp):
+            left, right = self.lower(e.left), self.lower(e.right)
+            if _has_ref(left) or _has_ref(right):
+                return self.add("operator", e.op, [left, right], {}, e.span, e.op)
+            return e.model_copy(update={"left": left, "right": right})
+        if isinstance(e, ir.Neg):
+            inner = self.lower(e.operand)
+            if _has_ref(inner):
+                return self.add("operator", "neg", [inner], {}, e.span, "neg")
+            return e
+        if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+            return e.model_copy(update={"items": [self.lower(i) for i in e.items]})
+        if isinstance(e, ir.SliceExpr):
+            return e.model_copy(
+                update={k: None if getattr(e, k) is None else self.lower(getattr(e, k))
+                        for k in ("start", "stop", "step")}
+            )  # fmt: skip
+        return e
+
+    def assign(self, targets: list[Token], values: list[ir.Expr], span: ir.Span) -> None:
+        names = [str(t) for t in targets]
+        if len(values) == 1 and len(names) > 1:
+            ref = self._materialize(self.lower(values[0]), span, names[0])
+            node = self._node(ref.node)
+            if node["vars"] or ref.index is not None:
+                ref = self.add("alias", "", [ref], {}, span, names[0])
+                node = self._node(ref.node)
+            node["vars"] = names
+            for i, n in enumerate(names):
+                self.env[n] = ir.Ref(node=ref.node, index=i, span=span)
+            return
+        if len(values) != len(names):
+            raise self.x.error(
+                f"{len(names)} names on the left but {len(values)} values on the right",
+                targets[0], SpecTypeError,
+            )  # fmt: skip
+        lowered = [self.lower(v) for v in values]  # right side sees the old bindings
+        for name, value in zip(names, lowered):
+            ref = self._materialize(value, span, name)
+            node = self._node(ref.node)
+            if node["vars"] or ref.index is not None or node["op"] == "input":
+                ref = self.add("alias", "", [ref], {}, span, name)
+                node = self._node(ref.node)
+            node["vars"] = [name]
+            self.env[name] = ir.Ref(node=ref.node, span=span)
+
+    def _materialize(self, value: ir.Expr, span: ir.Span, base: str) -> ir.Ref:
+        if isinstance(value, ir.Ref):
+            return value
+        return self.add("alias", "", [value], {}, span, base)
+
+    def _node(self, name: str) -> dict[str, Any]:
+        return next(n for n in reversed(self.nodes) if n["name"] == name)
+
+    def finish(self, returns: list[ir.Expr] | None, span: ir.Span) -> list[ir.FNode]:
+        if returns is not None:
+            outs = [self.lower(r) for r in returns]
+            self.nodes.append(dict(name=self.fresh("output"), op="output", args=outs,
+                                   vars=[], span=span))  # fmt: skip
+        return [ir.FNode(**n) for n in self.nodes]
+
+
+def _has_ref(e: Any) -> bool:
+    if isinstance(e, ir.Ref):
+        return True
+    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+        return any(_has_ref(i) for i in e.items)
+    if isinstance(e, ir.BinOp):
+        return _has_ref(e.left) or _has_ref(e.right)
+    if isinstance(e, ir.Neg):
+        return _has_ref(e.operand)
+    return False
+
+
+class Transformer:
+    """Walks a `start` tree and produces the parts of a ``Program`` for one file."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.text = text
+
+    def program_parts(self, tree: Tree) -> dict[str, list]:
+        parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [],
+                                  "plugins": []}  # fmt: skip
+        for item in tree.children:
+            kind = item.data
+            if kind == "model":
+                parts["models"].append(self.model(item))
+            elif kind == "sequential":
+                parts["models"].append(self.sequential(item))
+            elif kind == "data_block":
+                parts["data"].append(self.data_block(item))
+            elif kind == "train_block":
+                parts["trains"].append(self.train_block(item))
+            elif kind == "import_stmt":
+                path = _Exprs(self.file, self.text)._string(item.children[0])
+                parts["imports"].append(ir.ImportStmt(path=path, span=span_of(item, self.file)))
+            elif kind == "plugin_stmt":
+                target = _Exprs(self.file, self.text)._string(item.children[0])
+                parts["plugins"].append(ir.PluginStmt(target=target,
+                                                      span=span_of(item, self.file)))  # fmt: skip
+        return parts
+
+    def params(self, x: _Exprs, node: Tree | None) -> list[ir.Param]:
+        if node is None:
+            return []
+        out = []
+        seen: set[str] = set()
+        for p in node.children:
+            if p is None:
+                continue
+            name, typ, default = p.children
+            if str(name) in seen:
+                raise x.error(f"parameter `{name}` declared twice", name, SpecTypeError)
+            seen.add(str(name))
+            out.append(ir.Param(
+                name=str(name), type=None if typ is None else str(typ),
+                default=None if default is None else x.expr(default), span=span_of(p, self.file),
+            ))  # fmt: skip
+        return out
+
+    def model(self, t: Tree) -> ir.ModelDef:
+        x = _Exprs(self.file, self.text)
+        name, params, *items = t.children
+        layers: list[ir.Layer] = []
+        forward = None
+        seen: dict[str, Token] = {}
+        for item in items:
+            if item.data == "layer_decl":
+                lname, value = item.children
+                if str(lname) in seen:
+                    raise x.error(f"layer `{lname}` is declared twice", lname, SpecTypeError)
+                seen[str(lname)] = lname
+                layers.append(ir.Layer(name=str(lname), ctor=x.expr(value),
+                                       span=span_of(item, self.file)))  # fmt: skip
+            else:
+                if forward is not None:
+                    raise x.error(f"model `{name}` has two forward blocks", item, SpecTypeError)
+                forward = self.forward(x, item)
+        return ir.ModelDef(name=str(name), params=self.params(x, params), layers=layers,
+                           forward=forward, span=span_of(t, self.file), file=self.file)  # fmt: skip
+
+    def inputs_of(self, x: _Exprs, t: Tree) -> ir.Input:
+        name, shape, dtype = t.children
+        return ir.Input(name=str(name), shape=self.shape(shape),
+                        dtype=None if dtype is None else str(dtype),
+                        span=span_of(t, self.file))  # fmt: skip
+
+    def shape(self, t: Tree) -> list[ir.Dim]:
+        dims = []
+        for d in t.children:
+            if d is None:
+                continue
+            tok = d.children[0]
+            value: int | str = int(str(tok), 0) if d.data == "dim_int" else str(tok)
+            dims.append(ir.Dim(value=value, span=span_of(d, self.file)))
+        return dims
+
+    def forward(self, x: _Exprs, t: Tree) -> ir.Forward:
+        inputs: list[ir.Input] = []
+        stmts: list[Tree] = []
+        for c in t.children:
+            if c is None:
+                continue
+            if c.data == "input":
+                inputs.append(self.inputs_of(x, c))
+            else:
+                stmts.append(c)
+        names = [i.name for i in inputs]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise x.error(f"forward input `{n}` declared twice", t, SpecTypeError)
+        low = _ForwardLowering(x, inputs)
+        returns = None
+        ret_span = span_of(t, self.file)
+        for s in stmts:
+            if returns is not None:
+                raise x.error("statement after `return`", s)
+            if s.data == "assign":
+                targets_tree, *values = s.children
+                targets = [c for c in targets_tree.children] if isinstance(
+                    targets_tree, Tree) else [targets_tree]  # fmt: skip
+                low.assign(targets, [x.expr(v) for v in values], span_of(s, self.file))
+            else:
+                returns = [x.expr(v) for v in s.children]
+                ret_span = span_of(s, self.file)
+        if returns is None:
+            raise x.error("forward has no `return` statement", t, SpecTypeError)
+        return ir.Forward(inputs=inputs, nodes=low.finish(returns, ret_span),
+                          span=span_of(t, self.file))  # fmt: skip
+
+    def sequential(self, t: Tree) -> ir.ModelDef:
+        x = _Exprs(self.file, self.text)
+        name, params, seq_input, *items = t.children
+        layers: list[ir.Layer] = []
+        for i, item in enumerate(items):
+            if item.data == "seq_named":
+                lname, value = item.children
+                if any(layer.name == str(lname) for layer in layers):
+                    raise x.error(f"layer `{lname}` is declared twice", lname, SpecTypeError)
+                layers.append(ir.Layer(name=str(lname), ctor=x.expr(value),
+                                       span=span_of(item, self.file)))  # fmt: skip
+            else:
+                layers.append(ir.Layer(name=str(i), ctor=x.expr(item.children[0]),
+                                       span=span_of(item, self.file), anonymous=True))  # fmt: skip
+        if not layers:
+            raise x.error(f"sequential `{name}` has no layers", t, SpecTypeError)
+        span = span_of(t, self.file)
+        if seq_input is not None:
+            shape_tree, dtype = seq_input.children
+            inp = ir.Input(name="x", shape=self.shape(shape_tree),
+                           dtype=None if dtype is None else str(dtype),
+                           span=span_of(seq_input, self.file))  # fmt: skip
+            inputs = [inp]
+        else:
+            inputs = []
+        # The forward of a sequential model is the chain of its layers.
+        nodes = [ir.FNode(name="x", op="input", target="x", vars=["x"], span=span)]
+        prev = "x"
+        for i, layer in enumerate(layers):
+            nname = f"h{i}"
+            nodes.append(ir.FNode(name=nname, op="layer", target=layer.name,
+                                  args=[ir.Ref(node=prev)], span=layer.span))  # fmt: skip
+            prev = nname
+        nodes.append(ir.FNode(name="output", op="output", args=[ir.Ref(node=prev)], span=span))
+        fwd = ir.Forward(inputs=inputs, nodes=nodes, span=span)
+        return ir.ModelDef(name=str(name), kind="sequential", params=self.params(x, params),
+                           layers=layers, forward=fwd, span=span, file=self.file)  # fmt: skip
+
+    def data_block(self, t: Tree) -> ir.DataDef:
+        x = _Exprs(self.file, self.text)
+        name, *fields = t.children
+        return ir.DataDef(name=str(name), fields=self.fields(x, fields),
+                          span=span_of(t, self.file))  # fmt: skip
+
+    def fields(self, x: _Exprs, fields: list[Tree]) -> list[ir.FieldDef]:
+        out: list[ir.FieldDef] = []
+        for f in fields:
+            key, value = f.children
+            if any(o.key == str(key) for o in out):
+                raise x.error(f"`{key}` is set twice", key, SpecTypeError)
+            out.append(ir.FieldDef(key=str(key), value=x.expr(value), span=span_of(f, self.file)))
+        return out
+
+    def train_block(self, t: Tree) -> ir.TrainDef:
+        x = _Exprs(self.file, self.text)
+        name, *items = t.children
+        fields = [i for i in items if i.data == "field"]
+        inits, freezes = [], []
+        for i in items:
+            if i.data == "init_stmt":
+                target, path, options = i.children
+                opts = {}
+                if options is not None:
+                    for kw in options.children:
+                        if kw is not None:
+                            opts[str(kw.children[0])] = x.expr(kw.children[1])
+                inits.append(ir.InitStmt(
+                    target=None if target is None else ".".join(str(c) for c in target.children),
+                    path=x._string(path), options=opts, span=span_of(i, self.file)))  # fmt: skip
+            elif i.data == "freeze_stmt":
+                pats = []
+                for p in i.children:
+                    if p.data == "pattern_glob":
+                        pats.append(x._string(p.children[0]))
+                    else:
+                        pats.append(".".join(str(c) for c in p.children))
+                freezes.append(ir.FreezeStmt(patterns=pats, span=span_of(i, self.file)))
+        return ir.TrainDef(name=None if name is None else str(name), fields=self.fields(x, fields),
+                           inits=inits, freezes=freezes, span=span_of(t, self.file))  # fmt: skip
+
+
+def transform(tree: lark.Tree, file: str, text: str) -> dict[str, list]:
+    """The parts of a Program (models, data, trains, imports, plugins) for one file."""
+    return Transformer(file, text).program_parts(tree)

@@ -1,0 +1,135 @@
+"""Literal Exprs <-> Python values, and constant folding with model parameters."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from specc import ir
+from specc.errors import Location, SpecNameError, SpecTypeError, did_you_mean
+
+BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
+    "floordiv": operator.floordiv,
+    "mod": operator.mod,
+    "matmul": operator.matmul,
+    "pow": operator.pow,
+}
+BINOP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
+                 "matmul": "@", "pow": "**"}  # fmt: skip
+
+# Integers past this are almost surely mistakes, and huge powers would hang the checker.
+_MAX_INT = 10**18
+
+
+def loc(span: ir.Span | None) -> Location | None:
+    if span is None:
+        return None
+    return Location(span.file, span.line, span.column, span.end_line, span.end_column)
+
+
+def evaluate(
+    expr: ir.Expr,
+    names: Mapping[str, Any],
+    *,
+    on_other: Callable[[ir.Expr], Any] | None = None,
+) -> Any:
+    """Evaluate a constant expression. `names` are model parameters; `on_other` handles
+    nodes that are not constants (holes, refs, calls) or raises."""
+
+    def ev(e: ir.Expr) -> Any:
+        if isinstance(e, ir.Const):
+            return e.value
+        if isinstance(e, ir.Name):
+            if e.id in names:
+                return names[e.id]
+            if on_other is not None:
+                return on_other(e)
+            raise SpecNameError(f"unknown name `{e.id}`", loc(e.span),
+                                hint=did_you_mean(e.id, names))  # fmt: skip
+        if isinstance(e, ir.ListExpr):
+            return [ev(i) for i in e.items]
+        if isinstance(e, ir.TupleExpr):
+            return tuple(ev(i) for i in e.items)
+        if isinstance(e, ir.SliceExpr):
+            return slice(*(None if p is None else ev(p) for p in (e.start, e.stop, e.step)))
+        if isinstance(e, ir.Ellipsis_):
+            return ...
+        if isinstance(e, ir.Neg):
+            v = ev(e.operand)
+            if on_other is not None and not isinstance(v, (int, float)):
+                return on_other(e)
+            return _arith(operator.neg, e, v)
+        if isinstance(e, ir.BinOp):
+            left, right = ev(e.left), ev(e.right)
+            return _arith(BINOPS[e.op], e, left, right)
+        if on_other is not None:
+            return on_other(e)
+        raise SpecTypeError("expected a constant here", loc(getattr(e, "span", None)))
+
+    return ev(expr)
+
+
+def _arith(fn: Callable, e: Any, *args: Any) -> Any:
+    if fn is operator.pow and isinstance(args[1], int) and abs(args[1]) > 4096:
+        raise SpecTypeError("exponent too large", loc(e.span))
+    try:
+        out = fn(*args)
+    except ZeroDivisionError:
+        raise SpecTypeError("division by zero", loc(e.span)) from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecTypeError(f"cannot compute this: {exc}", loc(e.span)) from None
+    if isinstance(out, int) and abs(out) > _MAX_INT:
+        raise SpecTypeError(f"number too large ({out:.3g})", loc(e.span))
+    if isinstance(out, float) and not math.isfinite(out):
+        raise SpecTypeError("result is not a finite number", loc(e.span))
+    return out
+
+
+def to_expr(value: Any) -> ir.Expr:
+    """The literal Expr for a Python value (for storing resolved arguments in the IR)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ir.Const(value=value)
+    if isinstance(value, tuple):
+        return ir.TupleExpr(items=[to_expr(v) for v in value])
+    if isinstance(value, list):
+        return ir.ListExpr(items=[to_expr(v) for v in value])
+    if isinstance(value, slice):
+        parts = [None if p is None else to_expr(p) for p in (value.start, value.stop, value.step)]
+        return ir.SliceExpr(start=parts[0], stop=parts[1], step=parts[2])
+    if value is Ellipsis:
+        return ir.Ellipsis_()
+    # torch.Size, dtypes and the like: keep what is representable.
+    if hasattr(value, "__iter__"):
+        return ir.TupleExpr(items=[to_expr(v) for v in value])
+    raise SpecTypeError(f"value {value!r} cannot be written in a spec")
+
+
+def literal(expr: ir.Expr) -> Any:
+    """The Python value of a literal Expr (no names)."""
+    return evaluate(expr, {})
+
+
+def type_ok(value: Any, type_name: str | None) -> bool:
+    """Does `value` fit a declared parameter type?"""
+    if type_name is None:
+        return True
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "str":
+        return isinstance(value, str)
+    if type_name in ("list", "tuple"):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+PARAM_TYPES = ("int", "float", "bool", "str", "list", "tuple", "any")
