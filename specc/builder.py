@@ -53,6 +53,10 @@ class _Builder:
         return self.plugins[short]
 
     def instance(self, inst: ir.ModelInstance) -> nn.Module:
+        if inst.kind == "sequential":
+            # A `sequential` spec is an nn.Sequential subclass, as one would write it by hand.
+            cls = type(inst.model, (nn.Sequential,), {"__module__": "specc.models"})
+            return cls(OrderedDict((layer.name, self.ctor(layer.ctor)) for layer in inst.layers))
         root = nn.Module()
         for layer in inst.layers:  # declaration order = parameter order = RNG order
             root.add_module(layer.name, self.ctor(layer.ctor))

@@ -333,6 +333,7 @@ class LayerInstance(Node):
 
 class ModelInstance(Node):
     model: str
+    kind: Literal["model", "sequential"] = "model"
     file: str
     args: dict[str, Expr]  # bound model parameters, as literals
     inputs: list[tuple[str, TensorType]]

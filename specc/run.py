@@ -460,7 +460,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
                 with amp():
                     out = step_model(x)
                     loss = loss_fn(out, y)
-                loss_value = float(loss)
+                loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     if cfg.on_nan == "skip":
                         opt.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from specc.registry import (
     function_by_qualname,
     qualname,
 )
+from specc.values import BINOP_SYMBOLS as _SYMBOL
 from specc.values import BINOPS, evaluate, loc, to_expr, type_ok
 
 # The batch size used for meta tensors. Shapes are shown with `B` in its place.
@@ -314,6 +315,17 @@ class _Instance:
         except Exception as exc:  # torch reports shape errors in many exception types
             shapes = ", ".join(shape_text(a) for a in args if isinstance(a, torch.Tensor))
             what = self.ck.snippet(node.span)
+            if node.op == "operator" and len(args) == 2 and all(
+                    isinstance(a, torch.Tensor) for a in args):  # fmt: skip
+                a, b = args
+                if node.target == "matmul":
+                    inner = (a.shape[-1], b.shape[-2] if b.dim() > 1 else b.shape[-1])
+                    reason = f"inner dimensions {inner[0]} and {inner[1]} differ"
+                else:
+                    reason = "the shapes do not broadcast"
+                raise SpecShapeError(
+                    f"`{what}`: cannot combine {shape_text(a)} {_SYMBOL[node.target]} "
+                    f"{shape_text(b)}: {reason}", loc(node.span)) from None
             raise SpecShapeError(
                 f"`{what}` fails on input {shapes or 'values'}: {_first_line(exc)}",
                 loc(node.span),
@@ -531,7 +543,7 @@ class _Instance:
         assert fwd is not None
         in_names = [i.name for i in fwd.inputs] or ["x"]
         self.instance = ir.ModelInstance(
-            model=self.mdef.name, file=self.mdef.file,
+            model=self.mdef.name, kind=self.mdef.kind, file=self.mdef.file,
             args={k: to_expr(v) for k, v in self.args.items()},
             inputs=[(n, value_of(t).tensor) for n, t in zip(in_names, inputs)],
             layers=layers, nodes=nodes, values=values,

@@ -408,16 +408,13 @@ class Transformer:
             raise x.error(f"sequential `{name}` has no layers", t, SpecTypeError)
         span = span_of(t, self.file)
         if seq_input is not None:
-            shape_tree, dtype = seq_input.children
-            inp = ir.Input(name="x", shape=self.shape(shape_tree),
-                           dtype=None if dtype is None else str(dtype),
-                           span=span_of(seq_input, self.file))  # fmt: skip
-            inputs = [inp]
+            inputs = [self.inputs_of(x, seq_input.children[0])]
         else:
             inputs = []
         # The forward of a sequential model is the chain of its layers.
-        nodes = [ir.FNode(name="x", op="input", target="x", vars=["x"], span=span)]
-        prev = "x"
+        in_name = inputs[0].name if inputs else "x"
+        nodes = [ir.FNode(name=in_name, op="input", target=in_name, vars=[in_name], span=span)]
+        prev = in_name
         for i, layer in enumerate(layers):
             nname = f"h{i}"
             nodes.append(ir.FNode(name=nname, op="layer", target=layer.name,

@@ -1,0 +1,61 @@
+"""The command line as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import GOLDEN, SPECS
+
+from specc.cli import main
+
+
+def test_check_table_golden(golden, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.chdir(SPECS)
+    for spec in ("cifar_net.spec", "tower.spec"):
+        assert main(["check", spec]) == 0
+        golden(GOLDEN / "check" / f"{spec[:-5]}.txt", capsys.readouterr().out)
+
+
+def test_check_shows_resolved_hole(capsys):
+    assert main(["check", str(SPECS / "cifar_net.spec")]) == 0
+    out = capsys.readouterr().out
+    assert "Linear(400, 120)" in out and "62,006" in out
+
+
+def test_ir_json_is_valid(capsys):
+    assert main(["ir", str(SPECS / "tower.spec")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in data["models"]] == ["Residual", "Tower"]
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from specc.cli import main; rc = main(['--version']); "
+            "rc2 = main(['--help']); "
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch'; "
+            "sys.exit(rc or rc2)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "specc 0.1.0" in proc.stdout
+    assert "check" in proc.stdout and "run" in proc.stdout and "compile" in proc.stdout
+
+
+def test_check_does_not_import_torchvision():
+    code = ("import sys; from specc.cli import main; rc = main(['check', %r]); "
+            "assert 'torchvision' not in sys.modules; sys.exit(rc)") % str(SPECS / "tower.spec")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_console_script_exit_codes(tmp_path):
+    exe = [sys.executable, "-m", "specc"]
+    ok = subprocess.run([*exe, "check", str(SPECS / "cifar_net.spec")], capture_output=True)
+    assert ok.returncode == 0
+    bad = tmp_path / "bad.spec"
+    bad.write_text("model M { fc = Linear(4, 2) forward(x: [3]) { return fc(x) } }")
+    proc = subprocess.run([*exe, "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "expects 4 input features but receives 3" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,120 @@
+"""`specc run` / `specc eval`: real data in, metrics, checkpoints and clean errors out."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from conftest import SPECS
+from datafiles import write_cifar10
+
+import specc
+from specc import checkpoint
+from specc.cli import main
+from specc.errors import CheckpointError
+
+DIGITS = SPECS / "digits.spec"
+
+
+def _run(spec, tmp_path, *overrides, resume=False, name="r"):
+    return specc.train(spec, list(overrides), runs_dir=tmp_path / "runs", name=name,
+                       resume=resume, quiet=True)  # fmt: skip
+
+
+def test_digits_demo_reaches_97_percent(tmp_path):
+    summary = _run(DIGITS, tmp_path)
+    assert summary["test_accuracy"] >= 0.97
+    run_dir = tmp_path / "runs" / "r"
+    assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r and "step" in r for r in records)
+    assert any("test_accuracy" in r and "epoch" in r for r in records)
+    ck = checkpoint.load(run_dir / "last.pt")
+    assert {"model", "optimizer", "scheduler", "rng", "state", "spec"} <= set(ck)
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    full = _run(DIGITS, tmp_path, "epochs=2", name="full")
+    assert full["steps"] == 90
+    part = _run(DIGITS, tmp_path, "epochs=2", "max_steps=57", name="part")
+    assert part["steps"] == 57  # stopped mid-epoch 2
+    _run(DIGITS, tmp_path, "epochs=2", name="part", resume=True)
+    a = checkpoint.load(tmp_path / "runs" / "full" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "runs" / "part" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_set_overrides_reach_optimizer_and_data(tmp_path):
+    _run(DIGITS, tmp_path, "epochs=1", "optimizer.lr=0.01", "batch_size=64", "scheduler.max_lr=0.01")
+    ck = checkpoint.load(tmp_path / "runs" / "r" / "last.pt")
+    assert ck["state"]["step"] == 23  # ceil(1437 / 64)
+    assert ck["optimizer"]["param_groups"][0]["max_lr"] == 0.01
+
+
+def test_bad_override_is_a_clean_error(capsys, tmp_path):
+    code = main(["run", str(DIGITS), "--set", "epoch=3", "--runs-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown setting `epoch`" in err and "did you mean `epochs`" in err
+
+
+def test_eval_and_corrupt_checkpoint(tmp_path, capsys):
+    _run(DIGITS, tmp_path, "epochs=1")
+    best = tmp_path / "runs" / "r" / "best.pt"
+    assert main(["eval", str(DIGITS), "--ckpt", str(best)]) == 0
+    assert "test_accuracy" in capsys.readouterr().out
+    last = tmp_path / "runs" / "r" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load(last)
+    code = main(["run", str(DIGITS), "--resume", "--name", "r", "--runs-dir",
+                 str(tmp_path / "runs")])  # fmt: skip
+    assert code == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert checkpoint.load(best)["model"]  # the good checkpoint is still usable
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_hostile_checkpoint_is_refused(in_tmp):
+    path = in_tmp / "evil.pt"
+    with path.open("wb") as f:
+        pickle.dump({"model": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="could run code"):
+        checkpoint.load(path)
+    assert not (in_tmp / "pwned").exists()
+
+
+def test_cifar10_tutorial_spec_on_cifar_format_files(in_tmp):
+    write_cifar10(in_tmp / "data", n_train=200, n_test=100)
+    summary = specc.train(SPECS / "cifar10.spec", [
+        "cifar.train.verify=False", "cifar.test.verify=False", "epochs=1"],
+        runs_dir=in_tmp / "runs", quiet=True)  # fmt: skip
+    assert summary["steps"] == 50  # batch 4, as the tutorial
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_missing_cifar_is_a_clean_error(in_tmp, capsys):
+    assert main(["run", str(SPECS / "cifar10.spec")]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "Traceback" not in err
+
+
+def test_bf16_precision_runs(tmp_path):
+    summary = _run(DIGITS, tmp_path, "epochs=1", 'precision="bf16"')
+    assert summary["test_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_compile_true_trains(tmp_path):
+    summary = _run(DIGITS, tmp_path, "epochs=1", "compile=True")
+    assert summary["test_accuracy"] > 0.5
