@@ -126,6 +126,7 @@ class Split:
     x: torch.Tensor | None = None  # fast path: all inputs, already transformed
     y: torch.Tensor | None = None
     dataset: Any = None  # fallback: a Dataset for a DataLoader
+    augment: Any = None  # random transforms applied per sample to each fast-path batch
 
     def __len__(self) -> int:
         return len(self.y) if self.y is not None else len(self.dataset)
@@ -153,10 +154,16 @@ def make_splits(data: DataConfig, device: torch.device, seed: int) -> dict[str, 
         ds = D.make_dataset(spec.name, list(spec.args), dict(spec.kwargs), transform=tf,
                             location=location)  # fmt: skip
         split = Split(name, dataset=ds)
-        if data.in_memory and not rnd:
-            got = D.materialize(ds, location=location)
+        if data.in_memory:
+            # Materialize with the deterministic prefix only; random augmentations then
+            # run per batch on the training device.
+            pre = ds if not rnd else D.make_dataset(
+                spec.name, list(spec.args), dict(spec.kwargs),
+                transform=D.make_transform(det, location=location), location=location)
+            got = D.materialize(pre, location=location)
             if got is not None:
-                split = Split(name, x=got[0].to(device), y=got[1].to(device))
+                augment = D.make_transform(rnd, location=location) if rnd else None
+                split = Split(name, x=got[0].to(device), y=got[1].to(device), augment=augment)
         splits[name] = split
     if data.val_split and "val" not in splits:
         splits = _carve_val(splits, data.val_split, seed)
@@ -183,7 +190,8 @@ def _carve_val(splits: dict[str, Split], fraction: float, seed: int) -> dict[str
 
 
 def batches(split: Split, batch_size: int, *, perm: torch.Tensor | None, start: int,
-            workers: int, drop_last: bool, device: torch.device):  # fmt: skip
+            workers: int, drop_last: bool, device: torch.device,
+            augment: bool = False):  # fmt: skip
     """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives."""
     n = len(split)
     count = n // batch_size if drop_last else math.ceil(n / batch_size)
@@ -192,10 +200,14 @@ def batches(split: Split, batch_size: int, *, perm: torch.Tensor | None, start: 
         for b in range(start, count):
             if order is None:
                 sl = slice(b * batch_size, (b + 1) * batch_size)
-                yield split.x[sl], split.y[sl]
+                x, y = split.x[sl], split.y[sl]
             else:
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                yield split.x[idx], split.y[idx]
+                x, y = split.x[idx], split.y[idx]
+            if split.augment is not None and augment:
+                # v2 transforms draw one set of parameters per call: call per sample.
+                x = torch.stack([split.augment(xi) for xi in x])
+            yield x, y
         return
     from torch.utils.data import DataLoader, Subset
 
@@ -456,7 +468,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
             perm = torch.randperm(n, generator=gen) if data.shuffle else None
             t_log, n_log, loss_acc = time.perf_counter(), 0, 0.0
             for x, y in batches(train, data.batch_size, perm=perm, start=state.batch,
-                                workers=data.workers, drop_last=data.drop_last, device=device):
+                                workers=data.workers, drop_last=data.drop_last, device=device,
+                                augment=True):
                 with amp():
                     out = step_model(x)
                     loss = loss_fn(out, y)

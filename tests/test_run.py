@@ -118,3 +118,21 @@ def test_bf16_precision_runs(tmp_path):
 def test_compile_true_trains(tmp_path):
     summary = _run(DIGITS, tmp_path, "epochs=1", "compile=True")
     assert summary["test_accuracy"] > 0.5
+
+
+def test_random_augmentation_keeps_the_fast_path(tmp_path, monkeypatch):
+    import specc.run as R
+
+    seen = []
+    real = R.batches
+
+    def spy(split, *a, **k):
+        seen.append((split.name, split.x is not None, split.augment is not None))
+        return real(split, *a, **k)
+
+    monkeypatch.setattr(R, "batches", spy)
+    summary = _run(DIGITS, tmp_path, "epochs=1",
+                   "digits.train_transform=[RandomAffine(degrees=10)]")  # fmt: skip
+    assert ("train", True, True) in seen  # in memory, augmented per batch
+    assert ("test", True, False) in seen
+    assert summary["test_accuracy"] > 0.5
