@@ -38,7 +38,7 @@ def build(source: Any, model: str | None = None, inputs: dict | None = None) -> 
     return build_module(check(source, model, inputs=inputs))
 
 
-def compile(source: Any, model: str | None = None, *, train: bool = False) -> str:  # noqa: A001
+def compile(source: Any, model: str | None = None, *, train: bool = False) -> str:
     """Generate readable standalone PyTorch source for a spec."""
     from specc.codegen import generate
 

@@ -37,7 +37,7 @@ class _Builder:
         if isinstance(c, ir.SequentialCtor):
             mods = [self.ctor(i) for i in c.items]
             if c.names:
-                return nn.Sequential(OrderedDict(zip(c.names, mods)))
+                return nn.Sequential(OrderedDict(zip(c.names, mods, strict=False)))
             return nn.Sequential(*mods)
         if isinstance(c, ir.RepeatCtor):
             last = len(c.items) - 1
@@ -128,5 +128,5 @@ class _Seeded:
     def __enter__(self) -> None:
         torch.manual_seed(self.seed)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None

@@ -35,9 +35,12 @@ app = typer.Typer(
 SpecPath = Annotated[Path, typer.Argument(help="The .spec file.", show_default=False)]
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
-    typer.Option("--model", "-m", help="Model to use (default: the train block's, else the "
-                 "last one defined)."),
-]  # fmt: skip
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model to use (default: the train block's, else the last one defined).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -64,8 +67,9 @@ def _parse_inputs(values: list[str]) -> dict[str, list[int]]:
                 raise ValueError
             out[name.strip()] = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
         except ValueError:
-            raise UsageError(f"--input expects NAME=D1,D2,..., e.g. x=3,224,224; got {v!r}") \
-                from None
+            raise UsageError(
+                f"--input expects NAME=D1,D2,..., e.g. x=3,224,224; got {v!r}"
+            ) from None
     return out
 
 
@@ -73,10 +77,14 @@ def _parse_inputs(values: list[str]) -> dict[str, list[int]]:
 def check(
     spec: SpecPath,
     model: ModelOpt = None,
-    input: Annotated[  # noqa: A002 - the flag users type
+    input: Annotated[
         list[str],
-        typer.Option("--input", "-i", help="Concrete input shape, e.g. x=3,224,224 (per "
-                     "sample, no batch dimension). Repeat for several inputs."),
+        typer.Option(
+            "--input",
+            "-i",
+            help="Concrete input shape, e.g. x=3,224,224 (per "
+            "sample, no batch dimension). Repeat for several inputs.",
+        ),
     ] = [],  # noqa: B006 - typer reads defaults, never mutates them
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
 ) -> None:
@@ -105,8 +113,10 @@ def check(
         console.print(model_table(inst, frozen))
     if not (model or inputs):
         for g in generic:
-            console.print(f"{g}: generic (parameters or sizes bound at each use); checked "
-                          "through the models that use it")  # fmt: skip
+            console.print(
+                f"{g}: generic (parameters or sizes bound at each use); checked "
+                "through the models that use it"
+            )
     console.print("ok")
 
 
@@ -121,8 +131,12 @@ def _frozen_counts(program, inst) -> dict[str, int] | None:
 @app.command("ir")
 def ir_cmd(
     spec: SpecPath,
-    checked: Annotated[bool, typer.Option("--checked", help="Print the shape-checked "
-                       "instance of a model instead of the program.")] = False,  # fmt: skip
+    checked: Annotated[
+        bool,
+        typer.Option(
+            "--checked", help="Print the shape-checked instance of a model instead of the program."
+        ),
+    ] = False,
     model: ModelOpt = None,
 ) -> None:
     """Print the spec's IR as JSON (it round-trips: the JSON loads back unchanged)."""
@@ -140,11 +154,23 @@ def ir_cmd(
 @app.command("compile")
 def compile_cmd(
     spec: SpecPath,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here "  # noqa: UP045
-                      "instead of stdout.")] = None,  # fmt: skip
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write here instead of stdout.",
+        ),
+    ] = None,
     model: ModelOpt = None,
-    train: Annotated[bool, typer.Option("--train", help="Also emit the data pipeline and a "
-                     "training loop under `if __name__ == \"__main__\":`.")] = False,  # fmt: skip
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="Also emit the data pipeline and a "
+            'training loop under `if __name__ == "__main__":`.',
+        ),
+    ] = False,
 ) -> None:
     """Write the spec as readable standalone PyTorch source."""
     from specc.codegen import generate
@@ -177,15 +203,25 @@ def run(
     spec: SpecPath,
     set_: Annotated[
         list[str],
-        typer.Option("--set", "-s", help="Override a spec value, e.g. --set epochs=5 "
-                     "--set optimizer.lr=0.01 (repeatable)."),
+        typer.Option(
+            "--set",
+            "-s",
+            help="Override a spec value, e.g. --set epochs=5 --set optimizer.lr=0.01 (repeatable).",
+        ),
     ] = [],  # noqa: B006
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from runs/<name>/last.pt.")]
-    = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: the "  # noqa: UP045
-                    "spec file's stem); outputs go to runs/<name>/.")] = None,  # fmt: skip
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")]
-    = Path("runs"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from runs/<name>/last.pt.")
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Run name (default: the spec file's stem); outputs go to runs/<name>/.",
+        ),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")] = Path(
+        "runs"
+    ),
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
 ) -> None:
     """Train and evaluate the spec's `train` block."""
@@ -193,16 +229,14 @@ def run(
     from specc.run import run as run_training
 
     program = load(spec, plugins=not no_plugins)
-    run_training(program, overrides=set_, resume=resume, name=name or spec.stem,
-                 runs_dir=runs_dir)  # fmt: skip
+    run_training(program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir)
 
 
 @app.command("eval")
 def eval_cmd(
     spec: SpecPath,
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint to evaluate.")],
-    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")]
-    = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")] = [],  # noqa: B006
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
 ) -> None:
     """Evaluate a checkpoint on the spec's test data."""
@@ -241,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SPECC_DEBUG"):
             traceback.print_exc()
         else:
-            print(f"internal error: {type(e).__name__}: {e}\n(this is a bug in specc; "
-                  "rerun with SPECC_DEBUG=1 for the traceback)", file=sys.stderr)
+            print(
+                f"internal error: {type(e).__name__}: {e}\n(this is a bug in specc; "
+                "rerun with SPECC_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
         return 70
     return 0
 

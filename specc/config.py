@@ -69,8 +69,12 @@ class TrainConfig(BaseModel):
 def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:
     """Fold a field expression. Calls become CallSpec; bare names become strings."""
     if isinstance(e, ir.Call) and not e.func.startswith((".", "@", "[]")):
-        return CallSpec(name=e.func, args=[_value(a) for a in e.args],
-                        kwargs={k: _value(v) for k, v in e.kwargs.items()}, span=e.span)  # fmt: skip
+        return CallSpec(
+            name=e.func,
+            args=[_value(a) for a in e.args],
+            kwargs={k: _value(v) for k, v in e.kwargs.items()},
+            span=e.span,
+        )
     if isinstance(e, ir.ListExpr):
         return [_value(i) for i in e.items]
     if isinstance(e, ir.TupleExpr):
@@ -111,8 +115,9 @@ def apply_overrides(program: ir.Program, overrides: list[str]) -> ir.Program:
         data_names = [d.name for d in data]
         train_keys = set(TrainConfig.model_fields)
         if head in train_keys:
-            train = train.model_copy(update={"fields": _set(train.fields, head, rest, value,
-                                                            train.span)})  # fmt: skip
+            train = train.model_copy(
+                update={"fields": _set(train.fields, head, rest, value, train.span)}
+            )
         elif head in data_names or head in DataConfig.model_fields or head == "data":
             if head in data_names:
                 block, field = head, rest
@@ -123,13 +128,18 @@ def apply_overrides(program: ir.Program, overrides: list[str]) -> ir.Program:
                 raise UsageError(f"--set {key}: no data block to set it in")
             f_head, _, f_rest = field.partition(".")
             if f_head not in DataConfig.model_fields:
-                raise UsageError(f"--set {key}: data blocks have no field `{f_head}`",
-                                 hint=did_you_mean(f_head, DataConfig.model_fields))  # fmt: skip
-            data[i] = data[i].model_copy(update={"fields": _set(data[i].fields, f_head, f_rest,
-                                                                value, data[i].span)})  # fmt: skip
+                raise UsageError(
+                    f"--set {key}: data blocks have no field `{f_head}`",
+                    hint=did_you_mean(f_head, DataConfig.model_fields),
+                )
+            data[i] = data[i].model_copy(
+                update={"fields": _set(data[i].fields, f_head, f_rest, value, data[i].span)}
+            )
         else:
-            raise UsageError(f"--set {key}: unknown setting `{head}`",
-                             hint=did_you_mean(head, [*train_keys, *DataConfig.model_fields]))
+            raise UsageError(
+                f"--set {key}: unknown setting `{head}`",
+                hint=did_you_mean(head, [*train_keys, *DataConfig.model_fields]),
+            )
     trains = [train, *program.trains[1:]]
     return program.model_copy(update={"trains": trains, "data": data})
 
@@ -139,8 +149,9 @@ def _train_data_name(train: ir.TrainDef) -> str | None:
     return f.value.id if f is not None and isinstance(f.value, ir.Name) else None
 
 
-def _set(fields: list[ir.FieldDef], key: str, sub: str, value: ir.Expr,
-         span: ir.Span) -> list[ir.FieldDef]:  # fmt: skip
+def _set(
+    fields: list[ir.FieldDef], key: str, sub: str, value: ir.Expr, span: ir.Span
+) -> list[ir.FieldDef]:
     out = list(fields)
     i = next((i for i, f in enumerate(out) if f.key == key), None)
     if not sub:
@@ -153,8 +164,9 @@ def _set(fields: list[ir.FieldDef], key: str, sub: str, value: ir.Expr,
     if i is None or not isinstance(out[i].value, ir.Call):
         raise UsageError(f"--set {key}.{sub}: `{key}` is not a constructor call in the spec")
     call = out[i].value
-    out[i] = out[i].model_copy(update={"value": call.model_copy(
-        update={"kwargs": {**call.kwargs, sub: value}})})  # fmt: skip
+    out[i] = out[i].model_copy(
+        update={"value": call.model_copy(update={"kwargs": {**call.kwargs, sub: value}})}
+    )
     return out
 
 
@@ -169,8 +181,9 @@ def _validate(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span, wh
         field = by_key.get(key)
         where = loc(field.span) if field else loc(span)
         if err["type"] == "extra_forbidden":
-            raise SpecNameError(f"{what} has no setting `{key}`", where,
-                                hint=did_you_mean(key, cls.model_fields)) from None  # fmt: skip
+            raise SpecNameError(
+                f"{what} has no setting `{key}`", where, hint=did_you_mean(key, cls.model_fields)
+            ) from None
         if err["type"] == "missing":
             raise SpecTypeError(f"{what} needs `{key} = ...`", where) from None
         raise SpecTypeError(f"{what}: `{key}`: {err['msg']}", where) from None
@@ -179,14 +192,19 @@ def _validate(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span, wh
 def train_config(program: ir.Program, name: str | None = None) -> tuple[TrainConfig, DataConfig]:
     """The validated train block (the first, or the one named) and its data block."""
     if not program.trains:
-        raise UsageError("the spec has no `train` block", hint="add `train { model = ...; "
-                         "data = ...; loss = ...; optimizer = ... }`")  # fmt: skip
+        raise UsageError(
+            "the spec has no `train` block",
+            hint="add `train { model = ...; data = ...; loss = ...; optimizer = ... }`",
+        )
     train = next((t for t in program.trains if t.name == name), program.trains[0])
     cfg = _validate(TrainConfig, train.fields, train.span, "train")
     block = next((d for d in program.data if d.name == cfg.data), None)
     if block is None:
         field = next(f for f in train.fields if f.key == "data")
-        raise SpecNameError(f"no data block named `{cfg.data}`", loc(field.span),
-                            hint=did_you_mean(cfg.data, [d.name for d in program.data]))
+        raise SpecNameError(
+            f"no data block named `{cfg.data}`",
+            loc(field.span),
+            hint=did_you_mean(cfg.data, [d.name for d in program.data]),
+        )
     data = _validate(DataConfig, block.fields, block.span, f"data {block.name}")
     return cfg, data

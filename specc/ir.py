@@ -14,7 +14,7 @@ Every node carries a ``Span``. ``Program.model_dump_json()`` round-trips lossles
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,7 +117,7 @@ class Ref(Node):
 
 
 Expr = Annotated[
-    Union[Const, Name, Hole, Ellipsis_, ListExpr, TupleExpr, SliceExpr, BinOp, Neg, Call, Ref],
+    Const | Name | Hole | Ellipsis_ | ListExpr | TupleExpr | SliceExpr | BinOp | Neg | Call | Ref,
     Field(discriminator="kind"),
 ]
 
@@ -316,9 +316,7 @@ class ModelCtor(Node):
     span: Span | None = None
 
 
-Ctor = Annotated[
-    Union[TorchCtor, SequentialCtor, RepeatCtor, ModelCtor], Field(discriminator="kind")
-]
+Ctor = Annotated[TorchCtor | SequentialCtor | RepeatCtor | ModelCtor, Field(discriminator="kind")]
 
 
 class LayerInstance(Node):

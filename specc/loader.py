@@ -34,7 +34,9 @@ def _read(path: Path, display: str) -> str:
     except IsADirectoryError:
         raise UsageError(f"{display} is a directory, not a spec file") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise UsageError(
+            f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except OSError as exc:
         raise UsageError(f"cannot read {display}: {exc.strerror}") from None
 
@@ -54,8 +56,7 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
         raise UsageError(f"expected a spec path or spec text, got {type(source).__name__}")
 
     files: dict[str, str] = {}
-    parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [],
-                              "plugins": []}  # fmt: skip
+    parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [], "plugins": []}
     sources: list[ir.SourceFile] = []
     origin: dict[str, str] = {}  # model name -> file that defined it
 
@@ -63,28 +64,34 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
         files[display] = text
         tree = parse(text, display)
         got = transform(tree, display, text)
-        sources.append(ir.SourceFile(path=display, text=text,
-                                     sha256=hashlib.sha256(text.encode()).hexdigest()))  # fmt: skip
+        sources.append(
+            ir.SourceFile(path=display, text=text, sha256=hashlib.sha256(text.encode()).hexdigest())
+        )
         for imp in got["imports"]:
             target = (base / imp.path).resolve()
             shown = _display_path(target)
             key = str(target)
             if key in stack:
                 chain = " -> ".join([*map(_display_path, map(Path, stack)), shown])
-                raise SpecNameError(f"import cycle: {chain}", _loc(imp.span),
-                                    hint="remove one of the imports in the cycle")  # fmt: skip
+                raise SpecNameError(
+                    f"import cycle: {chain}",
+                    _loc(imp.span),
+                    hint="remove one of the imports in the cycle",
+                )
             if any(s.path == shown for s in sources):
                 continue  # imported twice (diamond): once is enough
             if not target.is_file():
-                raise SpecNameError(f"imported spec not found: {imp.path} (looked at {shown})",
-                                    _loc(imp.span))  # fmt: skip
+                raise SpecNameError(
+                    f"imported spec not found: {imp.path} (looked at {shown})", _loc(imp.span)
+                )
             visit(_read(target, shown), shown, target.parent, target, [*stack, key])
         for m in got["models"]:
             if m.name in origin:
                 first = origin[m.name]
                 raise SpecNameError(
                     f"model `{m.name}` is defined in both {first} and {m.file}",
-                    _loc(m.span), hint="rename one of them",
+                    _loc(m.span),
+                    hint="rename one of them",
                 )
             origin[m.name] = m.file
         for key, items in got.items():
@@ -97,7 +104,8 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
             p = parts["plugins"][0]
             raise SpecError(
                 f"plugin {p.target!r} refused: plugins are disabled (--no-plugins)",
-                _loc(p.span), hint="plugins run Python code; drop --no-plugins to allow it",
+                _loc(p.span),
+                hint="plugins run Python code; drop --no-plugins to allow it",
             )
         program = ir.Program(sources=sources, **parts)
         from specc.passes import run_passes

@@ -40,10 +40,14 @@ def check_param_types(program: ir.Program) -> ir.Program:
     for m in program.models:
         for p in m.params:
             if p.type is not None and p.type not in PARAM_TYPES:
-                errors.add(SpecTypeError(
-                    f"unknown parameter type `{p.type}`", loc(p.span),
-                    hint=did_you_mean(p.type, PARAM_TYPES) or f"use one of {', '.join(PARAM_TYPES)}",
-                ))  # fmt: skip
+                errors.add(
+                    SpecTypeError(
+                        f"unknown parameter type `{p.type}`",
+                        loc(p.span),
+                        hint=did_you_mean(p.type, PARAM_TYPES)
+                        or f"use one of {', '.join(PARAM_TYPES)}",
+                    )
+                )
     errors.raise_if_any()
     return program
 
@@ -59,8 +63,13 @@ def resolve_names(program: ir.Program) -> ir.Program:
         for layer in m.layers:
             _check_ctor(layer.ctor, reg, params, errors)
         if m.forward is None:
-            errors.add(SpecTypeError(f"model `{m.name}` has no forward block", loc(m.span),
-                                     hint="add `forward(x: [...]) { ... return ... }`"))  # fmt: skip
+            errors.add(
+                SpecTypeError(
+                    f"model `{m.name}` has no forward block",
+                    loc(m.span),
+                    hint="add `forward(x: [...]) { ... return ... }`",
+                )
+            )
             models.append(m)
             continue
         dims = {d.value for i in m.forward.inputs for d in i.shape if isinstance(d.value, str)}
@@ -74,17 +83,26 @@ def resolve_names(program: ir.Program) -> ir.Program:
                 else:
                     hint = did_you_mean(n.target, [*layer_names, *reg.function_names()])
                     if hint is None and reg.layer(n.target) is not None:
-                        hint = (f"`{n.target}` is a layer type: declare it first "
-                                f"(`name = {n.target}(...)`) and call it by name")  # fmt: skip
-                    errors.add(SpecNameError(
-                        f"unknown layer or function `{n.target}`", loc(n.span), hint=hint))
+                        hint = (
+                            f"`{n.target}` is a layer type: declare it first "
+                            f"(`name = {n.target}(...)`) and call it by name"
+                        )
+                    errors.add(
+                        SpecNameError(
+                            f"unknown layer or function `{n.target}`", loc(n.span), hint=hint
+                        )
+                    )
             elif n.op == "method":
                 from specc.registry import tensor_methods
 
                 if n.target not in tensor_methods():
-                    errors.add(SpecNameError(
-                        f"tensors have no method `{n.target}`", loc(n.span),
-                        hint=did_you_mean(n.target, tensor_methods())))  # fmt: skip
+                    errors.add(
+                        SpecNameError(
+                            f"tensors have no method `{n.target}`",
+                            loc(n.span),
+                            hint=did_you_mean(n.target, tensor_methods()),
+                        )
+                    )
             for arg in [*n.args, *n.kwargs.values()]:
                 _check_forward_expr(arg, params | dims, layer_names, errors)
             nodes.append(n)
@@ -97,14 +115,20 @@ def resolve_names(program: ir.Program) -> ir.Program:
 def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
     if isinstance(e, ir.Call):
         if e.func.startswith((".", "@", "[]")):
-            errors.add(SpecTypeError("a layer must be a constructor call like `Linear(64, 10)`",
-                                     loc(e.span)))  # fmt: skip
+            errors.add(
+                SpecTypeError(
+                    "a layer must be a constructor call like `Linear(64, 10)`", loc(e.span)
+                )
+            )
             return
         if reg.layer(e.func) is None:
-            errors.add(SpecNameError(
-                f"unknown layer type `{e.func}`", loc(e.func_span or e.span),
-                hint=did_you_mean(e.func, reg.layer_names()),
-            ))
+            errors.add(
+                SpecNameError(
+                    f"unknown layer type `{e.func}`",
+                    loc(e.func_span or e.span),
+                    hint=did_you_mean(e.func, reg.layer_names()),
+                )
+            )
         inner_ctor = e.func in ("Sequential",)
         for i, a in enumerate(e.args):
             if inner_ctor or (e.func == "repeat" and i == 1):
@@ -116,19 +140,32 @@ def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
     elif isinstance(e, ir.Name) and e.id in params:
         return
     else:
-        errors.add(SpecTypeError("a layer must be a constructor call like `Linear(64, 10)`",
-                                 loc(getattr(e, "span", None))))  # fmt: skip
+        errors.add(
+            SpecTypeError(
+                "a layer must be a constructor call like `Linear(64, 10)`",
+                loc(getattr(e, "span", None)),
+            )
+        )
 
 
 def _check_value(e: ir.Expr, params: set[str], errors: _Errors) -> None:
     if isinstance(e, ir.Name):
         if e.id not in params:
-            errors.add(SpecNameError(f"unknown name `{e.id}`", loc(e.span),
-                                     hint=did_you_mean(e.id, [*params, *_LITERALS])))  # fmt: skip
+            errors.add(
+                SpecNameError(
+                    f"unknown name `{e.id}`",
+                    loc(e.span),
+                    hint=did_you_mean(e.id, [*params, *_LITERALS]),
+                )
+            )
     elif isinstance(e, ir.Call):
-        errors.add(SpecTypeError(
-            "a call is not allowed in a layer argument", loc(e.span),
-            hint="layer arguments are constants, model parameters and arithmetic"))
+        errors.add(
+            SpecTypeError(
+                "a call is not allowed in a layer argument",
+                loc(e.span),
+                hint="layer arguments are constants, model parameters and arithmetic",
+            )
+        )
     for child in _children(e):
         _check_value(child, params, errors)
 
@@ -138,8 +175,13 @@ def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _
         if e.id in layers:
             errors.add(SpecTypeError(f"layer `{e.id}` must be called: `{e.id}(x)`", loc(e.span)))
         elif e.id not in names:
-            errors.add(SpecNameError(f"unknown name `{e.id}`", loc(e.span),
-                                     hint=did_you_mean(e.id, [*names, *layers, *_LITERALS])))  # fmt: skip
+            errors.add(
+                SpecNameError(
+                    f"unknown name `{e.id}`",
+                    loc(e.span),
+                    hint=did_you_mean(e.id, [*names, *layers, *_LITERALS]),
+                )
+            )
     elif isinstance(e, ir.Hole):
         errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
     for child in _children(e):

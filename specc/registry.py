@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the name every PyTorch user knows
+import torch.nn.functional as F
 from torch import nn
 
 # Layer constructors handled by specc itself rather than by a torch class.
@@ -48,11 +48,17 @@ HOLE_WORDS = {
 
 # Modules whose forward expects a channel-first batched input of a fixed rank.
 EXPECTED_RANK = {
-    "Conv1d": 3, "Conv2d": 4, "Conv3d": 5,
-    "ConvTranspose1d": 3, "ConvTranspose2d": 4, "ConvTranspose3d": 5,
-    "BatchNorm2d": 4, "BatchNorm3d": 5,
-    "MaxPool2d": 4, "AvgPool2d": 4,
-}  # fmt: skip
+    "Conv1d": 3,
+    "Conv2d": 4,
+    "Conv3d": 5,
+    "ConvTranspose1d": 3,
+    "ConvTranspose2d": 4,
+    "ConvTranspose3d": 5,
+    "BatchNorm2d": 4,
+    "BatchNorm3d": 5,
+    "MaxPool2d": 4,
+    "AvgPool2d": 4,
+}
 
 
 @functools.cache
@@ -98,11 +104,24 @@ def tensor_methods() -> frozenset[str]:
 DTYPES = {
     name: getattr(torch, name)
     for name in (
-        "float32", "float", "float64", "double", "float16", "half", "bfloat16",
-        "int64", "long", "int32", "int", "int16", "int8", "uint8", "bool",
+        "float32",
+        "float",
+        "float64",
+        "double",
+        "float16",
+        "half",
+        "bfloat16",
+        "int64",
+        "long",
+        "int32",
+        "int",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
         "complex64",
     )
-}  # fmt: skip
+}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -116,7 +135,7 @@ def signature_params(cls: type) -> list[inspect.Parameter]:
         sig = inspect.signature(cls.__init__)
     except (TypeError, ValueError):
         return []
-    return [p for p in list(sig.parameters.values())[1:]]
+    return list(list(sig.parameters.values())[1:])
 
 
 def accepts(cls: type) -> tuple[list[str], bool, bool]:

@@ -46,7 +46,7 @@ def pick_device(name: str) -> torch.device:
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}", hint="use auto, cpu, cuda or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device = \"cuda\" but no CUDA GPU is available here")
+        raise UsageError('device = "cuda" but no CUDA GPU is available here')
     return dev
 
 
@@ -58,10 +58,13 @@ def build_model(program: ir.Program, cfg: TrainConfig) -> nn.Module:
     spec = cfg.model
     mdef = program.model(spec.name)
     if mdef is None:
-        raise SpecTypeError(f"no model named `{spec.name}`", loc(spec.span),
-                            hint=_dym(spec.name, [m.name for m in program.models]))  # fmt: skip
+        raise SpecTypeError(
+            f"no model named `{spec.name}`",
+            loc(spec.span),
+            hint=_dym(spec.name, [m.name for m in program.models]),
+        )
     names = [p.name for p in mdef.params]
-    args = dict(zip(names, spec.args)) | spec.kwargs
+    args = dict(zip(names, spec.args, strict=False)) | spec.kwargs
     inst = check_model(program, spec.name, args=args)
     return build_module(inst, load_plugins(program))
 
@@ -70,21 +73,24 @@ def _ctor(namespace: Any, spec: CallSpec, what: str, *extra: Any, **more: Any) -
     cls = getattr(namespace, spec.name, None)
     if not isinstance(cls, type):
         public = [n for n in dir(namespace) if not n.startswith("_")]
-        raise SpecTypeError(f"unknown {what} `{spec.name}`", loc(spec.span),
-                            hint=_dym(spec.name, public))  # fmt: skip
+        raise SpecTypeError(
+            f"unknown {what} `{spec.name}`", loc(spec.span), hint=_dym(spec.name, public)
+        )
     try:
         return cls(*extra, *spec.args, **(spec.kwargs | more))
     except (TypeError, ValueError) as exc:
-        raise SpecTypeError(f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}",
-                            loc(spec.span)) from None  # fmt: skip
+        raise SpecTypeError(
+            f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}", loc(spec.span)
+        ) from None
 
 
 def build_loss(spec: CallSpec) -> nn.Module:
     cls = getattr(nn, spec.name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         losses = [n for n in dir(nn) if n.endswith("Loss")]
-        raise SpecTypeError(f"unknown loss `{spec.name}`", loc(spec.span),
-                            hint=_dym(spec.name, losses))  # fmt: skip
+        raise SpecTypeError(
+            f"unknown loss `{spec.name}`", loc(spec.span), hint=_dym(spec.name, losses)
+        )
     return _ctor(nn, spec, "loss")
 
 
@@ -111,8 +117,11 @@ def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
         if sched is None:
             return warm, "step"
         if interval != "step":
-            raise SpecTypeError("warmup counts optimizer steps; set scheduler_interval = "
-                                "\"step\" to combine it with a scheduler", loc(cfg.scheduler.span))
+            raise SpecTypeError(
+                "warmup counts optimizer steps; set scheduler_interval = "
+                '"step" to combine it with a scheduler',
+                loc(cfg.scheduler.span),
+            )
         return lr.SequentialLR(opt, [warm, sched], milestones=[cfg.warmup]), "step"
     return sched, interval or "epoch"
 
@@ -140,8 +149,9 @@ def make_splits(data: DataConfig, device: torch.device, seed: int) -> dict[str, 
     from specc import data as D
 
     common = _transform_items(data.transform)
-    train_items = _transform_items(data.train_transform) if data.train_transform is not None \
-        else common
+    train_items = (
+        _transform_items(data.train_transform) if data.train_transform is not None else common
+    )
     splits: dict[str, Split] = {}
     for name in ("train", "val", "test"):
         spec: CallSpec | None = getattr(data, name)
@@ -151,15 +161,24 @@ def make_splits(data: DataConfig, device: torch.device, seed: int) -> dict[str, 
         det, rnd = D.split_transforms(items)
         location = loc(spec.span)
         tf = D.make_transform(items, location=location)
-        ds = D.make_dataset(spec.name, list(spec.args), dict(spec.kwargs), transform=tf,
-                            location=location)  # fmt: skip
+        ds = D.make_dataset(
+            spec.name, list(spec.args), dict(spec.kwargs), transform=tf, location=location
+        )
         split = Split(name, dataset=ds)
         if data.in_memory:
             # Materialize with the deterministic prefix only; random augmentations then
             # run per batch on the training device.
-            pre = ds if not rnd else D.make_dataset(
-                spec.name, list(spec.args), dict(spec.kwargs),
-                transform=D.make_transform(det, location=location), location=location)
+            pre = (
+                ds
+                if not rnd
+                else D.make_dataset(
+                    spec.name,
+                    list(spec.args),
+                    dict(spec.kwargs),
+                    transform=D.make_transform(det, location=location),
+                    location=location,
+                )
+            )
             got = D.materialize(pre, location=location)
             if got is not None:
                 augment = D.make_transform(rnd, location=location) if rnd else None
@@ -179,8 +198,7 @@ def _carve_val(splits: dict[str, Split], fraction: float, seed: int) -> dict[str
     if train.x is not None:
         dev = train.x.device
         splits["val"] = Split("val", x=train.x[val_idx.to(dev)], y=train.y[val_idx.to(dev)])
-        splits["train"] = Split("train", x=train.x[train_idx.to(dev)],
-                                y=train.y[train_idx.to(dev)])  # fmt: skip
+        splits["train"] = Split("train", x=train.x[train_idx.to(dev)], y=train.y[train_idx.to(dev)])
     else:
         from torch.utils.data import Subset
 
@@ -189,9 +207,17 @@ def _carve_val(splits: dict[str, Split], fraction: float, seed: int) -> dict[str
     return splits
 
 
-def batches(split: Split, batch_size: int, *, perm: torch.Tensor | None, start: int,
-            workers: int, drop_last: bool, device: torch.device,
-            augment: bool = False):  # fmt: skip
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    perm: torch.Tensor | None,
+    start: int,
+    workers: int,
+    drop_last: bool,
+    device: torch.device,
+    augment: bool = False,
+):
     """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives."""
     n = len(split)
     count = n // batch_size if drop_last else math.ceil(n / batch_size)
@@ -218,8 +244,14 @@ def batches(split: Split, batch_size: int, *, perm: torch.Tensor | None, start: 
         ds = Subset(ds, list(range(start * batch_size, n)))
     # Workers only help when a core is left for the training process itself.
     workers = min(workers, max((os.cpu_count() or 1) - 2, 0))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        drop_last=drop_last, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+    )
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
@@ -235,15 +267,23 @@ def _topk(out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, loss_fn: nn.Module, cfg: TrainConfig,
-             data: DataConfig, device: torch.device, amp) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    loss_fn: nn.Module,
+    cfg: TrainConfig,
+    data: DataConfig,
+    device: torch.device,
+    amp,
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     total, loss_sum = 0, 0.0
     correct = {m: 0 for m in cfg.metrics if m != "loss"}
     bs = data.eval_batch_size or max(data.batch_size, 256)
-    for x, y in batches(split, bs, perm=None, start=0, workers=data.workers, drop_last=False,
-                        device=device):  # fmt: skip
+    for x, y in batches(
+        split, bs, perm=None, start=0, workers=data.workers, drop_last=False, device=device
+    ):
         with amp():
             out = model(x)
             loss = loss_fn(out, y)
@@ -271,13 +311,22 @@ class Progress:
         self.live = sys.stderr.isatty() and not quiet
         self.bar = None
         if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
-                                       TimeRemainingColumn)  # fmt: skip
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
-            self.bar = RichProgress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
-                                    MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                    TimeRemainingColumn(), transient=False)  # fmt: skip
+            self.bar = RichProgress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=total_steps, epoch=1, info="")
             self.bar.start()
 
@@ -347,14 +396,23 @@ def _maybe_compile(model: nn.Module, enabled: bool, progress: Progress, sample: 
             compiled.train()
         return compiled
     except Exception as exc:  # any backend failure: fall back rather than lose the run
-        progress.message(f"warning: torch.compile failed ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160]}); training in eager mode")  # fmt: skip
+        progress.message(
+            f"warning: torch.compile failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); training in eager mode"
+        )
         return model
 
 
-def run(program: ir.Program, overrides: list[str] | None = None, *, resume: bool = False,
-        name: str | None = None, runs_dir: Path | str = "runs", quiet: bool = False,
-        train_name: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    program: ir.Program,
+    overrides: list[str] | None = None,
+    *,
+    resume: bool = False,
+    name: str | None = None,
+    runs_dir: Path | str = "runs",
+    quiet: bool = False,
+    train_name: str | None = None,
+) -> dict[str, Any]:
     """Train the program's train block; returns the final summary (metrics, paths)."""
     texts = {s.path: s.text for s in program.sources}
     try:
@@ -363,15 +421,16 @@ def run(program: ir.Program, overrides: list[str] | None = None, *, resume: bool
         raise err.with_source(texts) from None
 
 
-def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa: C901
+def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     from specc import checkpoint
 
     program = apply_overrides(program, overrides)
     cfg, data = train_config(program, train_name)
     for m in cfg.metrics:
         if m not in METRICS:
-            raise UsageError(f"unknown metric `{m}`", hint=_dym(m, METRICS) or
-                             f"available: {', '.join(METRICS)}")  # fmt: skip
+            raise UsageError(
+                f"unknown metric `{m}`", hint=_dym(m, METRICS) or f"available: {', '.join(METRICS)}"
+            )
     best_metric = cfg.best_metric or next((m for m in cfg.metrics if m != "loss"), "loss")
     higher_better = best_metric != "loss"
     run_name = name or Path(program.sources[0].path).stem
@@ -402,8 +461,10 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
     state = State()
     if resume:
         if not last_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {last_path}",
-                                  hint="run without --resume to start fresh")  # fmt: skip
+            raise CheckpointError(
+                f"--resume: no checkpoint at {last_path}",
+                hint="run without --resume to start fresh",
+            )
         ck = checkpoint.load(last_path)
         try:
             model.load_state_dict(ck["model"])
@@ -414,8 +475,9 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
             _set_rng_state(ck["rng"])
             state = State(**ck["state"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{last_path} does not match this spec: "
-                                  f"{str(exc).splitlines()[0][:300]}") from None  # fmt: skip
+            raise CheckpointError(
+                f"{last_path} does not match this spec: {str(exc).splitlines()[0][:300]}"
+            ) from None
 
     total_batches = per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -434,13 +496,19 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
                     tb.add_scalar(k, v, record.get("step", 0))
 
     def save(path: Path) -> None:
-        checkpoint.save({
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "scaler": scaler.state_dict(), "rng": _rng_state(),
-            "state": state.__dict__, "spec": program.sources[0].text,
-            "model_name": cfg.model.name,
-        }, path)  # fmt: skip
+        checkpoint.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "scaler": scaler.state_dict(),
+                "rng": _rng_state(),
+                "state": state.__dict__,
+                "spec": program.sources[0].text,
+                "model_name": cfg.model.name,
+            },
+            path,
+        )
 
     stop = {"signal": None}
 
@@ -448,8 +516,9 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
         if stop["signal"] is not None:
             raise KeyboardInterrupt
         stop["signal"] = signum
-        progress.message("interrupt: finishing this step and saving a checkpoint "
-                         "(press Ctrl-C again to abort)")  # fmt: skip
+        progress.message(
+            "interrupt: finishing this step and saving a checkpoint (press Ctrl-C again to abort)"
+        )
 
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     model.train()
@@ -467,9 +536,16 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
             gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
             perm = torch.randperm(n, generator=gen) if data.shuffle else None
             t_log, n_log, loss_acc = time.perf_counter(), 0, 0.0
-            for x, y in batches(train, data.batch_size, perm=perm, start=state.batch,
-                                workers=data.workers, drop_last=data.drop_last, device=device,
-                                augment=True):
+            for x, y in batches(
+                train,
+                data.batch_size,
+                perm=perm,
+                start=state.batch,
+                workers=data.workers,
+                drop_last=data.drop_last,
+                device=device,
+                augment=True,
+            ):
                 with amp():
                     out = step_model(x)
                     loss = loss_fn(out, y)
@@ -477,19 +553,18 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
                 if not math.isfinite(loss_value):
                     if cfg.on_nan == "skip":
                         opt.zero_grad(set_to_none=True)
-                        progress.message(f"warning: non-finite loss at step {state.step}; "
-                                         "skipped")  # fmt: skip
+                        progress.message(f"warning: non-finite loss at step {state.step}; skipped")
                         state.batch += 1
                         batch_no += 1
                         continue
                     raise SpecTypeError(
                         f"loss became {loss_value} at step {state.step + 1} (epoch {epoch}); "
                         f"training stopped. The last good checkpoint is {last_path}"
-                        if last_path.exists() else
-                        f"loss became {loss_value} at step {state.step + 1} (epoch {epoch}); "
+                        if last_path.exists()
+                        else f"loss became {loss_value} at step {state.step + 1} (epoch {epoch}); "
                         "training stopped before any checkpoint was written",
-                        hint="lower the learning rate, add clip_grad_norm, or set "
-                        "on_nan = \"skip\"")  # fmt: skip
+                        hint='lower the learning rate, add clip_grad_norm, or set on_nan = "skip"',
+                    )
                 scaler.scale(loss / cfg.accumulate).backward()
                 state.batch += 1
                 batch_no += 1
@@ -509,14 +584,25 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
                     if state.step % cfg.log_every == 0:
                         now = time.perf_counter()
                         ips = n_log / max(now - t_log, 1e-9)
-                        log({"step": state.step, "epoch": epoch,
-                             "loss": loss_acc / max(cfg.log_every * cfg.accumulate, 1),
-                             "lr": opt.param_groups[0]["lr"], "samples_per_s": ips})  # fmt: skip
+                        log(
+                            {
+                                "step": state.step,
+                                "epoch": epoch,
+                                "loss": loss_acc / max(cfg.log_every * cfg.accumulate, 1),
+                                "lr": opt.param_groups[0]["lr"],
+                                "samples_per_s": ips,
+                            }
+                        )
                         t_log, n_log, loss_acc = now, 0, 0.0
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                         save(last_path)
-                progress.step(batch_no, epoch, loss_value, opt.param_groups[0]["lr"],
-                              seen / max(time.perf_counter() - t_start, 1e-9))  # fmt: skip
+                progress.step(
+                    batch_no,
+                    epoch,
+                    loss_value,
+                    opt.param_groups[0]["lr"],
+                    seen / max(time.perf_counter() - t_start, 1e-9),
+                )
                 if stop["signal"] is not None or (cfg.max_steps and state.step >= cfg.max_steps):
                     interrupted = stop["signal"] is not None
                     break
@@ -531,22 +617,24 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
                     ev = evaluate(model, eval_split, loss_fn, cfg, data, device, amp)
                     record.update({f"{eval_split.name}_{k}": v for k, v in ev.items()})
                     value = ev.get(best_metric, ev["loss"])
-                    improved = state.best is None or (value > state.best if higher_better
-                                                      else value < state.best)  # fmt: skip
+                    improved = state.best is None or (
+                        value > state.best if higher_better else value < state.best
+                    )
                     if improved:
                         state.best, state.best_epoch, state.stale_epochs = value, state.epoch, 0
                     else:
                         state.stale_epochs += 1
-                    progress.message(f"epoch {state.epoch}: " + "  ".join(
-                        f"{eval_split.name} {k} {v:.4f}" for k, v in ev.items()))  # fmt: skip
+                    progress.message(
+                        f"epoch {state.epoch}: "
+                        + "  ".join(f"{eval_split.name} {k} {v:.4f}" for k, v in ev.items())
+                    )
                     state.history.append(record)
                     log(record)
                     save(last_path)
                     if improved:
                         save(best_path)
                     if cfg.early_stop and state.stale_epochs >= cfg.early_stop:
-                        progress.message(f"early stop: no improvement in {cfg.early_stop} "
-                                         "epochs")  # fmt: skip
+                        progress.message(f"early stop: no improvement in {cfg.early_stop} epochs")
                         break
                 else:
                     state.history.append(record)
@@ -564,13 +652,19 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):  # noqa
             _close(metrics_file, tb)
 
     if interrupted:
-        print(f"stopped at step {state.step}; checkpoint saved to {last_path}\n"
-              f"resume with: specc run {program.sources[0].path} --resume", file=sys.stderr)
+        print(
+            f"stopped at step {state.step}; checkpoint saved to {last_path}\n"
+            f"resume with: specc run {program.sources[0].path} --resume",
+            file=sys.stderr,
+        )
         return {"interrupted": True, "step": state.step, "checkpoint": str(last_path)}
 
-    summary: dict[str, Any] = {"steps": state.step, "epochs": state.epoch,
-                               "seconds": time.perf_counter() - t_start,
-                               "run_dir": str(out_dir)}  # fmt: skip
+    summary: dict[str, Any] = {
+        "steps": state.step,
+        "epochs": state.epoch,
+        "seconds": time.perf_counter() - t_start,
+        "run_dir": str(out_dir),
+    }
     if "test" in splits:
         if best_path.exists() and "val" in splits:
             model.load_state_dict(checkpoint.load(best_path)["model"])
@@ -618,8 +712,9 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
     Console(stderr=False).print(table)
 
 
-def evaluate_checkpoint(program: ir.Program, ckpt: Path, overrides: list[str] | None = None,
-                        quiet: bool = False) -> dict[str, float]:  # fmt: skip
+def evaluate_checkpoint(
+    program: ir.Program, ckpt: Path, overrides: list[str] | None = None, quiet: bool = False
+) -> dict[str, float]:
     """`specc eval`: load a checkpoint into the spec's model and evaluate on test data."""
     from specc import checkpoint
 
@@ -633,14 +728,22 @@ def evaluate_checkpoint(program: ir.Program, ckpt: Path, overrides: list[str] | 
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt} does not fit model `{cfg.model.name}`: "
-                                  f"{str(exc).splitlines()[0][:300]}") from None  # fmt: skip
+            raise CheckpointError(
+                f"{ckpt} does not fit model `{cfg.model.name}`: {str(exc).splitlines()[0][:300]}"
+            ) from None
         splits = make_splits(data, device, cfg.seed)
         split = splits.get("test") or splits.get("val")
         if split is None:
             raise UsageError("the data block has no `test` set to evaluate on")
-        result = evaluate(model, split, build_loss(cfg.loss).to(device), cfg, data, device,
-                          _amp(cfg.precision, device))  # fmt: skip
+        result = evaluate(
+            model,
+            split,
+            build_loss(cfg.loss).to(device),
+            cfg,
+            data,
+            device,
+            _amp(cfg.precision, device),
+        )
     except SpecError as err:
         raise err.with_source(texts) from None
     if not quiet:

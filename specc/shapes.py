@@ -61,8 +61,10 @@ def value_of(t: Any) -> ir.Value:
     if isinstance(t, torch.Tensor):
         batched = t.dim() >= 1 and t.shape[0] == BATCH
         shape = list(t.shape[1:]) if batched else list(t.shape)
-        return ir.Value(kind="tensor", tensor=ir.TensorType(shape=shape,
-                        dtype=dtype_name(t.dtype), batched=batched))  # fmt: skip
+        return ir.Value(
+            kind="tensor",
+            tensor=ir.TensorType(shape=shape, dtype=dtype_name(t.dtype), batched=batched),
+        )
     if isinstance(t, (tuple, list)) and not isinstance(t, torch.Size):
         return ir.Value(kind="tuple", items=[value_of(x) for x in t])
     if isinstance(t, torch.Size):
@@ -143,7 +145,9 @@ class _Instance:
                 if len(got) != len(inp.shape):
                     raise SpecShapeError(
                         f"--input {inp.name} has {len(got)} dimensions; "
-                        f"`{inp.name}` is declared with {len(inp.shape)}", loc(inp.span))
+                        f"`{inp.name}` is declared with {len(inp.shape)}",
+                        loc(inp.span),
+                    )
                 dims = list(got)
             else:
                 for d in inp.shape:
@@ -156,24 +160,28 @@ class _Instance:
                             f"input `{inp.name}` has a named dimension `{d.value}` with no size",
                             loc(d.span),
                             hint=f"check it with a size: --input {inp.name}="
-                            + ",".join(str(x.value) if isinstance(x.value, int) else "N"
-                                       for x in inp.shape),
-                        )  # fmt: skip
+                            + ",".join(
+                                str(x.value) if isinstance(x.value, int) else "N" for x in inp.shape
+                            ),
+                        )
             dtype = self._dtype(inp)
             tensors.append(torch.empty((BATCH, *dims), dtype=dtype, device="meta"))
         if overrides:
             name = next(iter(overrides))
             raise SpecShapeError(
                 f"--input names `{name}`, which is not an input of `{self.mdef.name}`",
-                loc(fwd.span), hint=did_you_mean(name, [i.name for i in fwd.inputs]))
+                loc(fwd.span),
+                hint=did_you_mean(name, [i.name for i in fwd.inputs]),
+            )
         return tensors
 
     def _dtype(self, inp: ir.Input) -> torch.dtype:
         if inp.dtype is None:
             return torch.float32
         if inp.dtype not in DTYPES:
-            raise SpecTypeError(f"unknown dtype `{inp.dtype}`", loc(inp.span),
-                                hint=did_you_mean(inp.dtype, DTYPES))  # fmt: skip
+            raise SpecTypeError(
+                f"unknown dtype `{inp.dtype}`", loc(inp.span), hint=did_you_mean(inp.dtype, DTYPES)
+            )
         return DTYPES[inp.dtype]
 
     def bind_inputs(self, actual: list[Any], use_span: ir.Span | None) -> None:
@@ -187,10 +195,12 @@ class _Instance:
             return
         if len(actual) != len(fwd.inputs):
             raise SpecTypeError(
-                f"`{name}` takes {len(fwd.inputs)} input(s), got {len(actual)}", loc(use_span),
-                notes=[("forward declared here", loc(fwd.span))])  # fmt: skip
+                f"`{name}` takes {len(fwd.inputs)} input(s), got {len(actual)}",
+                loc(use_span),
+                notes=[("forward declared here", loc(fwd.span))],
+            )
         bound: dict[str, int] = {}
-        for inp, t in zip(fwd.inputs, actual):
+        for inp, t in zip(fwd.inputs, actual, strict=False):
             if not isinstance(t, torch.Tensor):
                 raise SpecTypeError(f"`{name}` input `{inp.name}` must be a tensor", loc(use_span))
             got = list(t.shape[1:])
@@ -199,8 +209,11 @@ class _Instance:
             if len(got) != len(want):
                 raise SpecShapeError(
                     f"`{name}` expects `{inp.name}` of shape {_dims_text(want)} per sample, "
-                    f"but receives {shape_text(t)}", loc(use_span), notes=where)
-            for d, g in zip(want, got):
+                    f"but receives {shape_text(t)}",
+                    loc(use_span),
+                    notes=where,
+                )
+            for d, g in zip(want, got, strict=False):
                 expect = d if isinstance(d, int) else self.args.get(d, bound.get(d))
                 if isinstance(d, str) and expect is None:
                     bound[d] = g
@@ -209,11 +222,17 @@ class _Instance:
                     raise SpecShapeError(
                         f"`{name}` expects `{inp.name}` of shape {_dims_text(want)}"
                         f"{_binding_text(want, self.args, bound)} per sample, "
-                        f"but receives {shape_text(t)}", loc(use_span), notes=where)
+                        f"but receives {shape_text(t)}",
+                        loc(use_span),
+                        notes=where,
+                    )
             if inp.dtype is not None and t.dtype != self._dtype(inp):
                 raise SpecTypeError(
                     f"`{name}` expects `{inp.name}` of dtype {inp.dtype}, got "
-                    f"{dtype_name(t.dtype)}", loc(use_span), notes=where)  # fmt: skip
+                    f"{dtype_name(t.dtype)}",
+                    loc(use_span),
+                    notes=where,
+                )
 
     # ---- execution -------------------------------------------------------------------
     def execute(self, inputs: list[Any], use_span: ir.Span | None = None) -> Any:
@@ -267,18 +286,27 @@ class _Instance:
 
     def fold(self, node: ir.FNode) -> ir.FNode:
         """The node with parameter names replaced by their literal values."""
+
         def sub(e: ir.Expr) -> ir.Expr:
             if isinstance(e, ir.Ref):
                 return e
             if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
                 return e.model_copy(update={"items": [sub(i) for i in e.items]})
             if isinstance(e, ir.SliceExpr):
-                return e.model_copy(update={k: None if getattr(e, k) is None else
-                                            sub(getattr(e, k)) for k in ("start", "stop", "step")})
-            return to_expr(evaluate(e, self.names))  # fmt: skip
+                return e.model_copy(
+                    update={
+                        k: None if getattr(e, k) is None else sub(getattr(e, k))
+                        for k in ("start", "stop", "step")
+                    }
+                )
+            return to_expr(evaluate(e, self.names))
 
-        return node.model_copy(update={"args": [sub(a) for a in node.args],
-                                       "kwargs": {k: sub(v) for k, v in node.kwargs.items()}})
+        return node.model_copy(
+            update={
+                "args": [sub(a) for a in node.args],
+                "kwargs": {k: sub(v) for k, v in node.kwargs.items()},
+            }
+        )
 
     def step(self, node: ir.FNode, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if node.op == "alias":
@@ -293,8 +321,9 @@ class _Instance:
             recv, args = args[0], args[1:]
             fn = getattr(recv, node.target, None)
             if fn is None:
-                raise SpecTypeError(f"{shape_text(recv)} has no method `{node.target}`",
-                                    loc(node.span))  # fmt: skip
+                raise SpecTypeError(
+                    f"{shape_text(recv)} has no method `{node.target}`", loc(node.span)
+                )
         elif node.op == "operator":
             fn = operator.neg if node.target == "neg" else BINOPS[node.target]
         elif node.op == "getitem":
@@ -304,8 +333,9 @@ class _Instance:
             try:
                 return getattr(recv, node.target)
             except AttributeError:
-                raise SpecTypeError(f"{shape_text(recv)} has no attribute `{node.target}`",
-                                    loc(node.span)) from None  # fmt: skip
+                raise SpecTypeError(
+                    f"{shape_text(recv)} has no attribute `{node.target}`", loc(node.span)
+                ) from None
         else:  # pragma: no cover - resolve_names leaves no other op
             raise SpecTypeError(f"cannot evaluate `{node.target}`", loc(node.span))
         try:
@@ -315,8 +345,11 @@ class _Instance:
         except Exception as exc:  # torch reports shape errors in many exception types
             shapes = ", ".join(shape_text(a) for a in args if isinstance(a, torch.Tensor))
             what = self.ck.snippet(node.span)
-            if node.op == "operator" and len(args) == 2 and all(
-                    isinstance(a, torch.Tensor) for a in args):  # fmt: skip
+            if (
+                node.op == "operator"
+                and len(args) == 2
+                and all(isinstance(a, torch.Tensor) for a in args)
+            ):
                 a, b = args
                 if node.target == "matmul":
                     inner = (a.shape[-1], b.shape[-2] if b.dim() > 1 else b.shape[-1])
@@ -325,7 +358,9 @@ class _Instance:
                     reason = "the shapes do not broadcast"
                 raise SpecShapeError(
                     f"`{what}`: cannot combine {shape_text(a)} {_SYMBOL[node.target]} "
-                    f"{shape_text(b)}: {reason}", loc(node.span)) from None
+                    f"{shape_text(b)}: {reason}",
+                    loc(node.span),
+                ) from None
             raise SpecShapeError(
                 f"`{what}` fails on input {shapes or 'values'}: {_first_line(exc)}",
                 loc(node.span),
@@ -344,7 +379,7 @@ class _Instance:
                 continue
             if pname == "normalized_shape":
                 want = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-                got = tuple(x.shape[-len(want):])
+                got = tuple(x.shape[-len(want) :])
                 if want == got:
                     continue
             else:
@@ -354,8 +389,7 @@ class _Instance:
             layer = self.decl[node.target]
             ctor_text = self.ck.snippet(layer.ctor.span)
             hint = None
-            if isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential",
-                                                                              "repeat"):  # fmt: skip
+            if isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential", "repeat"):
                 hint = f"write `_` to infer it: {_with_hole(layer.ctor, pname, self.ck)}"
             raise SpecShapeError(
                 f"`{layer.name}` = {ctor_text} expects {value} {HOLE_WORDS[pname]} "
@@ -373,8 +407,9 @@ class _Instance:
             self.built[name] = self.make(layer.ctor, args, node.span, layer)
         return self.built[name]
 
-    def make(self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None,
-             layer: ir.Layer) -> _Built:  # fmt: skip
+    def make(
+        self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
+    ) -> _Built:
         """Construct a layer expression on meta, filling holes from `incoming`."""
         if not isinstance(e, ir.Call):
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
@@ -405,12 +440,14 @@ class _Instance:
 
     def make_repeat(self, e: ir.Call, incoming, use, layer) -> _Built:
         if len(e.args) != 2 or e.kwargs:
-            raise SpecTypeError("repeat takes a count and a layer: repeat(3, Block(64))",
-                                loc(e.span))  # fmt: skip
+            raise SpecTypeError(
+                "repeat takes a count and a layer: repeat(3, Block(64))", loc(e.span)
+            )
         count = evaluate(e.args[0], self.names)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise SpecTypeError(f"repeat count must be a positive integer, got {count!r}",
-                                loc(e.args[0].span))  # fmt: skip
+            raise SpecTypeError(
+                f"repeat count must be a positive integer, got {count!r}", loc(e.args[0].span)
+            )
         distinct: list[_Built] = []
         cur = incoming
         for _ in range(min(count, MAX_DISTINCT_REPEATS)):
@@ -430,7 +467,8 @@ class _Instance:
             if count > MAX_DISTINCT_REPEATS:
                 raise SpecShapeError(
                     f"repeat({count}, ...) changes shape at every step; cannot check it",
-                    loc(e.span))  # fmt: skip
+                    loc(e.span),
+                )
         last = distinct[-1]
         params = sum(b.params for b in distinct) + (count - len(distinct)) * last.params
         ctor = ir.RepeatCtor(count=count, items=[b.ctor for b in distinct], span=e.span)
@@ -441,15 +479,19 @@ class _Instance:
     def make_model(self, e: ir.Call, incoming, use) -> _Built:
         mdef = self.ck.program.model(e.func)
         assert mdef is not None
-        args = bind_model_args(mdef, [evaluate(a, self.names) for a in e.args],
-                               {k: evaluate(v, self.names) for k, v in e.kwargs.items()},
-                               e.span)  # fmt: skip
+        args = bind_model_args(
+            mdef,
+            [evaluate(a, self.names) for a in e.args],
+            {k: evaluate(v, self.names) for k, v in e.kwargs.items()},
+            e.span,
+        )
         if self.ck.depth > 64:
             raise SpecTypeError(f"`{e.func}` uses itself (recursion too deep)", loc(e.span))
         child = _Instance(self.ck, mdef, args)
         if incoming is None:
             raise SpecShapeError(
-                f"`{e.func}` is never called, so its input shape is unknown", loc(e.span))
+                f"`{e.func}` is never called, so its input shape is unknown", loc(e.span)
+            )
         self.ck.depth += 1
         try:
             child.execute(incoming, use)
@@ -457,8 +499,9 @@ class _Instance:
             self.ck.depth -= 1
         inst = child.instance
         assert inst is not None
-        return _Built(ir.ModelCtor(instance=inst, span=e.span), _ChildCall(child), inst.params,
-                      mdef.name, [])  # fmt: skip
+        return _Built(
+            ir.ModelCtor(instance=inst, span=e.span), _ChildCall(child), inst.params, mdef.name, []
+        )
 
     def make_torch(self, e: ir.Call, cls: type, incoming) -> _Built:
         names, var_pos, var_kw = accepts(cls)
@@ -470,17 +513,22 @@ class _Instance:
                 if pname not in HOLE_DIMS:
                     raise SpecTypeError(
                         f"cannot infer `_` for {e.func}'s argument `{pname or '?'}`",
-                        loc(arg.span), hint="write the value; `_` works for input sizes "
-                        "(in_features, in_channels, num_features, ...)")  # fmt: skip
+                        loc(arg.span),
+                        hint="write the value; `_` works for input sizes "
+                        "(in_features, in_channels, num_features, ...)",
+                    )
                 if not isinstance(x, torch.Tensor):
                     raise SpecShapeError(
                         f"`_` in {e.func}(...) needs the layer's input shape, but the layer "
-                        "is never called in forward", loc(arg.span))  # fmt: skip
+                        "is never called in forward",
+                        loc(arg.span),
+                    )
                 dim = HOLE_DIMS[pname]
                 if x.dim() < (dim + 1 if dim >= 0 else -dim):
                     raise SpecShapeError(
                         f"cannot infer `{pname}` of {e.func} from input {shape_text(x)}",
-                        loc(arg.span))  # fmt: skip
+                        loc(arg.span),
+                    )
                 value = int(x.shape[dim])
                 holes[arg.id] = value
                 return value
@@ -489,14 +537,18 @@ class _Instance:
         if len(e.args) > len(names) and not var_pos:
             raise SpecTypeError(
                 f"{e.func} takes at most {len(names)} positional arguments, got {len(e.args)}",
-                loc(e.span), hint=f"its parameters: {', '.join(names)}")  # fmt: skip
+                loc(e.span),
+                hint=f"its parameters: {', '.join(names)}",
+            )
         args = [fill(a, names[i] if i < len(names) else None) for i, a in enumerate(e.args)]
         kwargs = {}
         for k, v in e.kwargs.items():
             if k not in names and not var_kw:
-                raise SpecTypeError(f"{e.func} has no parameter `{k}`", loc(v.span),
-                                    hint=did_you_mean(k, names)
-                                    or f"its parameters: {', '.join(names)}")  # fmt: skip
+                raise SpecTypeError(
+                    f"{e.func} has no parameter `{k}`",
+                    loc(v.span),
+                    hint=did_you_mean(k, names) or f"its parameters: {', '.join(names)}",
+                )
             if k in names[: len(args)]:
                 raise SpecTypeError(f"{e.func} got `{k}` twice", loc(v.span))
             kwargs[k] = fill(v, k)
@@ -504,15 +556,23 @@ class _Instance:
             with torch.device("meta"):
                 module = cls(*args, **kwargs)
         except Exception as exc:  # torch validates arguments with several exception types
-            raise SpecTypeError(f"{e.func}({_args_text(args, kwargs)}) is invalid: "
-                                f"{_first_line(exc)}", loc(e.span)) from None  # fmt: skip
+            raise SpecTypeError(
+                f"{e.func}({_args_text(args, kwargs)}) is invalid: {_first_line(exc)}", loc(e.span)
+            ) from None
         self.holes.update(holes)
-        bound = dict(zip(names, args)) | kwargs
-        checks = [(p, bound[p], HOLE_DIMS[p]) for p in bound if p in HOLE_DIMS
-                  and isinstance(bound[p], (int, list, tuple))]  # fmt: skip
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        checks = [
+            (p, bound[p], HOLE_DIMS[p])
+            for p in bound
+            if p in HOLE_DIMS and isinstance(bound[p], (int, list, tuple))
+        ]
         params = sum(p.numel() for p in module.parameters())
-        ctor = ir.TorchCtor(cls=qualname(cls), args=[to_expr(a) for a in args],
-                            kwargs={k: to_expr(v) for k, v in kwargs.items()}, span=e.span)  # fmt: skip
+        ctor = ir.TorchCtor(
+            cls=qualname(cls),
+            args=[to_expr(a) for a in args],
+            kwargs={k: to_expr(v) for k, v in kwargs.items()},
+            span=e.span,
+        )
         return _Built(ctor, module, params, cls.__name__, checks)
 
     def call_built(self, b: _Built, inputs: list[Any], e: ir.Expr) -> Any:
@@ -534,23 +594,35 @@ class _Instance:
                 # Never called: build it without an input (holes then fail clearly).
                 self.built[layer.name] = self.make(layer.ctor, None, None, layer)
             b = self.built[layer.name]
-            layers.append(ir.LayerInstance(
-                name=layer.name, ctor=b.ctor, type_name=b.type_name,
-                out=self.first_out.get(layer.name), params=b.params, trainable=b.params,
-                span=layer.span))  # fmt: skip
+            layers.append(
+                ir.LayerInstance(
+                    name=layer.name,
+                    ctor=b.ctor,
+                    type_name=b.type_name,
+                    out=self.first_out.get(layer.name),
+                    params=b.params,
+                    trainable=b.params,
+                    span=layer.span,
+                )
+            )
         total = sum(x.params for x in layers)
         fwd = self.mdef.forward
         assert fwd is not None
         in_names = [i.name for i in fwd.inputs] or ["x"]
         self.instance = ir.ModelInstance(
-            model=self.mdef.name, kind=self.mdef.kind, file=self.mdef.file,
+            model=self.mdef.name,
+            kind=self.mdef.kind,
+            file=self.mdef.file,
             args={k: to_expr(v) for k, v in self.args.items()},
-            inputs=[(n, value_of(t).tensor) for n, t in zip(in_names, inputs)],
-            layers=layers, nodes=nodes, values=values,
+            inputs=[(n, value_of(t).tensor) for n, t in zip(in_names, inputs, strict=False)],
+            layers=layers,
+            nodes=nodes,
+            values=values,
             outputs=[value_of(o) for o in outputs],
             holes={k: to_expr(v) for k, v in self.holes.items()},
-            params=total, trainable=total,
-        )  # fmt: skip
+            params=total,
+            trainable=total,
+        )
 
 
 class _Chain:
@@ -574,8 +646,12 @@ class _ChildCall:
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
         and a.dtype == b.dtype
+    )
 
 
 def _no_hole(o: ir.Expr, func: str) -> Any:
@@ -612,32 +688,43 @@ def _with_hole(call: ir.Call, pname: str, ck: Checker) -> str:
     return f"{call.func}({', '.join(parts)})"
 
 
-def bind_model_args(mdef: ir.ModelDef, args: list[Any], kwargs: dict[str, Any],
-                    span: ir.Span | None) -> dict[str, Any]:  # fmt: skip
+def bind_model_args(
+    mdef: ir.ModelDef, args: list[Any], kwargs: dict[str, Any], span: ir.Span | None
+) -> dict[str, Any]:
     """Bind a model's parameters like a Python call would, checking declared types."""
     params = mdef.params
     names = [p.name for p in params]
     if len(args) > len(params):
-        raise SpecTypeError(f"`{mdef.name}` takes {len(params)} argument(s), got {len(args)}",
-                            loc(span), notes=[("defined here", loc(mdef.span))])  # fmt: skip
-    bound = dict(zip(names, args))
+        raise SpecTypeError(
+            f"`{mdef.name}` takes {len(params)} argument(s), got {len(args)}",
+            loc(span),
+            notes=[("defined here", loc(mdef.span))],
+        )
+    bound = dict(zip(names, args, strict=False))
     for k, v in kwargs.items():
         if k not in names:
-            raise SpecTypeError(f"`{mdef.name}` has no parameter `{k}`", loc(span),
-                                hint=did_you_mean(k, names))  # fmt: skip
+            raise SpecTypeError(
+                f"`{mdef.name}` has no parameter `{k}`", loc(span), hint=did_you_mean(k, names)
+            )
         if k in bound:
             raise SpecTypeError(f"`{mdef.name}` got `{k}` twice", loc(span))
         bound[k] = v
     for p in params:
         if p.name not in bound:
             if p.default is None:
-                raise SpecTypeError(f"`{mdef.name}` needs a value for `{p.name}`", loc(span),
-                                    notes=[("parameter declared here", loc(p.span))])  # fmt: skip
+                raise SpecTypeError(
+                    f"`{mdef.name}` needs a value for `{p.name}`",
+                    loc(span),
+                    notes=[("parameter declared here", loc(p.span))],
+                )
             bound[p.name] = evaluate(p.default, bound)
         if not type_ok(bound[p.name], p.type):
             raise SpecTypeError(
                 f"`{mdef.name}` parameter `{p.name}` is declared {p.type} but got "
-                f"{bound[p.name]!r}", loc(span), notes=[("declared here", loc(p.span))])
+                f"{bound[p.name]!r}",
+                loc(span),
+                notes=[("declared here", loc(p.span))],
+            )
     return {n: bound[n] for n in names}
 
 
@@ -674,8 +761,10 @@ def check_model(
     try:
         mdef = program.model(name) if name else default_model(program)
         if mdef is None:
-            raise UsageError(f"no model named `{name}` in the spec",
-                             hint=did_you_mean(name or "", [m.name for m in program.models]))
+            raise UsageError(
+                f"no model named `{name}` in the spec",
+                hint=did_you_mean(name or "", [m.name for m in program.models]),
+            )
         ck = Checker(program, _registry(program))
         bound = bind_model_args(mdef, [], args or {}, mdef.span)
         inst = _Instance(ck, mdef, bound)
@@ -694,8 +783,9 @@ def standalone(mdef: ir.ModelDef) -> bool:
     if mdef.forward is None or not mdef.forward.inputs:
         return False
     params = {p.name for p in mdef.params}
-    return all(isinstance(d.value, int) or d.value in params
-               for i in mdef.forward.inputs for d in i.shape)  # fmt: skip
+    return all(
+        isinstance(d.value, int) or d.value in params for i in mdef.forward.inputs for d in i.shape
+    )
 
 
 def count_params(module: nn.Module) -> int:

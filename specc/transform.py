@@ -50,7 +50,7 @@ class _Exprs:
         loc = Location(s.file, s.line, s.column, s.end_line, s.end_column)
         return cls(msg, loc, source=self.text)
 
-    def expr(self, t: Tree | Token | None) -> ir.Expr:  # noqa: C901 - a dispatch table would hide the shapes
+    def expr(self, t: Tree | Token | None) -> ir.Expr:
         if isinstance(t, Token):
             # Inlined `?rule` alternatives that reduce to a bare token never occur here,
             # but a lone NAME in `dim`/`targets` contexts may reach us.
@@ -112,9 +112,11 @@ class _Exprs:
         if data == "attribute":
             recv, name = kids
             return ir.Call(
-                func="@" + str(name), args=[self.expr(recv)], span=self.sp(t),
+                func="@" + str(name),
+                args=[self.expr(recv)],
+                span=self.sp(t),
                 func_span=self.sp(name),
-            )  # fmt: skip
+            )
         if data == "index":
             value, *subs = kids
             items = [self.expr(s) for s in subs]
@@ -166,8 +168,15 @@ class _ForwardLowering:
         self.env: dict[str, ir.Ref] = {}
         for inp in inputs:
             name = self.fresh(inp.name)
-            self.nodes.append(dict(name=name, op="input", target=inp.name, vars=[inp.name],
-                                   span=inp.span))  # fmt: skip
+            self.nodes.append(
+                {
+                    "name": name,
+                    "op": "input",
+                    "target": inp.name,
+                    "vars": [inp.name],
+                    "span": inp.span,
+                }
+            )
             self.env[inp.name] = ir.Ref(node=name, span=inp.span)
 
     def fresh(self, base: str) -> str:
@@ -181,8 +190,17 @@ class _ForwardLowering:
 
     def add(self, op: str, target: str, args, kwargs, span: ir.Span, base: str) -> ir.Ref:
         name = self.fresh(base)
-        self.nodes.append(dict(name=name, op=op, target=target, args=args, kwargs=kwargs,
-                               vars=[], span=span))  # fmt: skip
+        self.nodes.append(
+            {
+                "name": name,
+                "op": op,
+                "target": target,
+                "args": args,
+                "kwargs": kwargs,
+                "vars": [],
+                "span": span,
+            }
+        )
         return ir.Ref(node=name, span=span)
 
     def lower(self, e: ir.Expr) -> ir.Expr:
@@ -213,9 +231,11 @@ class _ForwardLowering:
             return e.model_copy(update={"items": [self.lower(i) for i in e.items]})
         if isinstance(e, ir.SliceExpr):
             return e.model_copy(
-                update={k: None if getattr(e, k) is None else self.lower(getattr(e, k))
-                        for k in ("start", "stop", "step")}
-            )  # fmt: skip
+                update={
+                    k: None if getattr(e, k) is None else self.lower(getattr(e, k))
+                    for k in ("start", "stop", "step")
+                }
+            )
         return e
 
     def assign(self, targets: list[Token], values: list[ir.Expr], span: ir.Span) -> None:
@@ -233,10 +253,11 @@ class _ForwardLowering:
         if len(values) != len(names):
             raise self.x.error(
                 f"{len(names)} names on the left but {len(values)} values on the right",
-                targets[0], SpecTypeError,
-            )  # fmt: skip
+                targets[0],
+                SpecTypeError,
+            )
         lowered = [self.lower(v) for v in values]  # right side sees the old bindings
-        for name, value in zip(names, lowered):
+        for name, value in zip(names, lowered, strict=False):
             ref = self._materialize(value, span, name)
             node = self._node(ref.node)
             if node["vars"] or ref.index is not None or node["op"] == "input":
@@ -256,8 +277,15 @@ class _ForwardLowering:
     def finish(self, returns: list[ir.Expr] | None, span: ir.Span) -> list[ir.FNode]:
         if returns is not None:
             outs = [self.lower(r) for r in returns]
-            self.nodes.append(dict(name=self.fresh("output"), op="output", args=outs,
-                                   vars=[], span=span))  # fmt: skip
+            self.nodes.append(
+                {
+                    "name": self.fresh("output"),
+                    "op": "output",
+                    "args": outs,
+                    "vars": [],
+                    "span": span,
+                }
+            )
         return [ir.FNode(**n) for n in self.nodes]
 
 
@@ -281,8 +309,13 @@ class Transformer:
         self.text = text
 
     def program_parts(self, tree: Tree) -> dict[str, list]:
-        parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [],
-                                  "plugins": []}  # fmt: skip
+        parts: dict[str, list] = {
+            "models": [],
+            "data": [],
+            "trains": [],
+            "imports": [],
+            "plugins": [],
+        }
         for item in tree.children:
             kind = item.data
             if kind == "model":
@@ -298,8 +331,7 @@ class Transformer:
                 parts["imports"].append(ir.ImportStmt(path=path, span=span_of(item, self.file)))
             elif kind == "plugin_stmt":
                 target = _Exprs(self.file, self.text)._string(item.children[0])
-                parts["plugins"].append(ir.PluginStmt(target=target,
-                                                      span=span_of(item, self.file)))  # fmt: skip
+                parts["plugins"].append(ir.PluginStmt(target=target, span=span_of(item, self.file)))
         return parts
 
     def params(self, x: _Exprs, node: Tree | None) -> list[ir.Param]:
@@ -314,10 +346,14 @@ class Transformer:
             if str(name) in seen:
                 raise x.error(f"parameter `{name}` declared twice", name, SpecTypeError)
             seen.add(str(name))
-            out.append(ir.Param(
-                name=str(name), type=None if typ is None else str(typ),
-                default=None if default is None else x.expr(default), span=span_of(p, self.file),
-            ))  # fmt: skip
+            out.append(
+                ir.Param(
+                    name=str(name),
+                    type=None if typ is None else str(typ),
+                    default=None if default is None else x.expr(default),
+                    span=span_of(p, self.file),
+                )
+            )
         return out
 
     def model(self, t: Tree) -> ir.ModelDef:
@@ -332,20 +368,30 @@ class Transformer:
                 if str(lname) in seen:
                     raise x.error(f"layer `{lname}` is declared twice", lname, SpecTypeError)
                 seen[str(lname)] = lname
-                layers.append(ir.Layer(name=str(lname), ctor=x.expr(value),
-                                       span=span_of(item, self.file)))  # fmt: skip
+                layers.append(
+                    ir.Layer(name=str(lname), ctor=x.expr(value), span=span_of(item, self.file))
+                )
             else:
                 if forward is not None:
                     raise x.error(f"model `{name}` has two forward blocks", item, SpecTypeError)
                 forward = self.forward(x, item)
-        return ir.ModelDef(name=str(name), params=self.params(x, params), layers=layers,
-                           forward=forward, span=span_of(t, self.file), file=self.file)  # fmt: skip
+        return ir.ModelDef(
+            name=str(name),
+            params=self.params(x, params),
+            layers=layers,
+            forward=forward,
+            span=span_of(t, self.file),
+            file=self.file,
+        )
 
     def inputs_of(self, x: _Exprs, t: Tree) -> ir.Input:
         name, shape, dtype = t.children
-        return ir.Input(name=str(name), shape=self.shape(shape),
-                        dtype=None if dtype is None else str(dtype),
-                        span=span_of(t, self.file))  # fmt: skip
+        return ir.Input(
+            name=str(name),
+            shape=self.shape(shape),
+            dtype=None if dtype is None else str(dtype),
+            span=span_of(t, self.file),
+        )
 
     def shape(self, t: Tree) -> list[ir.Dim]:
         dims = []
@@ -379,16 +425,20 @@ class Transformer:
                 raise x.error("statement after `return`", s)
             if s.data == "assign":
                 targets_tree, *values = s.children
-                targets = [c for c in targets_tree.children] if isinstance(
-                    targets_tree, Tree) else [targets_tree]  # fmt: skip
+                targets = (
+                    list(targets_tree.children)
+                    if isinstance(targets_tree, Tree)
+                    else [targets_tree]
+                )
                 low.assign(targets, [x.expr(v) for v in values], span_of(s, self.file))
             else:
                 returns = [x.expr(v) for v in s.children]
                 ret_span = span_of(s, self.file)
         if returns is None:
             raise x.error("forward has no `return` statement", t, SpecTypeError)
-        return ir.Forward(inputs=inputs, nodes=low.finish(returns, ret_span),
-                          span=span_of(t, self.file))  # fmt: skip
+        return ir.Forward(
+            inputs=inputs, nodes=low.finish(returns, ret_span), span=span_of(t, self.file)
+        )
 
     def sequential(self, t: Tree) -> ir.ModelDef:
         x = _Exprs(self.file, self.text)
@@ -399,11 +449,18 @@ class Transformer:
                 lname, value = item.children
                 if any(layer.name == str(lname) for layer in layers):
                     raise x.error(f"layer `{lname}` is declared twice", lname, SpecTypeError)
-                layers.append(ir.Layer(name=str(lname), ctor=x.expr(value),
-                                       span=span_of(item, self.file)))  # fmt: skip
+                layers.append(
+                    ir.Layer(name=str(lname), ctor=x.expr(value), span=span_of(item, self.file))
+                )
             else:
-                layers.append(ir.Layer(name=str(i), ctor=x.expr(item.children[0]),
-                                       span=span_of(item, self.file), anonymous=True))  # fmt: skip
+                layers.append(
+                    ir.Layer(
+                        name=str(i),
+                        ctor=x.expr(item.children[0]),
+                        span=span_of(item, self.file),
+                        anonymous=True,
+                    )
+                )
         if not layers:
             raise x.error(f"sequential `{name}` has no layers", t, SpecTypeError)
         span = span_of(t, self.file)
@@ -417,19 +474,32 @@ class Transformer:
         prev = in_name
         for i, layer in enumerate(layers):
             nname = f"h{i}"
-            nodes.append(ir.FNode(name=nname, op="layer", target=layer.name,
-                                  args=[ir.Ref(node=prev)], span=layer.span))  # fmt: skip
+            nodes.append(
+                ir.FNode(
+                    name=nname,
+                    op="layer",
+                    target=layer.name,
+                    args=[ir.Ref(node=prev)],
+                    span=layer.span,
+                )
+            )
             prev = nname
         nodes.append(ir.FNode(name="output", op="output", args=[ir.Ref(node=prev)], span=span))
         fwd = ir.Forward(inputs=inputs, nodes=nodes, span=span)
-        return ir.ModelDef(name=str(name), kind="sequential", params=self.params(x, params),
-                           layers=layers, forward=fwd, span=span, file=self.file)  # fmt: skip
+        return ir.ModelDef(
+            name=str(name),
+            kind="sequential",
+            params=self.params(x, params),
+            layers=layers,
+            forward=fwd,
+            span=span,
+            file=self.file,
+        )
 
     def data_block(self, t: Tree) -> ir.DataDef:
         x = _Exprs(self.file, self.text)
         name, *fields = t.children
-        return ir.DataDef(name=str(name), fields=self.fields(x, fields),
-                          span=span_of(t, self.file))  # fmt: skip
+        return ir.DataDef(name=str(name), fields=self.fields(x, fields), span=span_of(t, self.file))
 
     def fields(self, x: _Exprs, fields: list[Tree]) -> list[ir.FieldDef]:
         out: list[ir.FieldDef] = []
@@ -453,9 +523,16 @@ class Transformer:
                     for kw in options.children:
                         if kw is not None:
                             opts[str(kw.children[0])] = x.expr(kw.children[1])
-                inits.append(ir.InitStmt(
-                    target=None if target is None else ".".join(str(c) for c in target.children),
-                    path=x._string(path), options=opts, span=span_of(i, self.file)))  # fmt: skip
+                inits.append(
+                    ir.InitStmt(
+                        target=None
+                        if target is None
+                        else ".".join(str(c) for c in target.children),
+                        path=x._string(path),
+                        options=opts,
+                        span=span_of(i, self.file),
+                    )
+                )
             elif i.data == "freeze_stmt":
                 pats = []
                 for p in i.children:
@@ -464,8 +541,13 @@ class Transformer:
                     else:
                         pats.append(".".join(str(c) for c in p.children))
                 freezes.append(ir.FreezeStmt(patterns=pats, span=span_of(i, self.file)))
-        return ir.TrainDef(name=None if name is None else str(name), fields=self.fields(x, fields),
-                           inits=inits, freezes=freezes, span=span_of(t, self.file))  # fmt: skip
+        return ir.TrainDef(
+            name=None if name is None else str(name),
+            fields=self.fields(x, fields),
+            inits=inits,
+            freezes=freezes,
+            span=span_of(t, self.file),
+        )
 
 
 def transform(tree: lark.Tree, file: str, text: str) -> dict[str, list]:

@@ -20,8 +20,16 @@ BINOPS: dict[str, Callable[[Any, Any], Any]] = {
     "matmul": operator.matmul,
     "pow": operator.pow,
 }
-BINOP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
-                 "matmul": "@", "pow": "**"}  # fmt: skip
+BINOP_SYMBOLS = {
+    "add": "+",
+    "sub": "-",
+    "mul": "*",
+    "div": "/",
+    "floordiv": "//",
+    "mod": "%",
+    "matmul": "@",
+    "pow": "**",
+}
 
 # Integers past this are almost surely mistakes, and huge powers would hang the checker.
 _MAX_INT = 10**18
@@ -50,8 +58,9 @@ def evaluate(
                 return names[e.id]
             if on_other is not None:
                 return on_other(e)
-            raise SpecNameError(f"unknown name `{e.id}`", loc(e.span),
-                                hint=did_you_mean(e.id, names))  # fmt: skip
+            raise SpecNameError(
+                f"unknown name `{e.id}`", loc(e.span), hint=did_you_mean(e.id, names)
+            )
         if isinstance(e, ir.ListExpr):
             return [ev(i) for i in e.items]
         if isinstance(e, ir.TupleExpr):

@@ -14,15 +14,18 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-goldens", action="store_true",
-                     help="rewrite golden files from the current output")  # fmt: skip
+    parser.addoption(
+        "--update-goldens", action="store_true", help="rewrite golden files from the current output"
+    )
 
 
 @pytest.fixture
 def golden(request: pytest.FixtureRequest):
     """golden(path, text): compare `text` with the checked-in file, or rewrite it."""
-    update = request.config.getoption("--update-goldens") or os.environ.get(
-        "SPECC_UPDATE_GOLDENS") == "1"
+    update = (
+        request.config.getoption("--update-goldens")
+        or os.environ.get("SPECC_UPDATE_GOLDENS") == "1"
+    )
 
     def compare(path: Path, text: str) -> None:
         if update or not path.exists():

@@ -32,10 +32,12 @@ def test_ir_json_is_valid(capsys):
 
 
 def test_help_and_version_do_not_import_torch():
-    code = ("import sys; from specc.cli import main; rc = main(['--version']); "
-            "rc2 = main(['--help']); "
-            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch'; "
-            "sys.exit(rc or rc2)")  # fmt: skip
+    code = (
+        "import sys; from specc.cli import main; rc = main(['--version']); "
+        "rc2 = main(['--help']); "
+        "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'torch'; "
+        "sys.exit(rc or rc2)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "specc 0.1.0" in proc.stdout
@@ -43,8 +45,10 @@ def test_help_and_version_do_not_import_torch():
 
 
 def test_check_does_not_import_torchvision():
-    code = ("import sys; from specc.cli import main; rc = main(['check', %r]); "
-            "assert 'torchvision' not in sys.modules; sys.exit(rc)") % str(SPECS / "tower.spec")
+    code = (
+        "import sys; from specc.cli import main; rc = main(['check', {!r}]); "
+        "assert 'torchvision' not in sys.modules; sys.exit(rc)"
+    ).format(str(SPECS / "tower.spec"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

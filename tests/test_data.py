@@ -214,7 +214,7 @@ def test_tensor_file_errors(tmp_path):
     assert str(tmp_path / "none.pt") in err.value.message
 
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(DataError, match="junk.safetensors"):
+    with pytest.raises(DataError, match=r"junk\.safetensors"):
         make_dataset("TensorFile", [str(tmp_path / "junk.safetensors")], {})
 
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object), y=np.arange(1))

@@ -15,7 +15,7 @@ ERROR_CASES = sorted((CASES / "errors").glob("*.spec"))
 def test_error_rendering(spec, golden, capsys, monkeypatch):
     monkeypatch.chdir(spec.parent)
     code = main(["check", spec.name])
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert code == 2
     assert "Traceback" not in err
     assert err.startswith(f"{spec.name}:"), err

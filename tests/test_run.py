@@ -19,8 +19,9 @@ DIGITS = SPECS / "digits.spec"
 
 
 def _run(spec, tmp_path, *overrides, resume=False, name="r"):
-    return specc.train(spec, list(overrides), runs_dir=tmp_path / "runs", name=name,
-                       resume=resume, quiet=True)  # fmt: skip
+    return specc.train(
+        spec, list(overrides), runs_dir=tmp_path / "runs", name=name, resume=resume, quiet=True
+    )
 
 
 def test_digits_demo_reaches_97_percent(tmp_path):
@@ -49,7 +50,9 @@ def test_resume_gives_identical_weights(tmp_path):
 
 
 def test_set_overrides_reach_optimizer_and_data(tmp_path):
-    _run(DIGITS, tmp_path, "epochs=1", "optimizer.lr=0.01", "batch_size=64", "scheduler.max_lr=0.01")
+    _run(
+        DIGITS, tmp_path, "epochs=1", "optimizer.lr=0.01", "batch_size=64", "scheduler.max_lr=0.01"
+    )
     ck = checkpoint.load(tmp_path / "runs" / "r" / "last.pt")
     assert ck["state"]["step"] == 23  # ceil(1437 / 64)
     assert ck["optimizer"]["param_groups"][0]["max_lr"] == 0.01
@@ -71,8 +74,9 @@ def test_eval_and_corrupt_checkpoint(tmp_path, capsys):
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         checkpoint.load(last)
-    code = main(["run", str(DIGITS), "--resume", "--name", "r", "--runs-dir",
-                 str(tmp_path / "runs")])  # fmt: skip
+    code = main(
+        ["run", str(DIGITS), "--resume", "--name", "r", "--runs-dir", str(tmp_path / "runs")]
+    )
     assert code == 2
     assert "truncated or corrupt" in capsys.readouterr().err
     assert checkpoint.load(best)["model"]  # the good checkpoint is still usable
@@ -96,9 +100,12 @@ def test_hostile_checkpoint_is_refused(in_tmp):
 
 def test_cifar10_tutorial_spec_on_cifar_format_files(in_tmp):
     write_cifar10(in_tmp / "data", n_train=200, n_test=100)
-    summary = specc.train(SPECS / "cifar10.spec", [
-        "cifar.train.verify=False", "cifar.test.verify=False", "epochs=1"],
-        runs_dir=in_tmp / "runs", quiet=True)  # fmt: skip
+    summary = specc.train(
+        SPECS / "cifar10.spec",
+        ["cifar.train.verify=False", "cifar.test.verify=False", "epochs=1"],
+        runs_dir=in_tmp / "runs",
+        quiet=True,
+    )
     assert summary["steps"] == 50  # batch 4, as the tutorial
     assert 0.0 <= summary["test_accuracy"] <= 1.0
 
@@ -131,8 +138,9 @@ def test_random_augmentation_keeps_the_fast_path(tmp_path, monkeypatch):
         return real(split, *a, **k)
 
     monkeypatch.setattr(R, "batches", spy)
-    summary = _run(DIGITS, tmp_path, "epochs=1",
-                   "digits.train_transform=[RandomAffine(degrees=10)]")  # fmt: skip
+    summary = _run(
+        DIGITS, tmp_path, "epochs=1", "digits.train_transform=[RandomAffine(degrees=10)]"
+    )
     assert ("train", True, True) in seen  # in memory, augmented per batch
     assert ("test", True, False) in seen
     assert summary["test_accuracy"] > 0.5
