@@ -34,8 +34,11 @@ def check(source: Any, model: str | None = None, inputs: dict | None = None) -> 
 def build(source: Any, model: str | None = None, inputs: dict | None = None) -> torch.nn.Module:
     """Build a real ``nn.Module`` for one model of a spec (the last model by default)."""
     from specc.builder import build_module
+    from specc.plugins import load_plugins
+    from specc.shapes import check_model
 
-    return build_module(check(source, model, inputs=inputs))
+    program = load(source)
+    return build_module(check_model(program, model, inputs=inputs), load_plugins(program))
 
 
 def compile(source: Any, model: str | None = None, *, train: bool = False) -> str:

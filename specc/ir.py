@@ -223,11 +223,20 @@ class FreezeStmt(Node):
     span: Span
 
 
+class GroupStmt(Node):
+    """`group "backbone.*" (lr=1e-4)`: optimizer options for matching parameters."""
+
+    patterns: list[str]
+    options: dict[str, Expr] = {}
+    span: Span
+
+
 class TrainDef(Node):
     name: str | None = None
     fields: list[FieldDef] = []
     inits: list[InitStmt] = []
     freezes: list[FreezeStmt] = []
+    groups: list[GroupStmt] = []
     span: Span
 
 

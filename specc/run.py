@@ -50,7 +50,7 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def build_model(program: ir.Program, cfg: TrainConfig) -> nn.Module:
+def build_model(program: ir.Program, cfg: TrainConfig) -> tuple[nn.Module, ir.ModelInstance]:
     from specc.builder import build_module
     from specc.plugins import load_plugins
     from specc.shapes import check_model
@@ -66,15 +66,18 @@ def build_model(program: ir.Program, cfg: TrainConfig) -> nn.Module:
     names = [p.name for p in mdef.params]
     args = dict(zip(names, spec.args, strict=False)) | spec.kwargs
     inst = check_model(program, spec.name, args=args)
-    return build_module(inst, load_plugins(program))
+    return build_module(inst, load_plugins(program)), inst
 
 
 def _ctor(namespace: Any, spec: CallSpec, what: str, *extra: Any, **more: Any) -> Any:
-    cls = getattr(namespace, spec.name, None)
+    cls = namespace.get(spec.name) if isinstance(namespace, dict) else getattr(
+        namespace, spec.name, None)  # fmt: skip
     if not isinstance(cls, type):
-        public = [n for n in dir(namespace) if not n.startswith("_")]
+        public = list(namespace) if isinstance(namespace, dict) else dir(namespace)
         raise SpecTypeError(
-            f"unknown {what} `{spec.name}`", loc(spec.span), hint=_dym(spec.name, public)
+            f"unknown {what} `{spec.name}`",
+            loc(spec.span),
+            hint=_dym(spec.name, [n for n in public if not n.startswith("_")]),
         )
     try:
         return cls(*extra, *spec.args, **(spec.kwargs | more))
@@ -84,21 +87,68 @@ def _ctor(namespace: Any, spec: CallSpec, what: str, *extra: Any, **more: Any) -
         ) from None
 
 
-def build_loss(spec: CallSpec) -> nn.Module:
+def build_loss(spec: CallSpec, program: ir.Program | None = None,
+               model_inst: ir.ModelInstance | None = None,
+               label_shape: list[int] | None = None) -> nn.Module:  # fmt: skip
+    """A torch.nn loss, a plugin loss class, or a spec model with two inputs returning a
+    scalar (checked against the model's output and the labels' shape)."""
+    from specc.plugins import load_plugins
+
+    plugins = load_plugins(program) if program is not None else {}
+    if spec.name in plugins and issubclass(plugins[spec.name], nn.Module):
+        return _ctor(plugins, spec, "loss")
+    if program is not None and (mdef := program.model(spec.name)) is not None:
+        return _spec_loss(program, mdef, spec, model_inst, label_shape or [])
     cls = getattr(nn, spec.name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        losses = [n for n in dir(nn) if n.endswith("Loss")]
+        losses = [n for n in dir(nn) if n.endswith("Loss")] + list(plugins)
         raise SpecTypeError(
             f"unknown loss `{spec.name}`", loc(spec.span), hint=_dym(spec.name, losses)
         )
     return _ctor(nn, spec, "loss")
 
 
-def build_optimizer(spec: CallSpec, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def _spec_loss(program, mdef, spec, model_inst, label_shape) -> nn.Module:
+    from specc.builder import build_module
+    from specc.plugins import load_plugins
+    from specc.shapes import check_model
+
+    fwd = mdef.forward
+    if fwd is None or len(fwd.inputs) != 2:
+        raise SpecTypeError(
+            f"a loss model takes two inputs (output, target); `{mdef.name}` takes "
+            f"{len(fwd.inputs) if fwd else 0}",
+            loc(spec.span),
+        )
+    names = [p.name for p in mdef.params]
+    args = dict(zip(names, spec.args, strict=False)) | spec.kwargs
+    inputs = {}
+    if model_inst is not None and model_inst.outputs and model_inst.outputs[0].tensor:
+        inputs[fwd.inputs[0].name] = list(model_inst.outputs[0].tensor.shape)
+    inputs[fwd.inputs[1].name] = list(label_shape)
+    inst = check_model(program, mdef.name, args=args, inputs=inputs)
+    out = inst.outputs[0] if len(inst.outputs) == 1 else None
+    if out is None or out.tensor is None or out.tensor.batched or out.tensor.shape:
+        raise SpecTypeError(
+            f"loss model `{mdef.name}` must return one scalar (e.g. `.mean()`)",
+            loc(spec.span),
+        )
+    return build_module(inst, load_plugins(program))
+
+
+def build_optimizer(spec: CallSpec, model: nn.Module,
+                    program: ir.Program | None = None) -> torch.optim.Optimizer:  # fmt: skip
+    from specc.finetune import param_groups
+    from specc.plugins import load_plugins
+
+    groups = param_groups(program, model) if program is not None else [
+        {"params": [p for p in model.parameters() if p.requires_grad]}]  # fmt: skip
+    if not any(g["params"] for g in groups):
         raise SpecTypeError("every parameter is frozen: nothing to optimize", loc(spec.span))
-    return _ctor(torch.optim, spec, "optimizer", params)
+    plugins = load_plugins(program) if program is not None else {}
+    if spec.name in plugins and issubclass(plugins[spec.name], torch.optim.Optimizer):
+        return _ctor(plugins, spec, "optimizer", groups)
+    return _ctor(torch.optim, spec, "optimizer", groups)
 
 
 def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -440,7 +490,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = build_model(program, cfg).to(device)
+    model, model_inst = build_model(program, cfg)
+    model = model.to(device)
     from specc.finetune import apply_train_setup
 
     apply_train_setup(program, model, quiet=quiet)
@@ -452,8 +503,10 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     n = len(train)
     per_epoch = n // data.batch_size if data.drop_last else math.ceil(n / data.batch_size)
     steps_per_epoch = max(per_epoch // cfg.accumulate, 1)
-    loss_fn = build_loss(cfg.loss).to(device)
-    opt = build_optimizer(cfg.optimizer, model)
+    _check_label_ranges(splits, model_inst, data)
+    label_shape = list(train.y.shape[1:]) if train.y is not None else []
+    loss_fn = build_loss(cfg.loss, program, model_inst, label_shape).to(device)
+    opt = build_optimizer(cfg.optimizer, model, program)
     sched, interval = build_scheduler(cfg, opt, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     amp = _amp(cfg.precision, device)
@@ -676,6 +729,21 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     return summary
 
 
+def _check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: DataConfig):
+    """Class labels outside the model's outputs fail here, naming the dataset and index,
+    instead of as an ATen assertion in the middle of training."""
+    from specc.data import check_labels
+
+    out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
+    if out is None or len(out.shape) != 1:
+        return
+    for name, split in splits.items():
+        if split.y is not None and not split.y.is_floating_point() and split.y.dim() == 1:
+            spec = getattr(data, name, None) or data.train
+            check_labels(split.y, out.shape[0], dataset_name=f"{spec.name} ({name})",
+                         location=loc(spec.span))  # fmt: skip
+
+
 def _close(metrics_file, tb) -> None:
     metrics_file.close()
     if tb is not None:
@@ -723,7 +791,8 @@ def evaluate_checkpoint(
         program = apply_overrides(program, overrides or [])
         cfg, data = train_config(program)
         device = pick_device(cfg.device)
-        model = build_model(program, cfg).to(device)
+        model, model_inst = build_model(program, cfg)
+        model = model.to(device)
         state = checkpoint.load(ckpt)
         try:
             model.load_state_dict(state["model"])
@@ -738,7 +807,12 @@ def evaluate_checkpoint(
         result = evaluate(
             model,
             split,
-            build_loss(cfg.loss).to(device),
+            build_loss(
+                cfg.loss,
+                program,
+                model_inst,
+                list(split.y.shape[1:]) if split.y is not None else [],
+            ).to(device),
             cfg,
             data,
             device,

@@ -420,7 +420,7 @@ class _Instance:
             return self.make_repeat(e, incoming, use, layer)
         if kind == "model":
             return self.make_model(e, incoming, use)
-        return self.make_torch(e, obj, incoming)
+        return self.make_torch(e, obj, incoming, plugin=kind == "plugin")
 
     def make_sequential(self, e: ir.Call, incoming, use, layer) -> _Built:
         if e.kwargs:
@@ -503,7 +503,7 @@ class _Instance:
             ir.ModelCtor(instance=inst, span=e.span), _ChildCall(child), inst.params, mdef.name, []
         )
 
-    def make_torch(self, e: ir.Call, cls: type, incoming) -> _Built:
+    def make_torch(self, e: ir.Call, cls: type, incoming, plugin: bool = False) -> _Built:
         names, var_pos, var_kw = accepts(cls)
         x = incoming[0] if incoming else None
         holes: dict[int, Any] = {}
@@ -556,9 +556,20 @@ class _Instance:
             with torch.device("meta"):
                 module = cls(*args, **kwargs)
         except Exception as exc:  # torch validates arguments with several exception types
+            if plugin:  # plugin code may not support meta: fall back to a real instance
+                try:
+                    module = cls(*args, **kwargs)
+                except Exception as exc2:
+                    raise SpecTypeError(
+                        f"{e.func}({_args_text(args, kwargs)}) failed: {_first_line(exc2)}",
+                        loc(e.span),
+                    ) from None
+                return self._plugin_built(e, cls, module, args, kwargs, holes)
             raise SpecTypeError(
                 f"{e.func}({_args_text(args, kwargs)}) is invalid: {_first_line(exc)}", loc(e.span)
             ) from None
+        if plugin:
+            return self._plugin_built(e, cls, module, args, kwargs, holes)
         self.holes.update(holes)
         bound = dict(zip(names, args, strict=False)) | kwargs
         checks = [
@@ -574,6 +585,19 @@ class _Instance:
             span=e.span,
         )
         return _Built(ctor, module, params, cls.__name__, checks)
+
+    def _plugin_built(self, e, cls, module, args, kwargs, holes) -> _Built:
+        """A plugin layer is a black box: run it on meta tensors, or, when its code does not
+        support meta, a real instance on tiny zero tensors of the same shapes."""
+        self.holes.update(holes)
+        params = sum(p.numel() for p in module.parameters())
+        ctor = ir.TorchCtor(
+            cls=qualname(cls),
+            args=[to_expr(a) for a in args],
+            kwargs={k: to_expr(v) for k, v in kwargs.items()},
+            span=e.span,
+        )
+        return _Built(ctor, _BlackBox(cls, module, args, kwargs), params, cls.__name__, [])
 
     def call_built(self, b: _Built, inputs: list[Any], e: ir.Expr) -> Any:
         try:
@@ -635,6 +659,49 @@ class _Chain:
         for b in self.items:
             x = b.module(x)
         return x
+
+
+class _BlackBox:
+    """Calls a plugin module on meta tensors, falling back to real zeros on the CPU."""
+
+    def __init__(self, cls: type, module: Any, args: list, kwargs: dict) -> None:
+        self.cls, self.module, self.args, self.kwargs = cls, module, args, kwargs
+        self.real: Any = None
+
+    def __call__(self, *xs: Any, **kw: Any) -> Any:
+        if not _has_meta_params(self.module):
+            with torch.no_grad():
+                return _to_meta(self.module(*_to_real(xs), **_to_real(kw)))
+        try:
+            return self.module(*xs, **kw)
+        except Exception:
+            if self.real is None:
+                self.real = self.cls(*self.args, **self.kwargs)
+            with torch.no_grad():
+                return _to_meta(self.real(*_to_real(xs), **_to_real(kw)))
+
+
+def _has_meta_params(module: Any) -> bool:
+    params = getattr(module, "parameters", None)
+    return params is not None and any(p.is_meta for p in params())
+
+
+def _to_real(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.zeros(x.shape, dtype=x.dtype) if x.is_meta else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_real(i) for i in x)
+    if isinstance(x, dict):
+        return {k: _to_real(v) for k, v in x.items()}
+    return x
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty(x.shape, dtype=x.dtype, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(i) for i in x)
+    return x
 
 
 class _ChildCall:

@@ -514,40 +514,51 @@ class Transformer:
         x = _Exprs(self.file, self.text)
         name, *items = t.children
         fields = [i for i in items if i.data == "field"]
-        inits, freezes = [], []
+        inits, freezes, groups = [], [], []
         for i in items:
             if i.data == "init_stmt":
                 target, path, options = i.children
-                opts = {}
-                if options is not None:
-                    for kw in options.children:
-                        if kw is not None:
-                            opts[str(kw.children[0])] = x.expr(kw.children[1])
                 inits.append(
                     ir.InitStmt(
-                        target=None
-                        if target is None
-                        else ".".join(str(c) for c in target.children),
+                        target=None if target is None else ".".join(map(str, target.children)),
                         path=x._string(path),
-                        options=opts,
+                        options=self.options(x, options),
                         span=span_of(i, self.file),
                     )
                 )
             elif i.data == "freeze_stmt":
-                pats = []
-                for p in i.children:
-                    if p.data == "pattern_glob":
-                        pats.append(x._string(p.children[0]))
-                    else:
-                        pats.append(".".join(str(c) for c in p.children))
+                pats = [self.pattern(x, p) for p in i.children]
                 freezes.append(ir.FreezeStmt(patterns=pats, span=span_of(i, self.file)))
+            elif i.data == "group_stmt":
+                *pats, options = i.children
+                groups.append(
+                    ir.GroupStmt(
+                        patterns=[self.pattern(x, p) for p in pats],
+                        options=self.options(x, options),
+                        span=span_of(i, self.file),
+                    )
+                )
         return ir.TrainDef(
             name=None if name is None else str(name),
             fields=self.fields(x, fields),
             inits=inits,
             freezes=freezes,
+            groups=groups,
             span=span_of(t, self.file),
         )
+
+    def options(self, x: _Exprs, node: Tree | None) -> dict[str, ir.Expr]:
+        opts: dict[str, ir.Expr] = {}
+        if node is not None:
+            for kw in node.children:
+                if kw is not None:
+                    opts[str(kw.children[0])] = x.expr(kw.children[1])
+        return opts
+
+    def pattern(self, x: _Exprs, p: Tree) -> str:
+        if p.data == "pattern_glob":
+            return x._string(p.children[0])
+        return ".".join(str(c) for c in p.children)
 
 
 def transform(tree: lark.Tree, file: str, text: str) -> dict[str, list]:

@@ -144,3 +144,12 @@ def test_random_augmentation_keeps_the_fast_path(tmp_path, monkeypatch):
     assert ("train", True, True) in seen  # in memory, augmented per batch
     assert ("test", True, False) in seen
     assert summary["test_accuracy"] > 0.5
+
+
+def test_label_out_of_range_is_reported_before_training(tmp_path, capsys):
+    spec = tmp_path / "five.spec"
+    spec.write_text(DIGITS.read_text().replace("model     = DigitsNet()",
+                                               "model     = DigitsNet(5)"))  # fmt: skip
+    assert main(["run", str(spec), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "Digits (train)" in err and "index" in err and "Traceback" not in err
