@@ -17,8 +17,11 @@ from specc.errors import CheckpointError
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` so that a crash at any moment leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -30,6 +33,12 @@ def save(state: dict[str, Any], path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {exc.strerror or exc}",
+            hint="the previous checkpoint at that path is unchanged",
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -229,7 +229,11 @@ def run(
     from specc.run import run as run_training
 
     program = load(spec, plugins=not no_plugins)
-    run_training(program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir)
+    summary = run_training(
+        program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir
+    )
+    if summary.get("interrupted"):
+        raise typer.Exit(130)  # stopped by Ctrl-C after saving; the message says how to resume
 
 
 @app.command("eval")
@@ -250,7 +254,9 @@ def eval_cmd(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning user errors into exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            return rc  # typer returns (not raises) the code of an Exit in non-standalone mode
     except SpecError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_USER_ERROR

@@ -487,6 +487,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     out_dir = runs_dir / run_name
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the run folder {out_dir}: {exc.strerror}",
+                         hint="choose another place with --runs-dir") from None  # fmt: skip
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -537,6 +542,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         total_batches = min(total_batches, cfg.max_steps * cfg.accumulate)
     progress = Progress(total_batches, cfg.log_every, quiet)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     metrics_file = (out_dir / "metrics.jsonl").open("a")
     tb = _tensorboard(out_dir)
 

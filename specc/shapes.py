@@ -35,6 +35,9 @@ from specc.values import BINOPS, evaluate, loc, to_expr, type_ok
 BATCH = 2
 # repeat(n, X) enumerates distinct instances until shapes reach a fixed point.
 MAX_DISTINCT_REPEATS = 1000
+# Sizes past these are mistakes, not models: refused at check time with an estimate.
+MAX_PARAM_BYTES = 1 << 40  # 1 TiB of float32 parameters (a 20B model is 80 GB)
+MAX_REPEAT = 100_000
 
 
 @dataclass
@@ -410,7 +413,22 @@ class _Instance:
     def make(
         self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
     ) -> _Built:
-        """Construct a layer expression on meta, filling holes from `incoming`."""
+        """Construct a layer expression on meta, filling holes from `incoming`; refuse sizes
+        no machine could hold before anything real is allocated."""
+        built = self._make(e, incoming, use, layer)
+        if built.params * 4 > MAX_PARAM_BYTES:
+            raise SpecShapeError(
+                f"`{self.ck.snippet(e.span)}` would hold {built.params:,} parameters "
+                f"(about {_bytes_text(built.params * 4)} in float32)",
+                loc(e.span),
+                hint=f"specc refuses models over {_bytes_text(MAX_PARAM_BYTES)} of parameters; "
+                "is a size off by a few zeros?",
+            )
+        return built
+
+    def _make(
+        self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
+    ) -> _Built:
         if not isinstance(e, ir.Call):
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
         kind, obj = self.ck.reg.layer(e.func) or (None, None)
@@ -471,6 +489,13 @@ class _Instance:
                 )
         last = distinct[-1]
         params = sum(b.params for b in distinct) + (count - len(distinct)) * last.params
+        if count > MAX_REPEAT:
+            raise SpecShapeError(
+                f"repeat({count:,}, ...) would create {count:,} modules "
+                f"({params:,} parameters, about {_bytes_text(params * 4)} in float32)",
+                loc(e.span),
+                hint=f"specc builds at most {MAX_REPEAT:,} repeated instances",
+            )
         ctor = ir.RepeatCtor(count=count, items=[b.ctor for b in distinct], span=e.span)
         module = _Chain(distinct)
         inner = distinct[0].type_name
@@ -630,6 +655,13 @@ class _Instance:
                 )
             )
         total = sum(x.params for x in layers)
+        if total * 4 > MAX_PARAM_BYTES:
+            raise SpecShapeError(
+                f"`{self.mdef.name}` would hold {total:,} parameters "
+                f"(about {_bytes_text(total * 4)} in float32)",
+                loc(self.mdef.span),
+                hint=f"specc refuses models over {_bytes_text(MAX_PARAM_BYTES)} of parameters",
+            )
         fwd = self.mdef.forward
         assert fwd is not None
         in_names = [i.name for i in fwd.inputs] or ["x"]
@@ -710,6 +742,14 @@ class _ChildCall:
 
     def __call__(self, *xs: Any) -> Any:
         return self.child.execute(list(xs), use_span=None)
+
+
+def _bytes_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
