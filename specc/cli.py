@@ -223,12 +223,51 @@ def run(
         "runs"
     ),
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            help="Train on N worker processes through torchrun (DDP by default; set "
+            'strategy = "fsdp" in the spec to shard).',
+        ),
+    ] = None,
+    nnodes: Annotated[
+        str, typer.Option("--nnodes", help="Number of machines (torchrun's --nnodes).")
+    ] = "1",
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="This machine's rank (torchrun's --node-rank).")
+    ] = 0,
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option("--rdzv-endpoint", help="host:port all machines meet at (multi-node)."),
+    ] = None,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="Rank-0 host (static rendezvous).")
+    ] = None,
+    master_port: Annotated[
+        int | None, typer.Option("--master-port", help="Rank-0 port (static rendezvous).")
+    ] = None,
 ) -> None:
     """Train and evaluate the spec's `train` block."""
+    import os
+
     from specc.loader import load
     from specc.run import run as run_training
 
-    program = load(spec, plugins=not no_plugins)
+    program = load(spec, plugins=not no_plugins)  # fail fast, before starting workers
+    if nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
+        from specc.distributed import launch
+
+        args = [str(spec), *(a for s in set_ for a in ("--set", s)), "--runs-dir", str(runs_dir),
+                "--name", name or spec.stem]  # fmt: skip
+        args += ["--resume"] if resume else []
+        args += ["--no-plugins"] if no_plugins else []
+        code = launch(args, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                      rdzv_endpoint=rdzv_endpoint, master_addr=master_addr,
+                      master_port=master_port)  # fmt: skip
+        if code:
+            raise typer.Exit(code)
+        return
     summary = run_training(
         program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir
     )

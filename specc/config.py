@@ -64,6 +64,8 @@ class TrainConfig(BaseModel):
     early_stop: int | None = Field(None, gt=0)  # patience in epochs without improvement
     checkpoint_every: int | None = Field(None, gt=0)  # also write last.pt every N steps
     on_nan: Literal["stop", "skip"] = "stop"
+    # Under torchrun (world size > 1): DistributedDataParallel, or FSDP2 sharding.
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
 def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:

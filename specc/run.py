@@ -267,10 +267,24 @@ def batches(
     drop_last: bool,
     device: torch.device,
     augment: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ):
     """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives."""
     n = len(split)
-    count = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if world > 1:
+        # Each global batch is world * batch_size samples in `perm` order; rank r takes
+        # its slice, so N workers see exactly the data of one worker with N times the batch.
+        # An incomplete last global batch is dropped to keep the workers in step.
+        gb = batch_size * world
+        count = n // gb
+        order = perm if perm is not None else torch.arange(n)
+        parts = [order[b * gb + rank * batch_size : b * gb + (rank + 1) * batch_size]
+                 for b in range(count)]  # fmt: skip
+        perm = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        n = len(perm)
+    else:
+        count = n // batch_size if drop_last else math.ceil(n / batch_size)
     if split.x is not None:
         order = perm.to(split.x.device) if perm is not None else None
         for b in range(start, count):
@@ -325,12 +339,15 @@ def evaluate(
     data: DataConfig,
     device: torch.device,
     amp,
+    ctx: Any = None,
 ) -> dict[str, float]:
     was_training = model.training
     model.eval()
     total, loss_sum = 0, 0.0
     correct = {m: 0 for m in cfg.metrics if m != "loss"}
     bs = data.eval_batch_size or max(data.batch_size, 256)
+    if ctx is not None and ctx.enabled:
+        split = _shard(split, ctx)
     for x, y in batches(
         split, bs, perm=None, start=0, workers=data.workers, drop_last=False, device=device
     ):
@@ -343,9 +360,27 @@ def evaluate(
         for m in correct:
             correct[m] += int(_topk(out, y, 1 if m == "accuracy" else 5))
     model.train(was_training)
+    if ctx is not None and ctx.enabled:
+        from specc import distributed
+
+        keys = list(correct)
+        sums = distributed.all_sum([total, loss_sum, *(correct[k] for k in keys)], ctx, device)
+        total, loss_sum = int(sums[0]), sums[1]
+        correct = dict(zip(keys, sums[2:], strict=True))
     result = {"loss": loss_sum / max(total, 1)}
     result.update({m: c / max(total, 1) for m, c in correct.items()})
     return result
+
+
+def _shard(split: Split, ctx: Any) -> Split:
+    """This worker's share of an evaluation set (every world-th sample)."""
+    if split.x is not None:
+        return Split(split.name, x=split.x[ctx.rank :: ctx.world], y=split.y[ctx.rank :: ctx.world])
+    from torch.utils.data import Subset
+
+    return Split(
+        split.name, dataset=Subset(split.dataset, range(ctx.rank, len(split.dataset), ctx.world))
+    )
 
 
 # ---- progress -------------------------------------------------------------------------
@@ -492,7 +527,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     except OSError as exc:
         raise UsageError(f"cannot create the run folder {out_dir}: {exc.strerror}",
                          hint="choose another place with --runs-dir") from None  # fmt: skip
-    device = pick_device(cfg.device)
+    from specc import distributed
+
+    ctx = distributed.from_env(cfg.strategy)
+    device = distributed.init(ctx, pick_device(cfg.device))
+    quiet = quiet or not ctx.is_main  # rank 0 alone prints, logs and writes checkpoints
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model, model_inst = build_model(program, cfg)
@@ -500,6 +539,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     from specc.finetune import apply_train_setup
 
     apply_train_setup(program, model, quiet=quiet)
+    base_model = model
+    model = distributed.wrap(model, ctx, device)
     splits = make_splits(data, device, cfg.seed)
     train = splits["train"]
     if len(train) == 0:
@@ -507,11 +548,19 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     eval_split = splits.get("val") or splits.get("test")
     n = len(train)
     per_epoch = n // data.batch_size if data.drop_last else math.ceil(n / data.batch_size)
+    if ctx.enabled:
+        per_epoch = n // (data.batch_size * ctx.world)
+        if per_epoch == 0:
+            raise DataError(
+                f"{n} training samples are fewer than one global batch "
+                f"({data.batch_size} x {ctx.world} workers)",
+                loc(data.train.span),
+            )
     steps_per_epoch = max(per_epoch // cfg.accumulate, 1)
     _check_label_ranges(splits, model_inst, data)
     label_shape = list(train.y.shape[1:]) if train.y is not None else []
     loss_fn = build_loss(cfg.loss, program, model_inst, label_shape).to(device)
-    opt = build_optimizer(cfg.optimizer, model, program)
+    opt = build_optimizer(cfg.optimizer, base_model, program)
     sched, interval = build_scheduler(cfg, opt, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     amp = _amp(cfg.precision, device)
@@ -525,8 +574,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
             )
         ck = checkpoint.load(last_path)
         try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            distributed.load_state_dicts(model, opt, ctx, ck["model"], ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
             scaler.load_state_dict(ck["scaler"])
@@ -541,11 +589,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     if cfg.max_steps:
         total_batches = min(total_batches, cfg.max_steps * cfg.accumulate)
     progress = Progress(total_batches, cfg.log_every, quiet)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".*.tmp"):  # left by a run killed while saving
-        stale.unlink(missing_ok=True)
-    metrics_file = (out_dir / "metrics.jsonl").open("a")
-    tb = _tensorboard(out_dir)
+    if ctx.is_main:
+        for stale in out_dir.glob(".*.tmp"):  # left by a run killed while saving
+            stale.unlink(missing_ok=True)
+    metrics_file = (out_dir / "metrics.jsonl").open("a") if ctx.is_main else _NullFile()
+    tb = _tensorboard(out_dir) if ctx.is_main else None
 
     def log(record: dict) -> None:
         metrics_file.write(json.dumps(record) + "\n")
@@ -556,10 +604,13 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                     tb.add_scalar(k, v, record.get("step", 0))
 
     def save(path: Path) -> None:
+        model_state, opt_state = distributed.state_dicts(model, opt, ctx)  # all ranks
+        if not ctx.is_main:
+            return
         checkpoint.save(
             {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": model_state,
+                "optimizer": opt_state,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict(),
                 "rng": _rng_state(),
@@ -605,6 +656,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                 drop_last=data.drop_last,
                 device=device,
                 augment=True,
+                rank=ctx.rank,
+                world=ctx.world,
             ):
                 with amp():
                     out = step_model(x)
@@ -663,8 +716,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                     opt.param_groups[0]["lr"],
                     seen / max(time.perf_counter() - t_start, 1e-9),
                 )
-                if stop["signal"] is not None or (cfg.max_steps and state.step >= cfg.max_steps):
-                    interrupted = stop["signal"] is not None
+                stopping = stop["signal"] is not None
+                if ctx.enabled:  # every worker must stop at the same step
+                    stopping = distributed.all_sum([float(stopping)], ctx, device)[0] > 0
+                if stopping or (cfg.max_steps and state.step >= cfg.max_steps):
+                    interrupted = stopping
                     break
             else:
                 # The epoch ran to its end.
@@ -674,7 +730,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                     sched.step()
                 record = {"epoch": state.epoch, "step": state.step}
                 if eval_split is not None:
-                    ev = evaluate(model, eval_split, loss_fn, cfg, data, device, amp)
+                    ev = evaluate(model, eval_split, loss_fn, cfg, data, device, amp, ctx)
                     record.update({f"{eval_split.name}_{k}": v for k, v in ev.items()})
                     value = ev.get(best_metric, ev["loss"])
                     improved = state.best is None or (
@@ -708,10 +764,15 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         progress.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+        if sys.exc_info()[0] is not None:
+            distributed.shutdown(ctx)
         if interrupted or sys.exc_info()[0] is not None:
             _close(metrics_file, tb)
 
     if interrupted:
+        distributed.shutdown(ctx)
+        if not ctx.is_main:
+            return {"interrupted": True, "step": state.step}
         print(
             f"stopped at step {state.step}; checkpoint saved to {last_path}\n"
             f"resume with: specc run {program.sources[0].path} --resume",
@@ -726,12 +787,13 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         "run_dir": str(out_dir),
     }
     if "test" in splits:
-        if best_path.exists() and "val" in splits:
+        if best_path.exists() and "val" in splits and not ctx.enabled:
             model.load_state_dict(checkpoint.load(best_path)["model"])
-        test = evaluate(model, splits["test"], loss_fn, cfg, data, device, amp)
+        test = evaluate(model, splits["test"], loss_fn, cfg, data, device, amp, ctx)
         summary.update({f"test_{k}": v for k, v in test.items()})
         log({"final": True, **{f"test_{k}": v for k, v in test.items()}})
     _close(metrics_file, tb)
+    distributed.shutdown(ctx)
     _print_summary(summary, quiet)
     return summary
 
@@ -749,6 +811,19 @@ def _check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: 
             spec = getattr(data, name, None) or data.train
             check_labels(split.y, out.shape[0], dataset_name=f"{spec.name} ({name})",
                          location=loc(spec.span))  # fmt: skip
+
+
+class _NullFile:
+    """metrics.jsonl on workers other than rank 0: nothing is written."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _close(metrics_file, tb) -> None:

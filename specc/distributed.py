@@ -1,0 +1,171 @@
+"""Scaling out on torch.distributed: torchrun launches the workers, DDP or FSDP2 wraps the
+model. specc adds no engine of its own: `specc run --nproc-per-node N` hands the command to
+``torch.distributed.run`` (torchrun's own code), and each worker finds its rank in the
+environment variables torchrun sets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from specc.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    strategy: str = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launch(run_args: list[str], *, nproc_per_node: int, nnodes: str = "1",
+           node_rank: int = 0, rdzv_endpoint: str | None = None,
+           master_addr: str | None = None, master_port: int | None = None) -> int:  # fmt: skip
+    """Start `python -m specc run <run_args>` on N local workers through torchrun."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    if nproc_per_node < 1:
+        raise UsageError("--nproc-per-node must be at least 1")
+    argv = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}"]  # fmt: skip
+    if rdzv_endpoint:
+        argv += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    elif nnodes == "1" and master_addr is None and master_port is None:
+        argv += ["--standalone"]
+    if master_addr:
+        argv.append(f"--master-addr={master_addr}")
+    if master_port:
+        argv.append(f"--master-port={master_port}")
+    # One thread per worker unless the user chose: workers on one machine share its cores.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    args = get_args_parser().parse_args([*argv, "-m", "specc", "run", *run_args])
+    try:
+        torchrun(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
+        why = f"exit code {failure.exitcode}"
+        if failure.exitcode is not None and failure.exitcode < 0:
+            why = f"signal {-failure.exitcode}"
+        print(f"error: worker rank {rank} failed ({why}); the whole job was stopped",
+              file=sys.stderr)  # fmt: skip
+        return code
+    return 0
+
+
+def from_env(strategy: str) -> Dist:
+    """The worker's place in the job (world 1 outside torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(strategy="none")
+    return Dist(world=world, rank=int(os.environ.get("RANK", "0")),
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                strategy=strategy if strategy != "auto" else "ddp")  # fmt: skip
+
+
+def init(ctx: Dist, device: torch.device) -> torch.device:
+    """Join the process group; on CUDA each worker takes its local GPU (nccl), else gloo."""
+    import torch.distributed as dist
+
+    if not ctx.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap(model: nn.Module, ctx: Dist, device: torch.device) -> nn.Module:
+    if not ctx.enabled:
+        return model
+    if ctx.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if ctx.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard every direct child that holds parameters, then the root (FSDP2 style).
+        for child in model.children():
+            if any(True for _ in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+        return model
+    raise UsageError(f"unknown strategy {ctx.strategy!r}", hint='use "ddp" or "fsdp"')
+
+
+def state_dicts(model: nn.Module, opt: torch.optim.Optimizer | None,
+                ctx: Dist) -> tuple[dict, dict | None]:  # fmt: skip
+    """Full (unsharded, unwrapped) model and optimizer state; a collective when sharded."""
+    if not ctx.enabled:
+        return model.state_dict(), opt.state_dict() if opt is not None else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if opt is None:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=options), None
+    return get_state_dict(model, opt, options=options)
+
+
+def load_state_dicts(model: nn.Module, opt: torch.optim.Optimizer, ctx: Dist,
+                     model_state: dict, opt_state: dict) -> None:  # fmt: skip
+    if not ctx.enabled:
+        model.load_state_dict(model_state)
+        opt.load_state_dict(opt_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state,
+                   options=StateDictOptions(full_state_dict=True,
+                                            broadcast_from_rank0=False))  # fmt: skip
+
+
+def all_sum(values: list[float], ctx: Dist, device: torch.device) -> list[float]:
+    if not ctx.enabled:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(ctx: Dist) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shutdown(ctx: Dist) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def unwrap(model: Any) -> nn.Module:
+    return getattr(model, "module", model)
