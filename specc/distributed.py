@@ -159,12 +159,19 @@ def barrier(ctx: Dist) -> None:
         dist.barrier()
 
 
-def shutdown(ctx: Dist) -> None:
+def shutdown(ctx: Dist, *, failed: bool = False) -> None:
     if ctx.enabled:
         import torch.distributed as dist
 
+        if failed:  # peers may be blocked in a collective: exit and let torchrun stop them
+            return
         if dist.is_initialized():
-            dist.destroy_process_group()
+            # Leave together: a worker tearing down gloo while its peer is still in a
+            # collective can abort the peer ("terminate called without an active exception").
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def unwrap(model: Any) -> nn.Module:

@@ -100,8 +100,8 @@ class Neg(Node):
 class Call(Node):
     kind: Literal["call"] = "call"
     func: str
-    args: list[Expr] = []
-    kwargs: dict[str, Expr] = {}
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
     span: Span | None = None
     # Span of the callee name alone, for "unknown name" carets.
     func_span: Span | None = None
@@ -142,10 +142,10 @@ class FNode(Node):
     name: str  # unique SSA name
     op: FOp
     target: str = ""
-    args: list[Expr] = []
-    kwargs: dict[str, Expr] = {}
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
     # The spec variables this node's value is assigned to (several: tuple unpacking).
-    vars: list[str] = []
+    vars: list[str] = Field(default_factory=list)
     span: Span
 
 
@@ -189,8 +189,8 @@ class Layer(Node):
 class ModelDef(Node):
     name: str
     kind: Literal["model", "sequential"] = "model"
-    params: list[Param] = []
-    layers: list[Layer] = []
+    params: list[Param] = Field(default_factory=list)
+    layers: list[Layer] = Field(default_factory=list)
     forward: Forward | None = None
     span: Span
     file: str
@@ -214,7 +214,7 @@ class DataDef(Node):
 class InitStmt(Node):
     target: str | None  # sub-module path, or None for the whole model
     path: str
-    options: dict[str, Expr] = {}
+    options: dict[str, Expr] = Field(default_factory=dict)
     span: Span
 
 
@@ -227,16 +227,16 @@ class GroupStmt(Node):
     """`group "backbone.*" (lr=1e-4)`: optimizer options for matching parameters."""
 
     patterns: list[str]
-    options: dict[str, Expr] = {}
+    options: dict[str, Expr] = Field(default_factory=dict)
     span: Span
 
 
 class TrainDef(Node):
     name: str | None = None
-    fields: list[FieldDef] = []
-    inits: list[InitStmt] = []
-    freezes: list[FreezeStmt] = []
-    groups: list[GroupStmt] = []
+    fields: list[FieldDef] = Field(default_factory=list)
+    inits: list[InitStmt] = Field(default_factory=list)
+    freezes: list[FreezeStmt] = Field(default_factory=list)
+    groups: list[GroupStmt] = Field(default_factory=list)
     span: Span
 
 
@@ -260,11 +260,11 @@ class Program(Node):
     """A whole spec, with the files it imported."""
 
     sources: list[SourceFile]
-    imports: list[ImportStmt] = []
-    plugins: list[PluginStmt] = []
-    models: list[ModelDef] = []
-    data: list[DataDef] = []
-    trains: list[TrainDef] = []
+    imports: list[ImportStmt] = Field(default_factory=list)
+    plugins: list[PluginStmt] = Field(default_factory=list)
+    models: list[ModelDef] = Field(default_factory=list)
+    data: list[DataDef] = Field(default_factory=list)
+    trains: list[TrainDef] = Field(default_factory=list)
 
     def model(self, name: str) -> ModelDef | None:
         return next((m for m in self.models if m.name == name), None)
@@ -287,7 +287,7 @@ class Value(Node):
 
     kind: Literal["tensor", "tuple", "const"]
     tensor: TensorType | None = None
-    items: list[Value] = []
+    items: list[Value] = Field(default_factory=list)
     const: Any = None
 
 
@@ -296,8 +296,8 @@ class TorchCtor(Node):
 
     kind: Literal["torch"] = "torch"
     cls: str  # qualified, e.g. torch.nn.Conv2d or plugin:custom.CustomConv2d
-    args: list[Expr] = []
-    kwargs: dict[str, Expr] = {}
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
     span: Span | None = None
 
 

@@ -765,7 +765,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
         if sys.exc_info()[0] is not None:
-            distributed.shutdown(ctx)
+            distributed.shutdown(ctx, failed=True)
         if interrupted or sys.exc_info()[0] is not None:
             _close(metrics_file, tb)
 

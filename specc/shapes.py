@@ -47,6 +47,7 @@ class _Built:
     params: int
     type_name: str
     checks: list[tuple[str, Any, int]]  # (ctor parameter, value, dim) to verify per call
+    key: str | None = None  # identity of a torch layer's configuration, for the shape cache
 
 
 def shape_text(t: Any) -> str:
@@ -101,6 +102,10 @@ class Checker:
         self.reg = registry
         self.texts = {s.path: s.text for s in program.sources}
         self.depth = 0
+        # Meta ops run through Python decompositions (~1 ms each); the same op on the same
+        # shapes gives the same result, so repeated blocks are inferred once.
+        self.cache: dict[Any, Any] = {}
+        self.modules: dict[str, Any] = {}
 
     def snippet(self, span: ir.Span | None) -> str:
         if span is None:
@@ -314,10 +319,28 @@ class _Instance:
     def step(self, node: ir.FNode, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if node.op == "alias":
             return args[0]
+        key: Any = None
         if node.op == "layer":
             built = self.layer(node, args)
             self.verify(node, built, args)
             fn = built.module
+            if built.key is not None:
+                key = ("layer", built.key, _sig(args), _sig(kwargs))
+        elif node.op in ("function", "method", "operator", "getitem") and not (
+            node.op == "method" and node.target.endswith("_")  # in-place: not a pure function
+        ):
+            key = (node.op, node.target, _sig(args), _sig(kwargs))
+        if key is not None and None not in key:
+            hit = self.ck.cache.get(key)
+            if hit is not None:
+                out = _rebuild(hit)
+                if node.op == "layer" and node.target not in self.first_out:
+                    self.first_out[node.target] = value_of(out)
+                return out
+        else:
+            key = None
+        if node.op == "layer":
+            pass  # fn is the built layer
         elif node.op == "function":
             fn = function_by_qualname(node.target)
         elif node.op == "method":
@@ -343,6 +366,10 @@ class _Instance:
             raise SpecTypeError(f"cannot evaluate `{node.target}`", loc(node.span))
         try:
             out = fn(*args, **kwargs)
+            if key is not None:
+                described = _describe(out)
+                if described is not None:
+                    self.ck.cache[key] = described
         except SpecError:
             raise
         except Exception as exc:  # torch reports shape errors in many exception types
@@ -577,9 +604,17 @@ class _Instance:
             if k in names[: len(args)]:
                 raise SpecTypeError(f"{e.func} got `{k}` twice", loc(v.span))
             kwargs[k] = fill(v, k)
+        cache_key = None if plugin else f"{qualname(cls)}:{_sig(args)}:{_sig(kwargs)}"
+        cached = self.ck.modules.get(cache_key) if cache_key and None not in (
+            _sig(args), _sig(kwargs)) else None  # fmt: skip
         try:
-            with torch.device("meta"):
-                module = cls(*args, **kwargs)
+            if cached is not None:
+                module = cached  # same class, same arguments: one meta instance serves all
+            else:
+                with torch.device("meta"):
+                    module = cls(*args, **kwargs)
+                if cache_key:
+                    self.ck.modules[cache_key] = module
         except Exception as exc:  # torch validates arguments with several exception types
             if plugin:  # plugin code may not support meta: fall back to a real instance
                 try:
@@ -609,7 +644,8 @@ class _Instance:
             kwargs={k: to_expr(v) for k, v in kwargs.items()},
             span=e.span,
         )
-        return _Built(ctor, module, params, cls.__name__, checks)
+        key = f"{qualname(cls)}:{ctor.model_dump_json(exclude={'span'})}"
+        return _Built(ctor, module, params, cls.__name__, checks, key)
 
     def _plugin_built(self, e, cls, module, args, kwargs, holes) -> _Built:
         """A plugin layer is a black box: run it on meta tensors, or, when its code does not
@@ -750,6 +786,42 @@ def _bytes_text(n: int) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n} B"  # pragma: no cover
+
+
+def _sig(v: Any) -> Any:
+    """A hashable description of an argument for the shape cache (None: do not cache)."""
+    if isinstance(v, torch.Tensor):
+        return ("T", tuple(v.shape), v.stride(), v.dtype)
+    if isinstance(v, (list, tuple)):
+        items = tuple(_sig(i) for i in v)
+        return None if None in items else (type(v).__name__, items)
+    if isinstance(v, dict):
+        items = tuple((k, _sig(x)) for k, x in sorted(v.items()))
+        return None if any(x is None for _, x in items) else ("D", items)
+    if isinstance(v, slice):
+        return ("S", _sig(v.start), _sig(v.stop), _sig(v.step))
+    if v is None or v is Ellipsis or isinstance(v, (bool, int, float, str, torch.dtype)):
+        return (type(v).__name__, v)
+    return None
+
+
+def _describe(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return ("T", tuple(out.shape), out.stride(), out.dtype)
+    if isinstance(out, (list, tuple)) and not isinstance(out, torch.Size):
+        items = [_describe(i) for i in out]
+        return None if any(i is None for i in items) else (type(out), items)
+    if out is None or isinstance(out, (bool, int, float, str, torch.Size)):
+        return ("V", out)
+    return None
+
+
+def _rebuild(d: Any) -> Any:
+    if d[0] == "T":
+        return torch.empty_strided(d[1], d[2], dtype=d[3], device="meta")
+    if d[0] == "V":
+        return d[1]
+    return d[0](_rebuild(i) for i in d[1])
 
 
 def _same_shapes(a: Any, b: Any) -> bool:

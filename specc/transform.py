@@ -165,6 +165,7 @@ class _ForwardLowering:
         self.x = exprs
         self.nodes: list[dict[str, Any]] = []
         self.used: set[str] = set()
+        self.counters: dict[str, int] = {}  # next suffix per base name (keeps fresh() O(1))
         self.env: dict[str, ir.Ref] = {}
         for inp in inputs:
             name = self.fresh(inp.name)
@@ -181,10 +182,12 @@ class _ForwardLowering:
 
     def fresh(self, base: str) -> str:
         base = base.lstrip("._@[]") or "t"
-        name, k = base, 0
-        while name in self.used:
+        k = self.counters.get(base, 0)
+        name = base if k == 0 else f"{base}_{k}"
+        while name in self.used:  # e.g. base "x_1" after "x" was used twice
             k += 1
             name = f"{base}_{k}"
+        self.counters[base] = k + 1
         self.used.add(name)
         return name
 
@@ -272,7 +275,7 @@ class _ForwardLowering:
         return self.add("alias", "", [value], {}, span, base)
 
     def _node(self, name: str) -> dict[str, Any]:
-        return next(n for n in reversed(self.nodes) if n["name"] == name)
+        return next(n for n in reversed(self.nodes) if n["name"] == name)  # recent: near the end
 
     def finish(self, returns: list[ir.Expr] | None, span: ir.Span) -> list[ir.FNode]:
         if returns is not None:
