@@ -556,7 +556,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                 f"({data.batch_size} x {ctx.world} workers)",
                 loc(data.train.span),
             )
-    steps_per_epoch = max(per_epoch // cfg.accumulate, 1)
+    steps_per_epoch = max(math.ceil(per_epoch / cfg.accumulate), 1)  # last group may be short
     _check_label_ranges(splits, model_inst, data)
     label_shape = list(train.y.shape[1:]) if train.y is not None else []
     loss_fn = build_loss(cfg.loss, program, model_inst, label_shape).to(device)

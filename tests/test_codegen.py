@@ -14,6 +14,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import torch
 
 import specc
 from specc import codegen
-from specc.errors import SpecError, SpecTypeError, UsageError
+from specc.errors import DataError, SpecError, SpecNameError, SpecTypeError, UsageError
 from specc.plugins import plugin_path
 from specc.shapes import check_model, default_model, standalone
 
@@ -180,6 +181,146 @@ def _targets() -> list:
 TARGETS = _targets()
 STEMS = sorted({row.values[0] for row in TARGETS if row.values[1] is None})
 
+# `compile --train` cases: train-block features the shipped specs do not use. Each has a
+# golden `<name>.train.py`; case_train also runs (on tensor files the test writes).
+TRAIN_CASES = {
+    "case_train": """\
+# Most train-block features on a tiny tensor dataset: val_split, a train-only transform,
+# init/freeze/group, warmup + scheduler per step, accumulate, clipping, bf16 autocast,
+# top-5, early stopping, max_steps, skipping non-finite losses.
+model Small(hidden: int = 16) {
+    fc1 = Linear(4, hidden)
+    bn  = BatchNorm1d(hidden)
+    fc2 = Linear(hidden, 10)
+    forward(x: [4]) {
+        return fc2(relu(bn(fc1(x))))
+    }
+}
+
+data tensors {
+    train           = TensorFile("data.pt")
+    test            = TensorFile("data.npz", x="x", y="y")
+    train_transform = [GaussianNoise(sigma=0.01, clip=False)]
+    batch_size      = 8
+    eval_batch_size = 16
+    val_split       = 0.25
+    drop_last       = True
+}
+
+train {
+    model      = Small(32)
+    init from "init.safetensors" (skip_mismatched=True)
+    freeze "bn.*"
+    group "fc1" (lr=0.01)
+    data       = tensors
+    loss       = CrossEntropyLoss(label_smoothing=0.1)
+    optimizer  = SGD(lr=0.05, momentum=0.9)
+    scheduler  = CosineAnnealingLR(T_max=20)
+    scheduler_interval = "step"
+    warmup     = 3
+    epochs     = 4
+    max_steps  = 9
+    accumulate = 2
+    clip_grad_norm = 1.0
+    precision  = "bf16"
+    metrics    = [accuracy, top5]
+    early_stop = 2
+    on_nan     = "skip"
+    seed       = 3
+    device     = "cpu"
+    log_every  = 1
+}
+""",
+    "case_train_images": """\
+# Image data through torchvision: CIFAR-100 files made by hand (verify=False), random
+# augmentation for training only, a val split, fine-tuning a renamed checkpoint, fp16 with
+# a GradScaler, torch.compile, OneCycleLR with gradient accumulation.
+model Backbone {
+    conv = Conv2d(3, 16, 3, padding=1)
+    bn   = BatchNorm2d(16)
+    forward(x: [3, 32, 32]) {
+        return flatten(adaptive_avg_pool2d(relu(bn(conv(x))), 4), 1)
+    }
+}
+
+model Classifier(classes: int = 100) {
+    backbone = Backbone()
+    head     = Linear(_, classes)
+    forward(x: [3, 32, 32]) {
+        return head(backbone(x))
+    }
+}
+
+data cifar100 {
+    train           = CIFAR100(root="data", train=True, download=False, verify=False)
+    test            = CIFAR100(root="data", train=False, download=False, verify=False)
+    train_transform = [RandomCrop(32, padding=4), RandomHorizontalFlip(), ToTensor(),
+                       Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])]
+    transform       = [ToTensor(), Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])]
+    batch_size      = 128
+    workers         = 4
+    val_split       = 0.1
+}
+
+train {
+    model      = Classifier()
+    init backbone from "encoder.pt" (strip_prefix="encoder.", strict=True)
+    freeze backbone.conv
+    group "backbone.*", "*.bias" (lr=0.01, weight_decay=0.0)
+    data       = cifar100
+    loss       = CrossEntropyLoss()
+    optimizer  = AdamW(lr=0.001, weight_decay=0.05)
+    scheduler  = OneCycleLR(max_lr=0.01)
+    epochs     = 30
+    accumulate = 4
+    clip_grad_norm = 5.0
+    precision  = "fp16"
+    compile    = True
+    metrics    = [loss]
+    early_stop = 3
+    device     = "cuda"
+    log_every  = 100
+}
+""",
+    "case_train_mnist": """\
+# MNIST-format files (torchvision never checksums them, so verify=False is left out), a
+# test set in a .safetensors file, a scheduler stepped per epoch, a parameter and a glob
+# frozen, max_steps ending the run early.
+model Net {
+    conv = Conv2d(1, 8, 3)
+    bn   = BatchNorm2d(8)
+    fc   = Linear(_, 10)
+    forward(x: [1, 28, 28]) {
+        return fc(flatten(max_pool2d(relu(bn(conv(x))), 2), 1))
+    }
+}
+
+data mnist {
+    train      = MNIST(root="data", train=True, download=True, verify=False)
+    test       = TensorFile("mnist_test.safetensors", x="images", y="targets")
+    transform  = [ToTensor()]
+    batch_size = 64
+    shuffle    = False
+}
+
+train {
+    model     = Net()
+    freeze conv.weight, "bn.*"
+    data      = mnist
+    loss      = CrossEntropyLoss()
+    optimizer = Adam(lr=0.001)
+    scheduler = StepLR(step_size=1, gamma=0.7)
+    epochs    = 3
+    max_steps = 500
+    seed      = 1
+    device    = "cuda:0"
+}
+""",
+}
+TRAIN_STEMS = sorted(
+    [s for s, p in PROGRAMS.items() if p.trains and s not in CASES] + list(TRAIN_CASES)
+)
+
 
 @pytest.fixture(scope="session")
 def spec_paths(tmp_path_factory) -> dict[str, Path]:
@@ -247,8 +388,11 @@ def test_golden(stem, generated):
 
 
 def test_no_stale_goldens():
-    stale = {p.stem for p in GOLDEN_DIR.glob("*.py")} - set(STEMS)
-    assert not stale, f"goldens without a spec: {sorted(stale)}"
+    names = {p.name for p in GOLDEN_DIR.glob("*.py")}
+    train = {n.removesuffix(".train.py") for n in names if n.endswith(".train.py")}
+    models = {n.removesuffix(".py") for n in names if not n.endswith(".train.py")}
+    stale = sorted((models - set(STEMS)) | {f"{n}.train" for n in train - set(TRAIN_STEMS)})
+    assert not stale, f"goldens without a spec: {stale}"
 
 
 def test_cifar_golden_reads_like_the_tutorial(generated):
@@ -518,11 +662,6 @@ def test_file_name_cannot_break_the_header(tmp_path, monkeypatch):
 # ---- errors and options ---------------------------------------------------------------
 
 
-def test_train_is_not_supported_yet():
-    with pytest.raises(UsageError, match="--train is not supported yet"):
-        specc.compile(ROOT / "specs" / "cifar_net.spec", train=True)
-
-
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(UsageError, match="no model named `Nett`"):
         specc.compile(ROOT / "specs" / "cifar_net.spec", "Nett")
@@ -562,6 +701,398 @@ model Top {
     with pytest.raises(SpecTypeError, match="has no default but follows `a`") as info:
         specc.compile(text)
     assert info.value.location is not None and info.value.location.line == 1
+
+
+# ---- 7. compile --train -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def train_paths(tmp_path_factory, spec_paths) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("train_cases")
+    paths = {stem: spec_paths[stem] for stem in TRAIN_STEMS if stem not in TRAIN_CASES}
+    for name, text in TRAIN_CASES.items():
+        paths[name] = folder / f"{name}.spec"
+        paths[name].write_text(text, "utf-8")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def train_generated(train_paths):
+    """The `compile --train` source of a spec, generated once per session."""
+    cache: dict[str, str] = {}
+
+    def get(stem: str) -> str:
+        if stem not in cache:
+            cache[stem] = specc.compile(train_paths[stem], train=True)
+        return cache[stem]
+
+    return get
+
+
+@pytest.mark.parametrize("stem", TRAIN_STEMS)
+def test_train_golden(stem, train_generated):
+    source = train_generated(stem)
+    golden = GOLDEN_DIR / f"{stem}.train.py"
+    if UPDATE_GOLDENS:
+        golden.write_text(source, "utf-8")
+    assert golden.is_file(), f"no golden {golden}; run with SPECC_UPDATE_GOLDENS=1"
+    assert source == golden.read_text("utf-8")
+
+
+@pytest.mark.parametrize("stem", TRAIN_STEMS)
+def test_train_script_is_clean(stem, train_paths, train_generated, generated, tmp_path):
+    """ruff-clean with default settings, formatted, idempotent, no specc import, the model
+    classes exactly as `compile` writes them, and nothing defined that is not used."""
+    source = train_generated(stem)
+    file = tmp_path / f"{stem}.py"
+    file.write_text(source, "utf-8")
+    check = _ruff("check", "--isolated", "--no-cache", str(file))
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = _ruff("format", "--isolated", "--no-cache", "--check", "--diff", str(file))
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    assert codegen.generate(specc.load(train_paths[stem]), train=True) == source
+
+    tree = ast.parse(source)
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
+                                     if isinstance(n, ast.ImportFrom) and n.module}  # fmt: skip
+    assert "specc" not in imported
+    if stem in STEMS:  # the model classes come first, as `compile` writes them
+        model_tree = ast.parse(generated(stem))
+        classes = [ast.unparse(n) for n in model_tree.body if isinstance(n, ast.ClassDef)]
+        train_classes = [ast.unparse(n) for n in tree.body if isinstance(n, ast.ClassDef)]
+        assert train_classes[: len(classes)] == classes
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            assert node.name in names, f"{node.name} is defined but never used"
+
+
+def test_train_scripts_contain_only_what_the_spec_uses(train_generated):
+    digits = train_generated("digits")
+    for absent in ("torchvision", "fnmatch", "math", "scaler", "autocast", "Subset",
+                   "load_tensor_file", "TransformedDataset", "requires_grad", "compile()",
+                   "num_workers", "drop_last"):  # fmt: skip
+        assert absent not in digits, absent
+    assert "scheduler.step()" in digits  # OneCycleLR: per step
+    cifar = train_generated("cifar10")
+    for absent in ("digits_dataset", "sklearn", "scheduler", "Unverified", "TensorDataset"):
+        assert absent not in cifar, absent
+    for line in [
+        "import torchvision",
+        "    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)",
+        "            v2.ToImage(),",
+        "            v2.ToDtype(torch.float32, scale=True),",
+        "    train_loader = DataLoader(train_set, batch_size=4, shuffle=True, num_workers=2)",
+        '    torch.save(model.state_dict(), "cifar10.pt")',
+        'if __name__ == "__main__":',
+    ]:
+        assert line in cifar.splitlines(), line
+    mnist = train_generated("case_train_mnist")
+    assert "verify" not in mnist and "Unverified" not in mnist
+    assert "        scheduler.step()\n" in mnist  # StepLR: per epoch
+
+
+# Runs generated scripts as `python script.py` would (`__main__`), each in its own folder,
+# in one interpreter that cannot import specc (only site-packages on its path).
+_RUN_SCRIPTS = """\
+import contextlib, io, json, os, runpy, sys, traceback
+cfg = json.loads(sys.argv[1])
+sys.path += cfg["site"]  # plain paths: no .pth files, so no editable specc finder
+result = {}
+try:
+    import specc  # noqa: F401
+    result["specc"] = "importable"
+except ImportError:
+    result["specc"] = "missing"
+for job in cfg["jobs"]:
+    os.chdir(job["dir"])
+    sys.path.insert(0, job["dir"])
+    out = io.StringIO()
+    error = None
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(job["script"], run_name="__main__")
+    except BaseException:
+        error = traceback.format_exc()
+    sys.path.remove(job["dir"])
+    result[job["id"]] = {"stdout": out.getvalue(), "error": error}
+print(json.dumps(result))
+"""
+
+
+def _train_copy(folder: Path, stem: str, edits: dict[str, str], text: str | None = None) -> Path:
+    """`specs/<stem>.spec` (or `text`) with text edits, compiled by
+    `specc compile <stem>.spec --train -o <stem>.py` in `folder`."""
+    from specc.cli import main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = text if text is not None else (ROOT / "specs" / f"{stem}.spec").read_text("utf-8")
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    spec = folder / f"{stem}.spec"
+    spec.write_text(text, "utf-8")
+    assert main(["compile", str(spec), "--train", "-o", str(folder / f"{stem}.py")]) == 0
+    return spec
+
+
+@pytest.fixture(scope="session")
+def train_runs(tmp_path_factory) -> dict:
+    """Compile several specs with --train and run each script (1-2 epochs, small data)."""
+    from datafiles import write_cifar10, write_tensor_files
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("train_runs")
+    specs: dict[str, Path] = {}
+
+    # the acceptance case: CIFAR-format files written here, checked for existence only
+    write_cifar10(root / "cifar10" / "data", n_train=200, n_test=100)
+    specs["cifar10"] = _train_copy(root / "cifar10", "cifar10", {
+        "download=False)": "download=False, verify=False)",
+        "epochs    = 2": "epochs    = 1",
+        "log_every = 2000": "log_every = 10"})  # fmt: skip
+    specs["digits"] = _train_copy(root / "digits", "digits", {"epochs    = 12": "epochs    = 2"})
+
+    # fine-tuning: the pretrained file digits_finetune.spec expects, from the builder
+    folder = root / "digits_finetune"
+    folder.mkdir()
+    shutil.copy(ROOT / "specs" / "backbones.spec", folder / "backbones.spec")
+    torch.manual_seed(0)
+    pretrained = specc.build(ROOT / "specs" / "digits_pretrain.spec").state_dict()
+    (folder / "runs" / "digits_pretrain").mkdir(parents=True)
+    torch.save(pretrained, folder / "runs" / "digits_pretrain" / "best.pt")
+    specs["digits_finetune"] = _train_copy(folder, "digits_finetune", {
+        "epochs    = 3": "epochs    = 1"})  # fmt: skip
+
+    specs["smooth_loss"] = _train_copy(root / "smooth_loss", "smooth_loss", {
+        "epochs    = 6": "epochs    = 1"})  # fmt: skip
+    (root / "custom_parts").mkdir()
+    shutil.copy(ROOT / "specs" / "custom.py", root / "custom_parts" / "custom.py")
+    specs["custom_parts"] = _train_copy(root / "custom_parts", "custom_parts", {
+        "epochs    = 5": "epochs    = 1"})  # fmt: skip
+
+    folder = root / "case_train"
+    write_tensor_files(folder, n=40)
+    specs["case_train"] = _train_copy(folder, "case_train", {}, TRAIN_CASES["case_train"])
+    torch.manual_seed(1)
+    init = specc.build(specs["case_train"]).state_dict()  # hidden=16: only fc2.bias fits
+    save_file({k: v.contiguous() for k, v in init.items()}, str(folder / "init.safetensors"))
+
+    jobs = [{"id": stem, "dir": str(spec.parent), "script": f"{stem}.py"}
+            for stem, spec in specs.items()]  # fmt: skip
+    paths = sysconfig.get_paths()
+    cfg = {"site": sorted({paths["purelib"], paths["platlib"]}), "jobs": jobs}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["OMP_NUM_THREADS"] = "1"  # tiny models: threads only wait for each other on 2 cores
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _RUN_SCRIPTS, json.dumps(cfg)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"result": result, "specs": specs, "pretrained": pretrained}
+
+
+def _ran(train_runs: dict, stem: str) -> tuple[str, Path]:
+    """The script's output and folder, after checking that it ran to the end."""
+    assert train_runs["result"]["specc"] == "missing"
+    run = train_runs["result"][stem]
+    assert run["error"] is None, run["error"]
+    spec = train_runs["specs"][stem]
+    assert f"saved the weights to {stem}.pt" in run["stdout"]
+    return run["stdout"], spec.parent
+
+
+def _accuracies(stdout: str) -> list[float]:
+    return [float(a) for a in re.findall(r"\baccuracy (\d\.\d+)", stdout)]
+
+
+def test_train_cifar10_acceptance(train_runs):
+    """`specc compile specs/cifar10.spec --train -o t.py && python t.py` trains on
+    CIFAR-format data without specc, and the weights load into specc.build."""
+    stdout, folder = _ran(train_runs, "cifar10")
+    assert re.search(r"^\[1, +10\] loss: \d+\.\d{3}$", stdout, re.M), stdout
+    assert len(re.findall(r"\] loss: ", stdout)) == 5  # 50 batches, one line per 10
+    assert len(_accuracies(stdout)) == 1
+    model = specc.build(train_runs["specs"]["cifar10"])
+    model.load_state_dict(torch.load(folder / "cifar10.pt", weights_only=True), strict=True)
+
+
+def test_train_digits_learns(train_runs):
+    stdout, folder = _ran(train_runs, "digits")
+    accuracies = _accuracies(stdout)
+    assert len(accuracies) == 2 and accuracies[-1] > 0.9, stdout
+    model = specc.build(train_runs["specs"]["digits"])
+    model.load_state_dict(torch.load(folder / "digits.pt", weights_only=True), strict=True)
+
+
+def test_train_finetune_keeps_frozen_weights(train_runs):
+    stdout, folder = _ran(train_runs, "digits_finetune")
+    assert "<All keys matched successfully>" in stdout  # the backbone.* keys, mapped
+    state = torch.load(folder / "digits_finetune.pt", weights_only=True)
+    pretrained = train_runs["pretrained"]
+    backbone = [k for k in pretrained if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)  # frozen BatchNorm kept its statistics
+    for key in backbone:
+        assert torch.equal(state[key], pretrained[key]), key
+    torch.manual_seed(0)
+    fresh = specc.build(train_runs["specs"]["digits_finetune"]).state_dict()
+    assert not torch.equal(state["head.0.weight"], fresh["head.0.weight"])  # the head trained
+
+
+@pytest.mark.parametrize("stem", ["smooth_loss", "custom_parts", "case_train"])
+def test_train_other_scripts_run(train_runs, stem):
+    stdout, _ = _ran(train_runs, stem)
+    assert _accuracies(stdout)
+
+
+def test_train_case_features_ran(train_runs):
+    stdout, folder = _ran(train_runs, "case_train")
+    assert "top5 " in stdout and stdout.splitlines()[-2].startswith("test loss ")
+    assert "_IncompatibleKeys" in stdout  # init with skip_mismatched: fc2 kept its weights
+    state = torch.load(folder / "case_train.pt", weights_only=True)
+    assert state["fc1.weight"].shape == (32, 4)
+
+
+def test_train_needs_the_train_block_model():
+    with pytest.raises(UsageError, match="train block's model `DigitsNet`, not `Other`"):
+        specc.compile(ROOT / "specs" / "digits.spec", "Other", train=True)
+    with pytest.raises(UsageError, match="no `train` block"):
+        specc.compile(ROOT / "specs" / "cifar_net.spec", train=True)
+
+
+DIGITS_SPEC = (ROOT / "specs" / "digits.spec").read_text("utf-8")
+
+# (edit of specs/digits.spec, error class, message fragment): each a located error.
+TRAIN_ERRORS = {
+    "unknown_transform": ({"shuffle    = True": "transform = [ToTensr()]"}, DataError,
+                          "unknown transform `ToTensr`"),
+    "transform_args": ({"shuffle    = True": "transform = [Normalize(mean=[0.5], bad=1)]"},
+                       DataError, "bad arguments for transform `Normalize`"),
+    "unknown_dataset": ({"Digits(train=False)": "Digitz(train=False)"}, DataError,
+                        "unknown dataset `Digitz`"),
+    "digits_train_flag": ({"Digits(train=False)": 'Digits(train="no")'}, DataError,
+                          "`train` must be true or false"),
+    "unverifiable": ({"Digits(train=False)": 'SVHN(root="d", verify=False)'}, DataError,
+                     "verify=False is not supported"),
+    "tensor_file_type": ({"Digits(train=False)": 'TensorFile("data.csv")'}, DataError,
+                         "unsupported file type"),
+    "optimizer_args": ({"weight_decay=0.0001": "weight_dekay=0.0001"}, SpecTypeError,
+                       "bad arguments for optimizer `AdamW`"),
+    "unknown_loss": ({"CrossEntropyLoss()": "CrossEntropy()"}, SpecTypeError,
+                     "unknown loss `CrossEntropy`"),
+    "loss_args": ({"CrossEntropyLoss()": "CrossEntropyLoss(weight=[1.0, 2.0])"},
+                  SpecTypeError, "CrossEntropyLoss(...) is invalid"),
+    "unknown_scheduler": ({"OneCycleLR(max_lr=0.003)": "OneCycle(max_lr=0.003)"},
+                          SpecTypeError, "unknown scheduler `OneCycle`"),
+    "warmup_per_epoch": ({"OneCycleLR(max_lr=0.003)": "StepLR(step_size=2)\n    warmup = 10"},
+                         SpecTypeError, "warmup counts optimizer steps"),
+    "model_named_main": ({"DigitsNet": "main"}, SpecNameError, "model name `main` clashes"),
+    "frozen_nothing": ({"seed      = 0": "seed = 0\n    freeze nope"}, SpecTypeError,
+                       "matches no parameter"),
+    "group_nothing": ({"seed      = 0": 'seed = 0\n    group "nope*" (lr=0.1)'},
+                      SpecTypeError, "matches no trainable parameter"),
+    "init_target": ({"seed      = 0": 'seed = 0\n    init nope from "w.pt"'},
+                    SpecTypeError, "has no sub-module `nope`"),
+    "everything_frozen": ({"seed      = 0": 'seed = 0\n    freeze "*"'}, SpecTypeError,
+                          "nothing to optimize"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRAIN_ERRORS))
+def test_train_mistakes_are_located_errors(name):
+    edits, kind, message = TRAIN_ERRORS[name]
+    text = DIGITS_SPEC
+    for old, new in edits.items():
+        text = text.replace(old, new)
+    with pytest.raises(kind) as info:
+        specc.compile(text, train=True)
+    assert message in info.value.message
+    assert info.value.location is not None and info.value.location.file == "<spec>"
+
+
+def test_train_unknown_metric_is_a_usage_error():
+    text = DIGITS_SPEC.replace("metrics   = [accuracy]", "metrics   = [acuracy]")
+    with pytest.raises(UsageError, match="unknown metric `acuracy`"):
+        specc.compile(text, train=True)
+
+
+# (edit of case_train, a line the script must then contain): paths the goldens do not show.
+TRAIN_VARIANTS = {
+    "warmup_alone": ({'    scheduler  = CosineAnnealingLR(T_max=20)\n': ""},
+                     "    scheduler = torch.optim.lr_scheduler.LinearLR("),
+    "one_cycle_epochs_given": ({"CosineAnnealingLR(T_max=20)": "OneCycleLR(max_lr=0.1, epochs=4)"},
+                               "total_steps=math.ceil(len(train_loader) / 2) * 4"),
+    "param_and_globs": ({'group "fc1" (lr=0.01)': 'group "fc2.weight", "fc1*", "x*" (lr=0.01)'},
+                        '        if (\n            name == "fc2.weight"'),
+    "add_prefix_on_target": ({'init from "init.safetensors" (skip_mismatched=True)':
+                              'init fc1 from "w.pt" (add_prefix="layer.", strip_prefix="a.")'},
+                             '    state = {"layer." + k: v for k, v in state.items()}'),
+    "all_metrics_off": ({"metrics    = [accuracy, top5]": "metrics = [loss]"},
+                        "    return total_loss / total"),
+    "fp16_without_clip": ({'precision  = "bf16"': 'precision = "fp16"',
+                           "clip_grad_norm = 1.0": ""},
+                          "            scaler.scale(loss / 2).backward()"),
+    "three_file_kinds": ({"    val_split       = 0.25": '    val = TensorFile("val.safetensors")'},
+                         '    elif path.endswith(".safetensors"):'),
+    "no_eval_data": ({'    test            = TensorFile("data.npz", x="x", y="y")\n': "",
+                      "    val_split       = 0.25\n": ""}, "    torch.save("),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRAIN_VARIANTS))
+def test_train_variants_are_clean(name, tmp_path):
+    edits, line = TRAIN_VARIANTS[name]
+    text = TRAIN_CASES["case_train"]
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    source = specc.compile(text, train=True)
+    assert line in source
+    if name == "no_eval_data":
+        assert "def evaluate" not in source
+    file = tmp_path / "variant.py"
+    file.write_text(source, "utf-8")
+    check = _ruff("check", "--isolated", "--no-cache", str(file))
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = _ruff("format", "--isolated", "--no-cache", "--check", "--diff", str(file))
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_train_moves_long_constructors_in_a_statement_of_their_own():
+    short = codegen.Brackets("Net", (codegen.Text("num_classes=10"),))
+    assert codegen._on_device("model", short) == ["model = Net(num_classes=10).to(device)"]
+    long = codegen.Brackets("Net", (codegen.Text("x" * 80),))
+    assert codegen._on_device("model", long) == [
+        f"model = Net(\n    {'x' * 80}\n)",
+        "model.to(device)",
+    ]
+
+
+def test_hostile_train_strings_stay_literals(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the payload would `touch MARKER` here
+    evil = json.dumps('"); ' + PAYLOAD + " #\n" + PAYLOAD + "\n")[1:-1]
+    text = (ROOT / "specs" / "digits_finetune.spec").read_text("utf-8")
+    text = text.replace("Digits(train=True)", f'CIFAR10(root="{evil}", verify=False)')
+    text = text.replace("Digits(train=False)", f'TensorFile("{evil}.pt", x="{evil}")')
+    text = text.replace('"runs/digits_pretrain/best.pt"', f'"{evil}.pt"')
+    text = text.replace("freeze backbone", f'group "backbone.*", "*{evil}" (lr=0.1)')
+    shutil.copy(ROOT / "specs" / "backbones.spec", tmp_path / "backbones.spec")
+    path = tmp_path / f"evil\n{PAYLOAD}\n.spec"
+    path.write_text(text, "utf-8")
+    source = specc.compile(path, train=True)
+    literal = (tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", -1))
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in literal:
+            assert tok.string not in {"os", "system"}, tok
+    assert '"model.pt"' in source  # a file name that is no plain word is not used
+    file = tmp_path / "generated.py"
+    file.write_text(source, "utf-8")
+    check = _ruff("check", "--isolated", "--no-cache", str(file))
+    assert check.returncode == 0, check.stdout + check.stderr
+    _import_file(file, "specc_hostile_train")  # defines, does not run main()
+    assert not (tmp_path / "MARKER").exists()
 
 
 # ---- the pieces -----------------------------------------------------------------------
@@ -610,6 +1141,10 @@ def _random_doc(rng: random.Random, depth: int, star: bool = False) -> codegen.D
         items = tuple(_random_doc(rng, depth - 1) for _ in range(rng.randint(1, 3)))
         return codegen.Brackets("", items, "[", "]", codegen.PREC_ATOM, display=True)
     if kind < 0.8:
+        if rng.random() < 0.3:  # a dict comprehension with a condition
+            elt = codegen.Text(f"k: {codegen.flat(name())}")
+            return codegen.Comp("", elt, "for k, v in x.items()", more=(f"if {name().text}",),
+                                open="{", close="}")  # fmt: skip
         return codegen.Comp("*", _random_doc(rng, depth - 1), "for _ in range(3)")
     left = _random_doc(rng, depth - 1)
     for _ in range(rng.randint(1, 3)):

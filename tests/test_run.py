@@ -153,3 +153,8 @@ def test_label_out_of_range_is_reported_before_training(tmp_path, capsys):
     assert main(["run", str(spec), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "Digits (train)" in err and "index" in err and "Traceback" not in err
+
+
+def test_gradient_accumulation_with_onecycle(tmp_path):
+    summary = _run(DIGITS, tmp_path, "epochs=2", "accumulate=4")
+    assert summary["steps"] == 2 * 12  # ceil(45 batches / 4) optimizer steps per epoch
