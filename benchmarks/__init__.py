@@ -1,0 +1,18 @@
+"""specc's benchmark suite: ``python -m benchmarks [--quick] [--only NAME] [--out PATH]``.
+
+Four sections, each a module with one ``run(ctx) -> list[Row]`` function:
+
+- ``modules``: forward+backward+optimizer step of the tutorial CIFAR ``Net`` and the MNIST
+  ``ConvNet``, interpreted (``specc.build``) vs generated (``specc.compile``) vs hand-written,
+  eager and ``torch.compile``, plus aten op counts per step;
+- ``e2e``: ``specc run specs/cifar10.spec`` against the tutorial's own training loop on the
+  same generated CIFAR-format files, images per second over whole epochs;
+- ``compiler``: ``check`` / ``build`` / ``compile`` wall time for generated specs of 10 to
+  10,000 layers and for a 20-billion-parameter spec;
+- ``cli``: ``specc --help`` / ``--version`` / ``check`` start-up against ``import torch``.
+
+Every comparison is paired: after a warm-up, the variants run in alternating rounds
+(A B C, B C A, ...) and each round yields one ratio, so load from other processes on this
+shared machine hits both sides of a ratio alike. Rows report the median ratio, its
+min-max over the rounds, and PASS/FAIL against the target of the issue.
+"""
