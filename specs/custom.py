@@ -22,7 +22,7 @@ class CustomCrossEntropyLoss(nn.Module):
 
 class CustomSGD(torch.optim.Optimizer):
     def __init__(self, params, lr=0.01):
-        super().__init__(params, dict(lr=lr))
+        super().__init__(params, {"lr": lr})
 
     @torch.no_grad()
     def step(self, closure=None):
