@@ -125,7 +125,9 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 def _source_line(source: str | None, line: int) -> str | None:
     if source is None:
         return None
-    lines = source.splitlines()
+    # Split at \n only: Lark counts lines that way, and str.splitlines() would also break at
+    # form feeds and other separators, so the echoed line would not be the one named.
+    lines = source.split("\n")
     return lines[line - 1] if 0 < line <= len(lines) else None
 
 

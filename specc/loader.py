@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from specc import ir
-from specc.errors import Location, SpecError, SpecNameError, UsageError
+from specc.errors import Location, SpecError, SpecNameError, SpecSyntaxError, UsageError
 from specc.parse import parse
 from specc.transform import transform
 
@@ -34,11 +34,24 @@ def _read(path: Path, display: str) -> str:
     except IsADirectoryError:
         raise UsageError(f"{display} is a directory, not a spec file") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
+        raise _not_utf8(path.read_bytes(), display, exc) from None
     except OSError as exc:
         raise UsageError(f"cannot read {display}: {exc.strerror}") from None
+
+
+def _not_utf8(raw: bytes, display: str, exc: UnicodeDecodeError) -> SpecSyntaxError:
+    """Locate the first byte that is not UTF-8 at its line and column, like any other
+    syntax error; the echoed line shows it as U+FFFD."""
+    before = raw[: exc.start]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    return SpecSyntaxError(
+        f"the file is not UTF-8 text ({exc.reason}: byte 0x{raw[exc.start]:02x})",
+        Location(display, line, column, line, column + 1),
+        hint="save the spec as UTF-8",
+        source=text,
+    )
 
 
 def load(source: Any, *, plugins: bool = True) -> ir.Program:

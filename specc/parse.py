@@ -43,9 +43,33 @@ def parser() -> lark.Lark:
 def parse(text: str, file: str) -> lark.Tree:
     """Parse spec text; raise SpecSyntaxError with what was expected."""
     try:
-        return parser().parse(text)
+        tree = parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    _check_depth(tree, text, file)
+    return tree
+
+
+# Later stages walk expressions recursively; a bound here keeps them far from Python's
+# recursion limit, so deep nesting is a located error rather than a crash.
+MAX_DEPTH = 200
+
+
+def _check_depth(tree: lark.Tree, text: str, file: str) -> None:
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            m = node.meta
+            line, col = (1, 1) if getattr(m, "empty", True) else (m.line, m.column)
+            raise SpecSyntaxError(
+                f"nested more than {MAX_DEPTH} levels deep",
+                Location(file, line, col, line, col + 1),
+                hint="split the expression into several statements (each operator, call "
+                "and `[`...`]` counts as a level)",
+                source=text,
+            )
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
 
 
 def _describe_terminal(name: str) -> str:
@@ -71,7 +95,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecSyntaxError
     if isinstance(exc, UnexpectedEOF) or (
         isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
     ):
-        lines = text.splitlines() or [""]
+        lines = text.split("\n")  # as Lark counts lines (not str.splitlines())
+        if len(lines) > 1 and lines[-1] == "":
+            lines.pop()  # point at the end of the last line, not past the final newline
         line, col = len(lines), len(lines[-1]) + 1
         expected = _expected(set(exc.expected))
         loc = Location(file, line, col, line, col + 1)

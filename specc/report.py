@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from specc import ir
 from specc.values import literal
@@ -43,26 +44,23 @@ def _fmt(n: int) -> str:
 
 def model_table(inst: ir.ModelInstance, frozen: dict[str, int] | None = None) -> Table:
     ins = ", ".join(f"{n}: {shape_of(ir.Value(kind='tensor', tensor=t))}" for n, t in inst.inputs)
-    table = Table(title=f"{inst.model}  ({ins})", title_justify="left", show_lines=False)
+    # Spec text (strings, names) reaches the cells: plain Text, never rich markup.
+    table = Table(title=escape(f"{inst.model}  ({ins})"), title_justify="left", show_lines=False)
     table.add_column("layer")
     table.add_column("type")
     table.add_column("output shape")
     table.add_column("params", justify="right")
     for layer in inst.layers:
-        table.add_row(layer.name, ctor_text(layer.ctor), shape_of(layer.out), _fmt(layer.params))
+        table.add_row(
+            Text(layer.name), Text(ctor_text(layer.ctor)), Text(shape_of(layer.out)),
+            _fmt(layer.params),
+        )  # fmt: skip
     outs = ", ".join(shape_of(v) for v in inst.outputs)
     table.add_section()
-    table.add_row("output", "", outs, "")
+    table.add_row("output", "", Text(outs), "")
     frozen_count = sum((frozen or {}).values())
     table.add_row("total", "", "", _fmt(inst.params))
     if frozen is not None:
         table.add_row("trainable", "", "", _fmt(inst.params - frozen_count))
         table.add_row("frozen", "", "", _fmt(frozen_count))
     return table
-
-
-def print_tables(console: Console, tables: list[Table], notes: list[str]) -> None:
-    for t in tables:
-        console.print(t)
-    for n in notes:
-        console.print(n)

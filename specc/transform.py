@@ -10,7 +10,26 @@ import lark
 from lark import Token, Tree
 
 from specc import ir
-from specc.errors import SpecSyntaxError, SpecTypeError
+from specc.errors import Location, SpecSyntaxError, SpecTypeError
+
+
+def int_literal(tok: Token, file: str, text: str) -> int:
+    """An INT token's value by Python's rules (the grammar's INT is looser, so that `012` is
+    reported here with a reason instead of as two tokens)."""
+    s = str(tok)
+    try:
+        return int(s, 0)
+    except ValueError as exc:
+        if "digits" in str(exc):  # sys.int_info.str_digits_check_threshold
+            why = f"it has {len(s):,} digits, too many to be a size"
+        elif s[0] == "0" and s.replace("_", "").isdigit():
+            why = "leading zeros are not allowed (write `0o...` for octal)"
+        else:
+            why = "`_` may only stand between digits, and a prefix needs digits after it"
+        s_span = span_of(tok, file)
+        loc = Location(file, s_span.line, s_span.column, s_span.end_line, s_span.end_column)
+        raise SpecSyntaxError(f"invalid integer `{s[:20]}`: {why}", loc, source=text) from None
+
 
 _BINOPS = {"add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"}
 
@@ -45,7 +64,6 @@ class _Exprs:
 
     def error(self, msg: str, node: Tree | Token, cls=SpecSyntaxError) -> Exception:
         s = self.sp(node)
-        from specc.errors import Location
 
         loc = Location(s.file, s.line, s.column, s.end_line, s.end_column)
         return cls(msg, loc, source=self.text)
@@ -58,7 +76,7 @@ class _Exprs:
         data = t.data
         kids = t.children
         if data == "int":
-            return ir.Const(value=int(str(kids[0]).replace("_", ""), 0), span=self.sp(t))
+            return ir.Const(value=int_literal(kids[0], self.file, self.text), span=self.sp(t))
         if data == "float":
             return ir.Const(value=float(str(kids[0]).replace("_", "")), span=self.sp(t))
         if data == "string":
@@ -402,7 +420,9 @@ class Transformer:
             if d is None:
                 continue
             tok = d.children[0]
-            value: int | str = int(str(tok), 0) if d.data == "dim_int" else str(tok)
+            value: int | str = (
+                int_literal(tok, self.file, self.text) if d.data == "dim_int" else str(tok)
+            )
             dims.append(ir.Dim(value=value, span=span_of(d, self.file)))
         return dims
 
