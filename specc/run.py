@@ -557,6 +557,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                 loc(data.train.span),
             )
     steps_per_epoch = max(math.ceil(per_epoch / cfg.accumulate), 1)  # last group may be short
+    _check_input_shapes(splits, model_inst, data)
     _check_label_ranges(splits, model_inst, data)
     label_shape = list(train.y.shape[1:]) if train.y is not None else []
     loss_fn = build_loss(cfg.loss, program, model_inst, label_shape).to(device)
@@ -798,6 +799,39 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     return summary
 
 
+def _check_input_shapes(splits: dict[str, Split], inst: ir.ModelInstance, data: DataConfig):
+    """Samples that do not have the shape the forward declares fail here, naming the dataset
+    and index, instead of as a matmul error somewhere inside the model."""
+    if len(inst.inputs) != 1:
+        return
+    arg, declared = inst.inputs[0]
+    for name, split in splits.items():
+        spec = getattr(data, name, None) or data.train
+        if split.x is not None:
+            sample = split.x[0]
+            if split.augment is not None:  # may crop or resize; must not consume the RNG
+                cuda = [sample.device] if sample.is_cuda else []
+                with torch.random.fork_rng(devices=cuda):
+                    sample = split.augment(sample)
+        elif len(split.dataset):
+            state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                item = split.dataset[0]
+            random.setstate(state)
+            sample = item[0] if isinstance(item, (tuple, list)) else item
+        else:
+            continue
+        got = list(getattr(sample, "shape", []))
+        if got != list(declared.shape):
+            raise DataError(
+                f"{spec.name} ({name}) sample 0 has shape {got}, but `{inst.model}` declares "
+                f"`{arg}: {list(declared.shape)}`",
+                loc(spec.span),
+                hint="declare the shape the data has, or add a transform (e.g. Resize) "
+                "to the data block",
+            )
+
+
 def _check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: DataConfig):
     """Class labels outside the model's outputs fail here, naming the dataset and index,
     instead of as an ATen assertion in the middle of training."""
@@ -886,6 +920,7 @@ def evaluate_checkpoint(
         split = splits.get("test") or splits.get("val")
         if split is None:
             raise UsageError("the data block has no `test` set to evaluate on")
+        _check_input_shapes({"test" if "test" in splits else "val": split}, model_inst, data)
         result = evaluate(
             model,
             split,

@@ -111,6 +111,19 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsy
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_wrong_image_size_is_reported_before_training(tmp_path, capsys, in_memory):
+    spec = tmp_path / "wrong.spec"
+    spec.write_text(DIGITS.read_text().replace("forward(x: [1, 8, 8])", "forward(x: [1, 16, 16])"))
+    args = ["run", str(spec), "--runs-dir", str(tmp_path), "--set", f"digits.in_memory={in_memory}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "wrong.spec:22:18: error: Digits (train) sample 0 has shape [1, 8, 8]" in err
+    assert "declares `x: [1, 16, 16]`" in err
+    assert not (tmp_path / "wrong" / "last.pt").exists()
+
+
 def test_nan_can_skip_the_step(tmp_path):
     spec = tmp_path / "skip.spec"
     spec.write_text(
