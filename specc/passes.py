@@ -80,6 +80,15 @@ def resolve_names(program: ir.Program) -> ir.Program:
                     n = n.model_copy(update={"op": "layer"})
                 elif (fn := reg.function(n.target)) is not None:
                     n = n.model_copy(update={"op": "function", "target": fn[0]})
+                elif (why := reg.function_refusal(n.target)) is not None:
+                    errors.add(
+                        SpecNameError(
+                            f"`{n.target}` cannot be called in a forward: {why}",
+                            loc(n.span),
+                            hint="a forward may only compute on tensors (torch and "
+                            "torch.nn.functional operations such as relu, cat, zeros)",
+                        )
+                    )
                 else:
                     hint = did_you_mean(n.target, [*layer_names, *reg.function_names()])
                     if hint is None and reg.layer(n.target) is not None:

@@ -71,29 +71,106 @@ def nn_classes() -> dict[str, type]:
     return out
 
 
+# torch.nn.functional helpers that are plumbing, not operations on tensors.
+_F_PLUMBING = frozenset(
+    {
+        "assert_int_or_pair",
+        "boolean_dispatch",
+        "handle_torch_function",
+        "has_torch_function",
+        "has_torch_function_unary",
+        "has_torch_function_variadic",
+    }
+)
+# ATen operations that take data from outside the spec (a file, a buffer, a numpy array) or
+# constrain the tracer: not tensor math, never allowed in a forward.
+_ATEN_OUTSIDE = frozenset(
+    {"from_file", "from_numpy", "frombuffer", "sym_constrain_range", "sym_constrain_range_for_size"}
+)
+# Why a torch callable that is not an operation is refused, by name (else by prefix below).
+_FILES = frozenset(
+    {
+        "save",
+        "load",
+        "from_file",
+        "get_file_path",
+        "import_ir_module",
+        "import_ir_module_from_buffer",
+    }
+)
+_PROCESS = frozenset(
+    {
+        "manual_seed",
+        "seed",
+        "use_deterministic_algorithms",
+        "init_num_threads",
+        "clear_autocast_cache",
+        "autocast_increment_nesting",
+        "autocast_decrement_nesting",
+        "prepare_multiprocessing_environment",
+    }
+)
+
+
 @functools.cache
 def functions() -> dict[str, tuple[str, Callable]]:
-    """Forward-call names -> (qualified name, callable). torch.nn.functional wins over torch
-    (that is how hand-written code reads: F.relu, torch.flatten)."""
+    """Forward-call names -> (qualified name, callable), for tensor operations only.
+
+    A forward call runs while checking, building and training, so it may only compute on
+    tensors: torch's ATen operations (``torch.cat``, ``torch.zeros``...), the Python ones
+    of ``torch.functional`` (``einsum``, ``split``...) and ``torch.nn.functional``. Files,
+    threads, seeds and other process-wide settings are out of reach (``refusal`` says why).
+    torch.nn.functional wins over torch (that is how hand-written code reads: F.relu,
+    torch.flatten)."""
+    aten = torch._C._VariableFunctions
+    python_ops = set(getattr(torch.functional, "__all__", ()))
     out: dict[str, tuple[str, Callable]] = {}
     for name in dir(torch):
-        obj = getattr(torch, name, None)
-        if name.startswith("_") or isinstance(obj, type) or inspect.ismodule(obj):
+        if name.startswith("_") or name in _ATEN_OUTSIDE:
             continue
-        if callable(obj):
+        if not (hasattr(aten, name) or name in python_ops):
+            continue
+        obj = getattr(torch, name, None)
+        if _is_function(obj):
             out[name] = (f"torch.{name}", obj)
     for name in dir(F):
         obj = getattr(F, name, None)
-        if name.startswith("_") or isinstance(obj, type) or inspect.ismodule(obj):
+        if name.startswith("_") or name in _F_PLUMBING or not _is_function(obj):
             continue
-        if callable(obj) and getattr(obj, "__module__", "").startswith("torch"):
+        if getattr(obj, "__module__", "").startswith("torch"):
             out[name] = (f"torch.nn.functional.{name}", obj)
     return out
 
 
+def _is_function(obj: Any) -> bool:
+    return callable(obj) and not isinstance(obj, type) and not inspect.ismodule(obj)
+
+
+def refusal(name: str) -> str | None:
+    """Why `name`, a torch callable, cannot be a forward call, as a sentence naming it
+    (None: it can, or torch has no such callable)."""
+    if name in functions() or name.startswith("_"):
+        return None
+    homes = ((torch, "torch"), (F, "torch.nn.functional"))
+    prefix = next((p for m, p in homes if _is_function(getattr(m, name, None))), None)
+    if prefix is None:
+        return None
+    if name in _FILES:
+        return f"{prefix}.{name} reads or writes files"
+    if name in _PROCESS or name.startswith(("set_", "autocast_")):
+        return f"{prefix}.{name} changes torch's process-wide state"
+    return f"{prefix}.{name} is not an operation on tensors"
+
+
+@functools.cache
+def _by_qualname() -> dict[str, Callable]:
+    return dict(functions().values())
+
+
 def function_by_qualname(qualname: str) -> Callable:
-    mod, _, name = qualname.rpartition(".")
-    return getattr(F if mod == "torch.nn.functional" else torch, name)
+    """The callable of an allowed forward function (KeyError for any other name, so an IR
+    that names, say, torch.save is refused by every back-end)."""
+    return _by_qualname()[qualname]
 
 
 @functools.cache
@@ -128,9 +205,58 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# Constructors torch declares as (*args, **kwargs): their documented parameters, so `_`
+# holes, argument counts and keyword names are checked like any other layer's.
+def _rnn(
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    nonlinearity: str = "tanh",
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    bidirectional: bool = False,
+    device: Any = None,
+    dtype: Any = None,
+) -> None: ...
+
+
+def _lstm(
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    bidirectional: bool = False,
+    proj_size: int = 0,
+    device: Any = None,
+    dtype: Any = None,
+) -> None: ...
+
+
+def _gru(
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    bidirectional: bool = False,
+    device: Any = None,
+    dtype: Any = None,
+) -> None: ...
+
+
+SIGNATURES: dict[type, Callable[..., None]] = {nn.RNN: _rnn, nn.LSTM: _lstm, nn.GRU: _gru}
+
+
 @functools.cache
 def signature_params(cls: type) -> list[inspect.Parameter]:
     """Constructor parameters after `self` (empty when torch hides them)."""
+    for base in cls.__mro__:  # a subclass keeping the table's constructor keeps its table
+        if base in SIGNATURES and cls.__init__ is base.__init__:
+            return list(inspect.signature(SIGNATURES[base]).parameters.values())
     try:
         sig = inspect.signature(cls.__init__)
     except (TypeError, ValueError):
@@ -172,6 +298,9 @@ class Registry:
 
     def function(self, name: str) -> tuple[str, Callable] | None:
         return functions().get(name)
+
+    def function_refusal(self, name: str) -> str | None:
+        return refusal(name)
 
     def function_names(self) -> list[str]:
         return list(functions())

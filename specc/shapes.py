@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from specc import ir
-from specc.errors import SpecError, SpecShapeError, SpecTypeError, did_you_mean
+from specc.errors import SpecError, SpecNameError, SpecShapeError, SpecTypeError, did_you_mean
 from specc.registry import (
     DTYPES,
     HOLE_DIMS,
@@ -37,6 +37,7 @@ BATCH = 2
 MAX_DISTINCT_REPEATS = 1000
 # Sizes past these are mistakes, not models: refused at check time with an estimate.
 MAX_PARAM_BYTES = 1 << 40  # 1 TiB of float32 parameters (a 20B model is 80 GB)
+MAX_INPUT_BYTES = 1 << 40  # 1 TiB per sample (a 4K video clip of 1,000 frames is 100 GB)
 MAX_REPEAT = 100_000
 
 
@@ -106,11 +107,29 @@ class Checker:
         # shapes gives the same result, so repeated blocks are inferred once.
         self.cache: dict[Any, Any] = {}
         self.modules: dict[str, Any] = {}
+        # A model used with the same arguments on the same input shapes checks the same way:
+        # its instance is checked once and shared (n models each using the previous one
+        # twice would otherwise make 2**n instances).
+        self.instances: dict[Any, _Instance] = {}
+        self._pure: dict[str, bool] = {}
+
+    def pure(self, name: str) -> bool:
+        """Does model `name` leave its inputs alone (no in-place calls, its own or in the
+        models it uses)? Only then can its outputs be reused for the same input shapes."""
+        if name not in self._pure:
+            self._pure[name] = True  # a model that uses itself fails elsewhere
+            mdef = self.program.model(name)
+            nodes = mdef.forward.nodes if mdef is not None and mdef.forward else []
+            used = [c for layer in mdef.layers for c in _calls(layer.ctor)] if mdef else []
+            self._pure[name] = not any(
+                n.op in ("method", "function") and n.target.endswith("_") for n in nodes
+            ) and all(self.pure(c) for c in used if self.program.model(c) is not None)
+        return self._pure[name]
 
     def snippet(self, span: ir.Span | None) -> str:
         if span is None:
             return "?"
-        lines = self.texts.get(span.file, "").splitlines()
+        lines = self.texts.get(span.file, "").split("\n")
         if span.line != span.end_line or not (0 < span.line <= len(lines)):
             return lines[span.line - 1].strip() if 0 < span.line <= len(lines) else "?"
         return lines[span.line - 1][span.column - 1 : span.end_column - 1]
@@ -129,6 +148,7 @@ class _Instance:
         self.holes: dict[int, Any] = {}
         self.instance: ir.ModelInstance | None = None
         self.names: dict[str, Any] = dict(args)
+        self.results: dict[Any, Any] = {}  # input signature -> described output
 
     # ---- inputs ----------------------------------------------------------------------
     def declared_inputs(self, overrides: dict[str, list[int]] | None) -> list[torch.Tensor]:
@@ -140,7 +160,7 @@ class _Instance:
         if not fwd.inputs:
             if overrides:
                 (name, shape), *_ = overrides.items()
-                return [torch.empty((BATCH, *shape), device="meta")]
+                return [_input_tensor(name, shape, torch.float32, self.mdef.span)]
             raise SpecShapeError(
                 f"`{self.mdef.name}` declares no input shape, so it cannot be checked alone",
                 loc(self.mdef.span),
@@ -172,8 +192,7 @@ class _Instance:
                                 str(x.value) if isinstance(x.value, int) else "N" for x in inp.shape
                             ),
                         )
-            dtype = self._dtype(inp)
-            tensors.append(torch.empty((BATCH, *dims), dtype=dtype, device="meta"))
+            tensors.append(_input_tensor(inp.name, dims, self._dtype(inp), inp.span))
         if overrides:
             name = next(iter(overrides))
             raise SpecShapeError(
@@ -248,6 +267,9 @@ class _Instance:
         fwd = self.mdef.forward
         assert fwd is not None
         record = self.instance is None
+        sig = _sig(list(inputs)) if self.ck.pure(self.mdef.name) else None
+        if not record and sig is not None and sig in self.results:
+            return _rebuild(self.results[sig])
         if use_span is not None or not fwd.inputs:
             self.bind_inputs(inputs, use_span)
         env: dict[str, Any] = {}
@@ -274,6 +296,8 @@ class _Instance:
         result = outputs[0] if len(outputs) == 1 else tuple(outputs)
         if record:
             self.finish(inputs, resolved, values, outputs)
+        if sig is not None and (described := _describe(result)) is not None:
+            self.results[sig] = described
         return result
 
     def arg(self, e: ir.Expr, env: dict[str, Any]) -> Any:
@@ -342,7 +366,15 @@ class _Instance:
         if node.op == "layer":
             pass  # fn is the built layer
         elif node.op == "function":
-            fn = function_by_qualname(node.target)
+            try:
+                fn = function_by_qualname(node.target)
+            except KeyError:
+                raise SpecNameError(
+                    f"`{node.target}` is not a tensor operation a forward may call",
+                    loc(node.span),
+                ) from None
+            if "device" in kwargs:  # checking never leaves meta, whatever device is named
+                kwargs = {**kwargs, "device": "meta"}
         elif node.op == "method":
             recv, args = args[0], args[1:]
             fn = getattr(recv, node.target, None)
@@ -365,7 +397,11 @@ class _Instance:
         else:  # pragma: no cover - resolve_names leaves no other op
             raise SpecTypeError(f"cannot evaluate `{node.target}`", loc(node.span))
         try:
-            out = fn(*args, **kwargs)
+            if node.op == "function":  # factories (zeros, arange...) make meta tensors too
+                with torch.device("meta"):
+                    out = fn(*args, **kwargs)
+            else:  # layers run as built: a plugin may fall back to real tensors on the CPU
+                out = fn(*args, **kwargs)
             if key is not None:
                 described = _describe(out)
                 if described is not None:
@@ -539,16 +575,21 @@ class _Instance:
         )
         if self.ck.depth > 64:
             raise SpecTypeError(f"`{e.func}` uses itself (recursion too deep)", loc(e.span))
-        child = _Instance(self.ck, mdef, args)
         if incoming is None:
             raise SpecShapeError(
                 f"`{e.func}` is never called, so its input shape is unknown", loc(e.span)
             )
-        self.ck.depth += 1
-        try:
-            child.execute(incoming, use)
-        finally:
-            self.ck.depth -= 1
+        key = (mdef.name, _sig(args), _sig(list(incoming)))
+        child = self.ck.instances.get(key) if None not in key else None
+        if child is None:
+            child = _Instance(self.ck, mdef, args)
+            self.ck.depth += 1
+            try:
+                child.execute(incoming, use)
+            finally:
+                self.ck.depth -= 1
+            if None not in key:
+                self.ck.instances[key] = child
         inst = child.instance
         assert inst is not None
         return _Built(
@@ -780,6 +821,40 @@ class _ChildCall:
         return self.child.execute(list(xs), use_span=None)
 
 
+def _input_tensor(
+    name: str, dims: list[int], dtype: torch.dtype, span: ir.Span | None
+) -> torch.Tensor:
+    """A batched meta tensor for a declared input, refusing sizes no machine could hold (and
+    that overflow torch's size arithmetic) with an estimate."""
+    if any(d < 0 for d in dims):
+        raise SpecShapeError(
+            f"input `{name}` has a negative dimension: {_dims_text(dims)}", loc(span)
+        )
+    numel = 1
+    for d in dims:
+        numel *= d
+    hint = (
+        f"specc refuses inputs over {_bytes_text(MAX_INPUT_BYTES)} per sample; "
+        "is a size off by a few zeros?"
+    )
+    if numel * dtype.itemsize > MAX_INPUT_BYTES:
+        raise SpecShapeError(
+            f"input `{name}` of shape {_dims_text(dims)} would hold {numel:,} values per "
+            f"sample (about {_bytes_text(numel * dtype.itemsize)} in {dtype_name(dtype)})",
+            loc(span),
+            hint=hint,
+        )
+    biggest = max(dims, default=0)  # an empty input (a 0 elsewhere) with an absurd size
+    if biggest * dtype.itemsize > MAX_INPUT_BYTES:
+        raise SpecShapeError(
+            f"input `{name}` of shape {_dims_text(dims)} has a dimension of {biggest:,} "
+            f"(about {_bytes_text(biggest * dtype.itemsize)} in {dtype_name(dtype)} alone)",
+            loc(span),
+            hint=hint,
+        )
+    return torch.empty((BATCH, *dims), dtype=dtype, device="meta")
+
+
 def _bytes_text(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if n < 1000 or unit == "PB":
@@ -822,6 +897,13 @@ def _rebuild(d: Any) -> Any:
     if d[0] == "V":
         return d[1]
     return d[0](_rebuild(i) for i in d[1])
+
+
+def _calls(e: Any) -> list[str]:
+    """Constructor names in a layer expression, nested ones (Sequential, repeat) included."""
+    if not isinstance(e, ir.Call):
+        return []
+    return [e.func, *(c for a in [*e.args, *e.kwargs.values()] for c in _calls(a))]
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
@@ -910,7 +992,7 @@ def bind_model_args(
 def default_model(program: ir.Program) -> ir.ModelDef:
     """The model `build`/`check` use when none is named: the train block's model, else the
     last model of the root file."""
-    from specc.errors import UsageError
+    from specc.errors import Location, SpecNameError
 
     for t in program.trains:
         for f in t.fields:
@@ -921,7 +1003,14 @@ def default_model(program: ir.Program) -> ir.ModelDef:
     root = program.sources[0].path
     own = [m for m in program.models if m.file == root] or program.models
     if not own:
-        raise UsageError("the spec defines no model")
+        # Located like any other spec mistake, at the top of the file that lacks it.
+        src = program.sources[0]
+        raise SpecNameError(
+            "the spec defines no model",
+            Location(src.path, 1, 1),
+            hint="declare one with `model Name { ... forward(x: [...]) { ... } }`",
+            source=src.text,
+        )
     return own[-1]
 
 

@@ -187,3 +187,73 @@ def test_arithmetic_and_params_in_arguments():
     """
     inst = specc.check(spec)
     assert inst.outputs[0].tensor.shape == [6]
+
+
+RECURRENT = """
+model Tagger {
+    lstm = LSTM(_, 32, batch_first=True)
+    gru  = GRU(_, 16, 2, batch_first=True, bidirectional=True)
+    rnn  = RNN(_, 8, 1, "relu", batch_first=True)
+    forward(x: [10, 7]) {
+        h, s = lstm(x)
+        g, t = gru(h)
+        r, u = rnn(g)
+        return r
+    }
+}
+"""
+
+
+def test_recurrent_layers_infer_input_size():
+    inst = specc.check(RECURRENT)
+    ctors = {layer.name: layer.ctor for layer in inst.layers}
+    assert [ctors[n].args[0].value for n in ("lstm", "gru", "rnn")] == [7, 32, 32]
+    assert inst.outputs[0].tensor.shape == [10, 8]
+    model = specc.build(RECURRENT)
+    assert (model.lstm.input_size, model.gru.input_size, model.rnn.input_size) == (7, 32, 32)
+    assert model.rnn.nonlinearity == "relu"
+    assert model(torch.randn(3, 10, 7)).shape == (3, 10, 8)
+    with pytest.raises(SpecError, match="GRU has no parameter `proj_size`"):
+        specc.check("model M { g = GRU(_, 8, proj_size=4) forward(x: [5, 4]) { return g(x) } }")
+
+
+@pytest.mark.parametrize(
+    ("call", "why"),
+    [
+        ('save(x, "f.pt")', "torch.save reads or writes files"),
+        ("set_num_threads(1)", "torch.set_num_threads changes torch's process-wide state"),
+        ("manual_seed(0)", "torch.manual_seed changes torch's process-wide state"),
+        ("compile(x)", "torch.compile is not an operation on tensors"),
+    ],
+)
+def test_forward_calls_only_tensor_operations(call, why):
+    spec = f"model M {{ forward(x: [4]) {{ y = {call}\n return x }} }}"
+    with pytest.raises(SpecError, match=f"cannot be called in a forward: {why}"):
+        specc.check(spec)
+
+
+def test_factory_functions_check_on_meta_and_build_for_real():
+    spec = "model M { forward(x: [4]) { return x + zeros(4) + arange(4) } }"
+    assert specc.check(spec).outputs[0].tensor.shape == [4]
+    assert torch.equal(specc.build(spec)(torch.ones(2, 4)), torch.ones(2, 4) + torch.arange(4))
+
+
+def test_shared_sub_model_instances():
+    # Each level uses the previous twice: instances are shared, counts stay per use.
+    levels = ["model M0(d: int = 4) { fc = Linear(_, d) forward(x: [N]) { return fc(x) } }"]
+    for i in range(1, 11):
+        levels.append(
+            f"model M{i} {{ a = M{i - 1}() b = M{i - 1}() forward(x: [4]) {{ return b(a(x)) }} }}"
+        )
+    levels.append("model Top { m = M10() w = M0(6) forward(x: [4]) { return w(m(x)) } }")
+    inst = specc.check("\n".join(levels), "Top")
+    assert inst.params == 2**10 * 20 + 30
+    assert inst.outputs[0].tensor.shape == [6]
+
+
+def test_absurd_input_sizes_are_refused():
+    spec = "model M { forward(x: [N, 4]) { return x } }"
+    with pytest.raises(SpecError, match=r"about [\d.,]+ PB in float32"):
+        specc.check(spec, inputs={"x": [10**15, 4]})
+    with pytest.raises(SpecError, match="negative dimension"):
+        specc.check(spec, inputs={"x": [-1, 4]})
