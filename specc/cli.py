@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc import __version__
+from specc import __version__, gc_paused
 from specc.errors import EXIT_USER_ERROR, SpecError, UsageError
 
 app = typer.Typer(
@@ -89,6 +89,11 @@ def check(
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
 ) -> None:
     """Validate a spec and print each model's layers, output shapes and parameter counts."""
+    with gc_paused():
+        _check(spec, model, input, no_plugins)
+
+
+def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -> None:
     from rich.console import Console
 
     from specc.loader import load
@@ -96,7 +101,7 @@ def check(
     from specc.shapes import check_model, standalone
 
     program = load(spec, plugins=not no_plugins)
-    inputs = _parse_inputs(input)
+    inputs = _parse_inputs(shapes)
     console = Console(width=max(Console().width, 100))
     if model or inputs:
         targets = [model]
@@ -142,13 +147,14 @@ def ir_cmd(
     """Print the spec's IR as JSON (it round-trips: the JSON loads back unchanged)."""
     from specc.loader import load
 
-    program = load(spec)
-    if checked:
-        from specc.shapes import check_model
+    with gc_paused():
+        program = load(spec)
+        if checked:
+            from specc.shapes import check_model
 
-        typer.echo(check_model(program, model).model_dump_json(indent=2))
-    else:
-        typer.echo(program.model_dump_json(indent=2))
+            typer.echo(check_model(program, model).model_dump_json(indent=2))
+        else:
+            typer.echo(program.model_dump_json(indent=2))
 
 
 @app.command("compile")
@@ -176,7 +182,8 @@ def compile_cmd(
     from specc.codegen import generate
     from specc.loader import load
 
-    source = generate(load(spec), model=model, train=train)
+    with gc_paused():
+        source = generate(load(spec), model=model, train=train)
     if output is None:
         typer.echo(source, nl=False)
     else:

@@ -32,6 +32,8 @@ def grammar_text() -> str:
 
 @functools.cache
 def parser() -> lark.Lark:
+    # Built at each start (~0.1 s): a cached parser would be a pickle loaded from the user's
+    # cache folder, and specc loads no pickles.
     return lark.Lark(
         grammar_text(),
         parser="lalr",
