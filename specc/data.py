@@ -634,8 +634,9 @@ def _flatten(transform) -> list:
 def _raw_images(dataset) -> torch.Tensor | None:
     """uint8 [N, C, H, W] exactly as the dataset's PIL images would give after ToImage."""
     if type(dataset) in (*_UNVERIFIED, *_UNVERIFIED.values()):
-        data = torch.from_numpy(np.ascontiguousarray(dataset.data))  # [N, H, W, 3]
-        return data.permute(0, 3, 1, 2)
+        # torchvision keeps the pickled [N, 3, H, W] bytes and only transposes its numpy
+        # view to [N, H, W, 3]; permuting back gives NCHW sharing that buffer, no copy.
+        return torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
     if type(dataset) in (tv_datasets.MNIST, tv_datasets.FashionMNIST, tv_datasets.KMNIST):
         return dataset.data.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
     return None
@@ -656,12 +657,32 @@ def _fits(x: torch.Tensor, n: int, max_bytes: int) -> bool:
     return x.element_size() * x.numel() * n + 8 * n <= max_bytes
 
 
+def _whole_set(leaves: list, raw: torch.Tensor) -> torch.Tensor | None:
+    """The chain run on all images at once with torchvision's own kernels, normalising in
+    place: one new tensor and one pass per step, as a hand-written loop does it. None when
+    a step has another form (e.g. a per-type dtype dict)."""
+    x = raw
+    for t in leaves:
+        if isinstance(t, (v2.ToImage, v2.ToPureTensor, v2.Identity)):
+            continue  # raw is already a plain uint8 [N, C, H, W] tensor
+        if isinstance(t, (v2.ToDtype, v2.ConvertImageDtype)) and isinstance(t.dtype, torch.dtype):
+            scale = True if isinstance(t, v2.ConvertImageDtype) else t.scale
+            x = v2.functional.to_dtype_image(x, t.dtype, scale=scale)
+        elif isinstance(t, v2.Normalize) and x is not raw and x.is_floating_point():
+            x = v2.functional.normalize_image(x, t.mean, t.std, inplace=True)  # x is ours
+        else:
+            return None
+    return x.clone() if x is raw else x  # raw may share the dataset's own memory
+
+
 def _batched(dataset, n: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """CIFAR/MNIST-family whose transform is a known batch-safe chain: run it on chunks."""
+    """CIFAR/MNIST-family whose transform is a known batch-safe chain: run it on the whole
+    uint8 tensor (else on chunks of it) instead of once per PIL image."""
     transform = getattr(dataset, "transform", None)
     if transform is None or getattr(dataset, "target_transform", None) is not None:
         return None
-    if not all(isinstance(t, _BATCH_SAFE_TRANSFORMS) for t in _flatten(transform)):
+    leaves = _flatten(transform)
+    if not all(isinstance(t, _BATCH_SAFE_TRANSFORMS) for t in leaves):
         return None
     raw = _raw_images(dataset)
     if raw is None:
@@ -672,10 +693,14 @@ def _batched(dataset, n: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tenso
     first_x = _plain(first_x)
     if not _fits(first_x, n, max_bytes):
         return None
-    out = torch.empty((n, *first_x.shape), dtype=first_x.dtype)
-    for start in range(0, n, 4096):
-        out[start : start + 4096] = _plain(transform(raw[start : start + 4096]))
+    out = _whole_set(leaves, raw)
+    if out is None:
+        out = torch.empty((n, *first_x.shape), dtype=first_x.dtype)
+        for start in range(0, n, 4096):
+            out[start : start + 4096] = _plain(transform(raw[start : start + 4096]))
     # Guard against a transform behaving differently on a batch than on one PIL image.
+    if out.shape[1:] != first_x.shape or out.dtype != first_x.dtype:
+        return None
     if not torch.equal(out[0], first_x):
         return None
     labels = _label_tensor(torch.as_tensor(dataset.targets))

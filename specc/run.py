@@ -148,7 +148,31 @@ def build_optimizer(spec: CallSpec, model: nn.Module,
     plugins = load_plugins(program) if program is not None else {}
     if spec.name in plugins and issubclass(plugins[spec.name], torch.optim.Optimizer):
         return _ctor(plugins, spec, "optimizer", groups)
-    return _ctor(torch.optim, spec, "optimizer", groups)
+    return _ctor(torch.optim, spec, "optimizer", groups, **_foreach_default(spec, groups))
+
+
+# Optimizers whose multi-tensor (foreach) step gives bit-identical weights to the default
+# per-tensor step on CPU (tests/test_run.py checks it), with the options that break that:
+# torch's SGD foreach applies `maximize` with momentum differently.
+_FOREACH_SAME = {"SGD": ("maximize",), "Adam": (), "AdamW": ()}
+
+
+def _foreach_default(spec: CallSpec, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """`foreach=True` where torch would pick the per-tensor loop (CPU) and the result is the
+    same: one op per update step for all tensors instead of one per tensor, which is a
+    measurable share of a small model's step. Whatever the spec sets is left alone."""
+    unsafe = _FOREACH_SAME.get(spec.name)
+    if unsafe is None:
+        return {}
+    for options in (spec.kwargs, *groups):  # the spec's arguments, then `group` options
+        if {"foreach", "fused", "differentiable"} & set(options):
+            return {}
+        if any(options.get(k) for k in unsafe):
+            return {}
+    for g in groups:
+        if not all(type(p) is nn.Parameter and p.device.type == "cpu" for p in g["params"]):
+            return {}  # on CUDA torch already picks foreach; DTensor shards: leave to torch
+    return {"foreach": True}
 
 
 def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -286,14 +310,14 @@ def batches(
     else:
         count = n // batch_size if drop_last else math.ceil(n / batch_size)
     if split.x is not None:
-        order = perm.to(split.x.device) if perm is not None else None
-        for b in range(start, count):
-            if order is None:
-                sl = slice(b * batch_size, (b + 1) * batch_size)
-                x, y = split.x[sl], split.y[sl]
-            else:
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                x, y = split.x[idx], split.y[idx]
+        # All batch indices cut up front (one op, not a slice per step).
+        if perm is None:
+            xs, ys = split.x.split(batch_size), split.y.split(batch_size)
+            pairs = zip(xs[start:count], ys[start:count], strict=True)
+        else:
+            idxs = perm.to(split.x.device).split(batch_size)[start:count]
+            pairs = ((split.x[i], split.y[i]) for i in idxs)
+        for x, y in pairs:
             if split.augment is not None and augment:
                 # v2 transforms draw one set of parameters per call: call per sample.
                 x = torch.stack([split.augment(xi) for xi in x])
@@ -414,6 +438,12 @@ class Progress:
             )
             self.task = self.bar.add_task("train", total=total_steps, epoch=1, info="")
             self.bar.start()
+
+    def due(self, step: int) -> bool:
+        """Whether `step` shows anything: the loop skips building the line otherwise."""
+        if self.bar is not None:
+            return True
+        return not self.quiet and (step % self.log_every == 0 or step == self.total)
 
     def step(self, step: int, epoch: int, loss: float, lr: float, ips: float) -> None:
         info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} samples/s"
@@ -564,6 +594,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     opt = build_optimizer(cfg.optimizer, base_model, program)
     sched, interval = build_scheduler(cfg, opt, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    scaling = scaler.is_enabled()
     amp = _amp(cfg.precision, device)
 
     state = State()
@@ -640,6 +671,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         progress.message("warning: compile = True needs the in-memory fast path; eager mode")
     t_start = time.perf_counter()
     seen = 0
+    test_eval: tuple[int, dict[str, float]] | None = None  # (at step, metrics) when eval is test
     batch_no = state.epoch * per_epoch + state.batch
     interrupted = False
     try:
@@ -663,7 +695,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                 with amp():
                     out = step_model(x)
                     loss = loss_fn(out, y)
-                loss_value = float(loss.detach())
+                loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     if cfg.on_nan == "skip":
                         opt.zero_grad(set_to_none=True)
@@ -679,7 +711,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                         "training stopped before any checkpoint was written",
                         hint='lower the learning rate, add clip_grad_norm, or set on_nan = "skip"',
                     )
-                scaler.scale(loss / cfg.accumulate).backward()
+                # Dividing by 1 and scaling by a disabled scaler would each add an op
+                # (and its backward) to every step without changing a bit.
+                if cfg.accumulate != 1:
+                    loss = loss / cfg.accumulate
+                (scaler.scale(loss) if scaling else loss).backward()
                 state.batch += 1
                 batch_no += 1
                 seen += y.shape[0]
@@ -689,8 +725,11 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                     if cfg.clip_grad_norm:
                         scaler.unscale_(opt)
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    scaler.step(opt)
-                    scaler.update()
+                    if scaling:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
                     opt.zero_grad(set_to_none=True)
                     state.step += 1
                     if sched is not None and interval == "step":
@@ -710,13 +749,14 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                         t_log, n_log, loss_acc = now, 0, 0.0
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                         save(last_path)
-                progress.step(
-                    batch_no,
-                    epoch,
-                    loss_value,
-                    opt.param_groups[0]["lr"],
-                    seen / max(time.perf_counter() - t_start, 1e-9),
-                )
+                if progress.due(batch_no):
+                    progress.step(
+                        batch_no,
+                        epoch,
+                        loss_value,
+                        opt.param_groups[0]["lr"],
+                        seen / max(time.perf_counter() - t_start, 1e-9),
+                    )
                 stopping = stop["signal"] is not None
                 if ctx.enabled:  # every worker must stop at the same step
                     stopping = distributed.all_sum([float(stopping)], ctx, device)[0] > 0
@@ -732,6 +772,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
                 record = {"epoch": state.epoch, "step": state.step}
                 if eval_split is not None:
                     ev = evaluate(model, eval_split, loss_fn, cfg, data, device, amp, ctx)
+                    if eval_split.name == "test":
+                        test_eval = (state.step, ev)
                     record.update({f"{eval_split.name}_{k}": v for k, v in ev.items()})
                     value = ev.get(best_metric, ev["loss"])
                     improved = state.best is None or (
@@ -790,7 +832,10 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     if "test" in splits:
         if best_path.exists() and "val" in splits and not ctx.enabled:
             model.load_state_dict(checkpoint.load(best_path)["model"])
-        test = evaluate(model, splits["test"], loss_fn, cfg, data, device, amp, ctx)
+        if test_eval is not None and test_eval[0] == state.step:
+            test = test_eval[1]  # the model has not changed since the last epoch's test
+        else:
+            test = evaluate(model, splits["test"], loss_fn, cfg, data, device, amp, ctx)
         summary.update({f"test_{k}": v for k, v in test.items()})
         log({"final": True, **{f"test_{k}": v for k, v in test.items()}})
     _close(metrics_file, tb)

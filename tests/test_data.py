@@ -401,3 +401,26 @@ def test_unverified_cifar_pickles_for_worker_processes(cifar):
     ds = make_dataset("CIFAR10", [str(cifar[0])], {"verify": False})
     copy = pickle.loads(pickle.dumps(ds))
     assert len(copy) == len(ds) and type(copy).__name__ == "CIFAR10"
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [
+            ("ToImage", [], {}),
+            ("ToDtype", [], {"dtype": "float32", "scale": True}),
+            ("Normalize", [], {"mean": MEAN, "std": STD}),
+        ],
+        [("ToImage", [], {})],
+        [("ToImage", [], {}), ("ToDtype", [], {"dtype": "float64"})],
+    ],
+)
+def test_materialize_whole_set_matches_each_sample(cifar, items):
+    ds = make_dataset(
+        "CIFAR10", [str(cifar[0])], {"verify": False}, transform=make_transform(items)
+    )
+    inputs, _ = materialize(ds)
+    assert torch.equal(inputs, torch.stack([ds[i][0] for i in range(len(ds))]))
+    before = ds.data.copy()
+    inputs.zero_()  # the stack owns its memory: the dataset's arrays stay as they were
+    assert np.array_equal(ds.data, before)

@@ -158,3 +158,69 @@ def test_label_out_of_range_is_reported_before_training(tmp_path, capsys):
 def test_gradient_accumulation_with_onecycle(tmp_path):
     summary = _run(DIGITS, tmp_path, "epochs=2", "accumulate=4")
     assert summary["steps"] == 2 * 12  # ceil(45 batches / 4) optimizer steps per epoch
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("SGD", {"lr": 0.01, "momentum": 0.9}),
+        ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+        ("Adam", {"lr": 1e-3, "amsgrad": True, "weight_decay": 1e-2}),
+        ("AdamW", {"lr": 1e-3, "weight_decay": 0.1}),
+    ],
+)
+def test_cpu_foreach_default_gives_the_same_weights(name, kwargs):
+    from specc.config import CallSpec
+    from specc.run import build_optimizer
+
+    def train(make_opt):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5)
+        )
+        opt = make_opt(net)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return opt, net.state_dict()
+
+    runner, a = train(lambda net: build_optimizer(CallSpec(name=name, kwargs=kwargs), net))
+    assert runner.defaults["foreach"] is True
+    _, b = train(lambda net: getattr(torch.optim, name)(net.parameters(), **kwargs))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_foreach_is_left_to_the_spec_and_to_torch():
+    from specc.config import CallSpec
+    from specc.run import build_optimizer
+
+    net = torch.nn.Linear(3, 2)
+    for name, kwargs in [
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "maximize": True}),  # foreach differs there
+        ("SGD", {"lr": 0.1, "foreach": False}),
+        ("RMSprop", {"lr": 0.1}),
+    ]:
+        opt = build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
+        assert opt.defaults["foreach"] in (None, False), (name, kwargs)
+
+
+def test_test_set_is_evaluated_once_when_it_is_the_eval_set(tmp_path, monkeypatch):
+    import specc.run
+
+    calls = []
+    real = specc.run.evaluate
+    monkeypatch.setattr(
+        specc.run, "evaluate", lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
+    )
+    summary = _run(DIGITS, tmp_path, "epochs=1")
+    assert calls == ["test"]  # the epoch's evaluation is the final one: nothing changed since
+    records = (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
+    epoch = next(r for r in map(json.loads, records) if "epoch" in r and "test_loss" in r)
+    assert summary["test_loss"] == epoch["test_loss"]
+    calls.clear()
+    _run(DIGITS, tmp_path, "epochs=2", "max_steps=50", name="partial")  # stops mid-epoch 2
+    assert calls == ["test", "test"]
