@@ -116,7 +116,7 @@ def apply_overrides(program: ir.Program, overrides: list[str]) -> ir.Program:
         head, _, rest = key.partition(".")
         data_names = [d.name for d in data]
         train_keys = set(TrainConfig.model_fields)
-        if head in train_keys:
+        if head in train_keys and not (head == "data" and rest):  # data.X: the data block
             train = train.model_copy(
                 update={"fields": _set(train.fields, head, rest, value, train.span)}
             )

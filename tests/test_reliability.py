@@ -115,7 +115,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, capsy
 def test_wrong_image_size_is_reported_before_training(tmp_path, capsys, in_memory):
     spec = tmp_path / "wrong.spec"
     spec.write_text(DIGITS.read_text().replace("forward(x: [1, 8, 8])", "forward(x: [1, 16, 16])"))
-    args = ["run", str(spec), "--runs-dir", str(tmp_path), "--set", f"digits.in_memory={in_memory}"]
+    args = ["run", str(spec), "--runs-dir", str(tmp_path), "--set", f"data.in_memory={in_memory}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err
