@@ -558,6 +558,7 @@ class _Generator:
     ) -> None:
         self.program = program
         self.plans: dict[str, _Plan] = {}
+        self.collected: set[int] = set()
         for top in tops:
             self.collect(top)  # fills self.plans in dependency order (used models first)
         self.uses = {"torch": False, "F": False, "OrderedDict": False}
@@ -574,6 +575,11 @@ class _Generator:
         self.plugin_imports: dict[str, list[str]] = {}  # module -> classes, in first use
 
     def collect(self, inst: ir.ModelInstance) -> None:
+        # The checker shares one instance between uses with the same arguments and inputs;
+        # walking each once keeps a model used twice per level linear, not 2**levels.
+        if id(inst) in self.collected:
+            return
+        self.collected.add(id(inst))
         for layer in inst.layers:
             for child in _children(layer.ctor):
                 self.collect(child)

@@ -587,4 +587,4 @@ def _doubling_models(levels: int) -> str:
 
 
 def test_nested_model_uses_are_not_exponential(runner: Runner) -> None:
-    runner.case(_doubling_models(12).encode(), tolerate_known=False, hard_limit=TIME_LIMIT + 1)
+    runner.case(_doubling_models(20).encode(), tolerate_known=False, hard_limit=TIME_LIMIT + 1)
