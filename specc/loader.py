@@ -14,16 +14,13 @@ from specc import ir
 from specc.errors import Location, SpecError, SpecNameError, SpecSyntaxError, UsageError
 from specc.parse import parse
 from specc.transform import transform
+from specc.values import loc
 
 
 def _is_path(source: Any) -> bool:
     if isinstance(source, Path):
         return True
     return isinstance(source, str) and "\n" not in source and source.strip().endswith(".spec")
-
-
-def _loc(span: ir.Span) -> Location:
-    return Location(span.file, span.line, span.column, span.end_line, span.end_column)
 
 
 def _read(path: Path, display: str) -> str:
@@ -88,14 +85,14 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
                 chain = " -> ".join([*map(_display_path, map(Path, stack)), shown])
                 raise SpecNameError(
                     f"import cycle: {chain}",
-                    _loc(imp.span),
+                    loc(imp.span),
                     hint="remove one of the imports in the cycle",
                 )
             if any(s.path == shown for s in sources):
                 continue  # imported twice (diamond): once is enough
             if not target.is_file():
                 raise SpecNameError(
-                    f"imported spec not found: {imp.path} (looked at {shown})", _loc(imp.span)
+                    f"imported spec not found: {imp.path} (looked at {shown})", loc(imp.span)
                 )
             visit(_read(target, shown), shown, target.parent, target, [*stack, key])
         for m in got["models"]:
@@ -103,7 +100,7 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
                 first = origin[m.name]
                 raise SpecNameError(
                     f"model `{m.name}` is defined in both {first} and {m.file}",
-                    _loc(m.span),
+                    loc(m.span),
                     hint="rename one of them",
                 )
             origin[m.name] = m.file
@@ -117,7 +114,7 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
             p = parts["plugins"][0]
             raise SpecError(
                 f"plugin {p.target!r} refused: plugins are disabled (--no-plugins)",
-                _loc(p.span),
+                loc(p.span),
                 hint="plugins run Python code; drop --no-plugins to allow it",
             )
         program = ir.Program(sources=sources, **parts)

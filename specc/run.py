@@ -965,7 +965,7 @@ def evaluate_checkpoint(
         split = splits.get("test") or splits.get("val")
         if split is None:
             raise UsageError("the data block has no `test` set to evaluate on")
-        _check_input_shapes({"test" if "test" in splits else "val": split}, model_inst, data)
+        _check_input_shapes({split.name: split}, model_inst, data)
         result = evaluate(
             model,
             split,

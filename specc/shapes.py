@@ -1266,9 +1266,7 @@ def _input_tensor(
         raise SpecShapeError(
             f"input `{name}` has a negative dimension: {_dims_text(dims)}", loc(span)
         )
-    numel = 1
-    for d in dims:
-        numel *= d
+    numel = math.prod(dims)
     hint = (
         f"specc refuses inputs over {_bytes_text(MAX_INPUT_BYTES)} per sample; "
         "is a size off by a few zeros?"

@@ -10,7 +10,8 @@ import lark
 from lark import Token, Tree
 
 from specc import ir
-from specc.errors import Location, SpecSyntaxError, SpecTypeError
+from specc.errors import SpecSyntaxError, SpecTypeError
+from specc.values import loc
 
 
 def int_literal(tok: Token, file: str, text: str) -> int:
@@ -26,9 +27,8 @@ def int_literal(tok: Token, file: str, text: str) -> int:
             why = "leading zeros are not allowed (write `0o...` for octal)"
         else:
             why = "`_` may only stand between digits, and a prefix needs digits after it"
-        s_span = span_of(tok, file)
-        loc = Location(file, s_span.line, s_span.column, s_span.end_line, s_span.end_column)
-        raise SpecSyntaxError(f"invalid integer `{s[:20]}`: {why}", loc, source=text) from None
+        where = loc(span_of(tok, file))
+        raise SpecSyntaxError(f"invalid integer `{s[:20]}`: {why}", where, source=text) from None
 
 
 _BINOPS = {"add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"}
@@ -63,10 +63,7 @@ class _Exprs:
         return span_of(node, self.file)
 
     def error(self, msg: str, node: Tree | Token, cls=SpecSyntaxError) -> Exception:
-        s = self.sp(node)
-
-        loc = Location(s.file, s.line, s.column, s.end_line, s.end_column)
-        return cls(msg, loc, source=self.text)
+        return cls(msg, loc(self.sp(node)), source=self.text)
 
     def expr(self, t: Tree | Token | None) -> ir.Expr:
         if isinstance(t, Token):
