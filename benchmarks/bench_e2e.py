@@ -12,7 +12,9 @@ line taken out (`train_only_spec`); otherwise specc alone would load, transform 
 evaluate the test images inside its timed run. torch keeps its own thread count here (as
 users run it) unless --threads says otherwise; each row says how many cores other
 processes used meanwhile, since two threads on two busy cores can run several
-times slower.
+times slower. The runner uses torch's fused SGD step and, for convolutions as small as
+the tutorial's at batch 4, torch's native CPU kernels instead of oneDNN (`specc.kernels`);
+one more specc run undoes both (`TORCH_KERNELS`) to show what those choices are worth.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def in_memory_loop(root: Path, batch: int, max_steps: int | None = None) -> floa
     return seen / (time.perf_counter() - start)
 
 
+TORCH_KERNELS = ('conv_kernels="torch"', "optimizer.fused=False")
+
+
 def train_only_spec(ctx: Context) -> Path:
     """specs/cifar10.spec without its test set, written next to the benchmark's data."""
     text = (ctx.repo / "specs" / "cifar10.spec").read_text()
@@ -135,6 +140,7 @@ class SpeccRun:
         ]
         self.loop_rates: list[float] = []
         self.count = 0
+        self.conv_kernels: str | None = None
 
     def __call__(self, max_steps: int | None = None) -> float:
         import specc
@@ -151,6 +157,7 @@ class SpeccRun:
             quiet=True,
         )
         wall = time.perf_counter() - start
+        self.conv_kernels = summary.get("conv_kernels")
         full = summary.get("epochs", 0) >= 1
         seen = self.n * summary["epochs"] if full else summary["steps"] * self.batch
         if not max_steps:
@@ -216,12 +223,15 @@ def run(ctx: Context) -> list[Row]:
     specc4 = SpeccRun(ctx, root, n_train, 4)
     specc64 = SpeccRun(ctx, root, n_train, 64)
     specc_loader = SpeccRun(ctx, root, n_train, 4, ("cifar.in_memory=False",))
+    # The same run on torch's default kernels: what the runner's kernel choices are worth.
+    specc_torch = SpeccRun(ctx, root, n_train, 4, TORCH_KERNELS)
     batch4 = {
         "tutorial nw=2 b4": lambda steps=None: tutorial_loop(root, 2, 4, steps),
         "tutorial nw=0 b4": lambda steps=None: tutorial_loop(root, 0, 4, steps),
         "in-memory b4": lambda steps=None: in_memory_loop(root, 4, steps),
         "specc b4": specc4,
         "specc DataLoader path b4": specc_loader,
+        "specc b4, torch's kernels": specc_torch,
     }
     batch64 = {
         "in-memory b64": lambda steps=None: in_memory_loop(root, 64, steps),
@@ -235,7 +245,8 @@ def run(ctx: Context) -> list[Row]:
         )
     if not ctx.quick:  # first calls import transforms, datasets, the runner
         ctx.log("  warm-up (20 steps each)")
-        for name in ("tutorial nw=0 b4", "in-memory b4", "specc b4", "specc DataLoader path b4"):
+        for name in ("tutorial nw=0 b4", "in-memory b4", "specc b4", "specc DataLoader path b4",
+                     "specc b4, torch's kernels"):  # fmt: skip
             batch4[name](20)
 
     background: dict[str, list[float]] = {}
@@ -304,6 +315,15 @@ def run(ctx: Context) -> list[Row]:
             "reported",
             vs("specc b4", "in-memory b4"),
             ratio(rates["specc b4"], rates["in-memory b4"]).fmt(3) + "×",
+            INFO,
+        ),
+        Row(
+            SECTION,
+            "specc run b4 on torch's default kernels / hand-written in-memory loop b4",
+            f"reported ({', '.join(TORCH_KERNELS)}; specc chose conv kernels: "
+            f"{specc4.conv_kernels or 'torch'}, SGD fused)",
+            vs("specc b4, torch's kernels", "in-memory b4"),
+            ratio(rates["specc b4, torch's kernels"], rates["in-memory b4"]).fmt(3) + "×",
             INFO,
         ),
         *(

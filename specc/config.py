@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    # "auto": native CPU kernels for small convolutions (specc.kernels); "torch": torch's.
+    conv_kernels: Literal["auto", "torch", "native"] = "auto"
     accumulate: int = Field(1, gt=0)
     clip_grad_norm: float | None = Field(None, gt=0)
     metrics: list[str] = ["accuracy"]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc import ir
+from specc import ir, kernels
 from specc.config import CallSpec, DataConfig, TrainConfig, apply_overrides, train_config
 from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
 from specc.errors import did_you_mean as _dym
@@ -148,31 +148,8 @@ def build_optimizer(spec: CallSpec, model: nn.Module,
     plugins = load_plugins(program) if program is not None else {}
     if spec.name in plugins and issubclass(plugins[spec.name], torch.optim.Optimizer):
         return _ctor(plugins, spec, "optimizer", groups)
-    return _ctor(torch.optim, spec, "optimizer", groups, **_foreach_default(spec, groups))
-
-
-# Optimizers whose multi-tensor (foreach) step gives bit-identical weights to the default
-# per-tensor step on CPU (tests/test_run.py checks it), with the options that break that:
-# torch's SGD foreach applies `maximize` with momentum differently.
-_FOREACH_SAME = {"SGD": ("maximize",), "Adam": (), "AdamW": ()}
-
-
-def _foreach_default(spec: CallSpec, groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """`foreach=True` where torch would pick the per-tensor loop (CPU) and the result is the
-    same: one op per update step for all tensors instead of one per tensor, which is a
-    measurable share of a small model's step. Whatever the spec sets is left alone."""
-    unsafe = _FOREACH_SAME.get(spec.name)
-    if unsafe is None:
-        return {}
-    for options in (spec.kwargs, *groups):  # the spec's arguments, then `group` options
-        if {"foreach", "fused", "differentiable"} & set(options):
-            return {}
-        if any(options.get(k) for k in unsafe):
-            return {}
-    for g in groups:
-        if not all(type(p) is nn.Parameter and p.device.type == "cpu" for p in g["params"]):
-            return {}  # on CUDA torch already picks foreach; DTensor shards: leave to torch
-    return {"foreach": True}
+    return _ctor(torch.optim, spec, "optimizer", groups,
+                 **kernels.optimizer_defaults(spec, groups, model))  # fmt: skip
 
 
 def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -477,6 +454,7 @@ class State:
     best_epoch: int | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    conv_kernels: str | None = None  # the kernels `autotune` chose (None: torch's defaults)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -531,9 +509,32 @@ def run(
     """Train the program's train block; returns the final summary (metrics, paths)."""
     texts = {s.path: s.text for s in program.sources}
     try:
-        return _run(program, overrides or [], resume, name, Path(runs_dir), quiet, train_name)
+        with kernels.restored():
+            return _run(program, overrides or [], resume, name, Path(runs_dir), quiet, train_name)
     except SpecError as err:
         raise err.with_source(texts) from None
+
+
+def _conv_kernels(cfg, ctx, device, model, train, data) -> str | None:
+    """The convolution kernels for this run (see specc.kernels); None: torch's choice."""
+    if cfg.conv_kernels == "torch" or device.type != "cpu" or not kernels.has_conv(model):
+        return None
+    if cfg.conv_kernels == "native":
+        return kernels.NATIVE
+    # The rule was measured in fp32 on one process; torch.compile picks kernels of its own.
+    if cfg.precision != "fp32" or cfg.compile or ctx.enabled:
+        return None
+    n = min(data.batch_size, len(train))
+    try:
+        if train.x is not None:
+            x = train.x[:n]
+        else:
+            from torch.utils.data import default_collate
+
+            x = default_collate([train.dataset[i] for i in range(n)])[0]
+        return kernels.choose_conv(model, x)
+    except Exception:  # the training loop reports the model's own errors
+        return None
 
 
 def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
@@ -669,6 +670,9 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     step_model = _maybe_compile(model, cfg.compile and sample is not None, progress, sample)
     if cfg.compile and sample is None:
         progress.message("warning: compile = True needs the in-memory fast path; eager mode")
+    if not resume:  # a resumed run keeps the kernels its checkpoint recorded
+        state.conv_kernels = _conv_kernels(cfg, ctx, device, base_model, train, data)
+    kernels.use(state.conv_kernels)
     t_start = time.perf_counter()
     seen = 0
     test_eval: tuple[int, dict[str, float]] | None = None  # (at step, metrics) when eval is test
@@ -829,6 +833,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
         "seconds": time.perf_counter() - t_start,
         "run_dir": str(out_dir),
     }
+    if state.conv_kernels is not None:
+        summary["conv_kernels"] = state.conv_kernels
     if "test" in splits:
         if best_path.exists() and "val" in splits and not ctx.enabled:
             model.load_state_dict(checkpoint.load(best_path)["model"])
@@ -966,20 +972,12 @@ def evaluate_checkpoint(
         if split is None:
             raise UsageError("the data block has no `test` set to evaluate on")
         _check_input_shapes({split.name: split}, model_inst, data)
-        result = evaluate(
-            model,
-            split,
-            build_loss(
-                cfg.loss,
-                program,
-                model_inst,
-                list(split.y.shape[1:]) if split.y is not None else [],
-            ).to(device),
-            cfg,
-            data,
-            device,
-            _amp(cfg.precision, device),
-        )
+        loss_fn = build_loss(
+            cfg.loss, program, model_inst, list(split.y.shape[1:]) if split.y is not None else []
+        ).to(device)
+        with kernels.restored():  # the kernels the run trained with
+            kernels.use((state.get("state") or {}).get("conv_kernels"))
+            result = evaluate(model, split, loss_fn, cfg, data, device, _amp(cfg.precision, device))
     except SpecError as err:
         raise err.with_source(texts) from None
     if not quiet:

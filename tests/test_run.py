@@ -11,6 +11,7 @@ from conftest import SPECS
 from datafiles import write_cifar10
 
 import specc
+import specc.run
 from specc import checkpoint
 from specc.cli import main
 from specc.errors import CheckpointError
@@ -160,52 +161,138 @@ def test_gradient_accumulation_with_onecycle(tmp_path):
     assert summary["steps"] == 2 * 12  # ceil(45 batches / 4) optimizer steps per epoch
 
 
+def _train_small_net(make_opt):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5)
+    )
+    opt = make_opt(net)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return opt, net.state_dict()
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
         ("SGD", {"lr": 0.01, "momentum": 0.9}),
         ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+        ("SGD", {"lr": 0.01, "momentum": 0.9, "maximize": True}),
         ("Adam", {"lr": 1e-3, "amsgrad": True, "weight_decay": 1e-2}),
         ("AdamW", {"lr": 1e-3, "weight_decay": 0.1}),
     ],
 )
-def test_cpu_foreach_default_gives_the_same_weights(name, kwargs):
+def test_cpu_fused_default_is_torchs_algorithm_and_fused_false_is_torchs_default(name, kwargs):
     from specc.config import CallSpec
     from specc.run import build_optimizer
 
-    def train(make_opt):
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5)
-        )
-        opt = make_opt(net)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(30):
-            x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-        return opt, net.state_dict()
-
-    runner, a = train(lambda net: build_optimizer(CallSpec(name=name, kwargs=kwargs), net))
-    assert runner.defaults["foreach"] is True
-    _, b = train(lambda net: getattr(torch.optim, name)(net.parameters(), **kwargs))
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    runner, a = _train_small_net(
+        lambda net: build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
+    )
+    assert runner.defaults["fused"] is True
+    _, b = _train_small_net(lambda net: getattr(torch.optim, name)(net.parameters(), **kwargs))
+    for k in a:  # the same algorithm: rounding differs, nothing else
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    _, c = _train_small_net(
+        lambda net: build_optimizer(CallSpec(name=name, kwargs={**kwargs, "fused": False}), net)
+    )
+    for k in a:  # fused=False in the spec: exactly torch's default step
+        assert torch.equal(b[k], c[k]), k
 
 
-def test_foreach_is_left_to_the_spec_and_to_torch():
+def test_optimizer_implementation_is_left_to_the_spec_and_to_torch():
     from specc.config import CallSpec
     from specc.run import build_optimizer
 
     net = torch.nn.Linear(3, 2)
     for name, kwargs in [
-        ("SGD", {"lr": 0.1, "momentum": 0.9, "maximize": True}),  # foreach differs there
         ("SGD", {"lr": 0.1, "foreach": False}),
-        ("RMSprop", {"lr": 0.1}),
+        ("SGD", {"lr": 0.1, "foreach": True}),
+        ("Adam", {"lr": 0.1, "fused": False}),
+        ("RMSprop", {"lr": 0.1}),  # no fused kernel in torch
     ]:
         opt = build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
-        assert opt.defaults["foreach"] in (None, False), (name, kwargs)
+        assert not opt.defaults.get("fused"), (name, kwargs)
+        assert opt.defaults["foreach"] == kwargs.get("foreach"), (name, kwargs)
+    sparse = torch.nn.Sequential(torch.nn.Embedding(10, 3, sparse=True), torch.nn.Linear(3, 2))
+    opt = build_optimizer(CallSpec(name="SGD", kwargs={"lr": 0.1}), sparse)
+    assert not opt.defaults["fused"]  # torch's fused kernels take no sparse gradients
+
+
+# ---- convolution kernels ----------------------------------------------------------------
+
+
+def _mkldnn_enabled() -> bool:
+    return torch.backends.mkldnn.enabled
+
+
+def test_small_convolutions_run_native_kernels_and_the_choice_is_recorded(tmp_path):
+    small = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="b8")
+    assert small["conv_kernels"] == "native"  # largest unfold 147,456 elements at batch 8
+    ck = checkpoint.load(tmp_path / "runs" / "b8" / "last.pt")
+    assert ck["state"]["conv_kernels"] == "native"
+    large = _run(DIGITS, tmp_path, "epochs=1", "batch_size=16", name="b16")
+    assert "conv_kernels" not in large  # 294,912: torch's own choice (oneDNN)
+    assert checkpoint.load(tmp_path / "runs" / "b16" / "last.pt")["state"]["conv_kernels"] is None
+    assert _mkldnn_enabled()  # the process-wide flag is put back
+
+
+def test_conv_kernel_choice_draws_no_random_number_and_touches_no_buffer(tmp_path):
+    """The shape probe runs the model once: a run that chose native kernels by the rule
+    ends with exactly the weights and BatchNorm statistics of one told to use them."""
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="auto")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", 'conv_kernels="native"', name="forced")
+    a = checkpoint.load(tmp_path / "runs" / "auto" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "runs" / "forced" / "last.pt")["model"]
+    assert any("running_mean" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_conv_kernels_torch_keeps_torchs_choice(tmp_path, monkeypatch):
+    seen = []
+    real = specc.run.evaluate
+    monkeypatch.setattr(
+        specc.run, "evaluate", lambda *a, **k: seen.append(_mkldnn_enabled()) or real(*a, **k)
+    )
+    summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", 'conv_kernels="torch"')
+    assert "conv_kernels" not in summary and seen == [True]
+    seen.clear()
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="auto")
+    assert seen == [False]  # native kernels: oneDNN off while the run lasts
+    assert _mkldnn_enabled()
+
+
+def test_resume_and_eval_reuse_the_recorded_kernels(tmp_path, capsys):
+    full = _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", name="full")
+    _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", "max_steps=250", name="part")
+    # Told to use torch's kernels, the resumed run keeps its checkpoint's choice: exactness.
+    _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", 'conv_kernels="torch"', name="part",
+         resume=True)  # fmt: skip
+    a = checkpoint.load(tmp_path / "runs" / "full" / "last.pt")
+    b = checkpoint.load(tmp_path / "runs" / "part" / "last.pt")
+    assert b["state"]["conv_kernels"] == "native"
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    result = specc.run.evaluate_checkpoint(
+        specc.load(DIGITS), tmp_path / "runs" / "full" / "last.pt", quiet=True
+    )
+    assert result["loss"] == full["test_loss"]  # evaluated with the kernels it trained with
+
+
+def test_kernel_flag_is_put_back_when_a_run_fails(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        assert not _mkldnn_enabled()  # failing while native kernels are in use
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(specc.run, "evaluate", fail)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        _run(DIGITS, tmp_path, "epochs=1", "batch_size=8")
+    assert _mkldnn_enabled()
 
 
 def test_test_set_is_evaluated_once_when_it_is_the_eval_set(tmp_path, monkeypatch):
