@@ -1,12 +1,14 @@
 """Times specc's verbs on one spec in a fresh process; prints one JSON line.
 
-Run by `bench_compiler` as `python -m benchmarks.compiler_worker SPEC TINY REPS META`.
+Run by `bench_compiler` as `python -m benchmarks.compiler_worker SPEC TINY REPS META [PAIR]`.
 torch is imported first and timed apart, so every later time is "beyond import torch".
 `fixed` is importing specc plus checking a 1-layer spec (grammar, registries); `build`,
 `compile` of the tiny spec then warm their own paths unmeasured. Each verb then runs
 `REPS` times on SPEC in rotating order (the first check counts as one). With META=1,
 `build` runs under ``torch.device("meta")`` (shapes only, no parameter memory). Peak
-RSS growth is measured around the first check of SPEC.
+RSS growth is measured around the first check of SPEC. With PAIR, `check` and `compile`
+of SPEC and of PAIR then alternate for REPS more rounds (order swapped each round) and
+`paired` holds (SPEC, PAIR) seconds per round: a ratio of two specs measured side by side.
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ def main(argv: list[str]) -> dict:
             del result
             gc.collect()
     out["samples"] = samples
+    if len(argv) > 4:
+        pair = argv[4]
+        out["paired"] = {"check": [], "compile": []}
+        for verb, fn in (("check", specc.check), ("compile", specc.compile)):
+            fn(pair)  # warm: the first call of a spec reads and parses its file cold
+            for r in range(reps):
+                times = {}
+                for name in (spec, pair) if r % 2 == 0 else (pair, spec):
+                    t = time.perf_counter()
+                    fn(name)
+                    times[name] = time.perf_counter() - t
+                    gc.collect()
+                out["paired"][verb].append((times[spec], times[pair]))
     out["torchvision_imported"] = "torchvision" in sys.modules
     return out
 

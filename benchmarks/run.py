@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
-from benchmarks.report import FAIL, Context, Row, markdown_table, summary_line
+from benchmarks.report import Row, markdown_table, summary_line
+from benchmarks.section import crashed
 from benchmarks.timing import Background
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads in this process (default: torch's own, as users get "
+        help="torch intra-op threads in each section's process (default: torch's own, as users get "
         "it; 1 is far steadier when another process keeps a core busy)",
     )
     return p
@@ -103,6 +105,29 @@ def _header(
     )
 
 
+def _run_section(
+    name: str, args: argparse.Namespace, tmp: Path, elapsed: float, env: dict[str, str]
+) -> tuple[list[Row], list[str]]:
+    """The section's rows and notes, from a fresh process (see benchmarks/section.py)."""
+    spec = {
+        "section": name,
+        "quick": args.quick,
+        "compile": not (args.quick or args.no_compile),
+        "tmp": str(tmp),
+        "repo": str(REPO),
+        "threads": args.threads,
+        "elapsed": elapsed,
+    }
+    cmd = [sys.executable, "-m", "benchmarks.section", json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        out = json.loads(lines[-1])
+        return [Row(**r) for r in out["rows"]], out["notes"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return [crashed(name, f"the section's process exited {proc.returncode}")], []
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -117,44 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     rows: list[Row] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="specc-bench-") as tmp:
         # A fresh inductor cache: compile times are cold, and nothing is left behind.
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
-        os.environ.setdefault("TRITON_CACHE_DIR", str(Path(tmp) / "triton"))
-        ctx = Context(
-            quick=args.quick,
-            compile=not (args.quick or args.no_compile),
-            tmp=Path(tmp),
-            repo=REPO,
-            log=log,
-            threads=args.threads,
-        )
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
+        env.setdefault("TRITON_CACHE_DIR", str(Path(tmp) / "triton"))
         background: dict[str, float | None] = {}
         for name in sections:
             log(f"section {name}")
             meter = Background()
-            try:
-                module = __import__(f"benchmarks.bench_{name}", fromlist=["run"])
-                rows += module.run(ctx)
-            except Exception as exc:  # one broken section must not hide the others
-                traceback.print_exc()
-                rows.append(
-                    Row(
-                        name,
-                        "section crashed",
-                        "runs",
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                        "",
-                        FAIL,
-                    )
-                )
+            section_rows, section_notes = _run_section(
+                name, args, Path(tmp), time.perf_counter() - t0, env
+            )
+            rows += section_rows
+            notes += section_notes
             background[name] = meter.cores()
-        notes = list(ctx.notes)
+    if args.threads:  # for the header's thread count
+        import torch
+
+        torch.set_num_threads(args.threads)
     text = _header(argv, started, load_start, time.perf_counter() - t0, background)
     text += markdown_table(rows) + "\n\n" + summary_line(rows) + "\n"
     if notes:
