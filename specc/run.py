@@ -454,7 +454,7 @@ class State:
     best_epoch: int | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-    conv_kernels: str | None = None  # the kernels `autotune` chose (None: torch's defaults)
+    conv_kernels: str | None = None  # what `conv_kernels` chose (specc.kernels); None: torch
 
 
 def _rng_state() -> dict[str, Any]:

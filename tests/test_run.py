@@ -239,6 +239,9 @@ def test_small_convolutions_run_native_kernels_and_the_choice_is_recorded(tmp_pa
     assert "conv_kernels" not in large  # 294,912: torch's own choice (oneDNN)
     assert checkpoint.load(tmp_path / "runs" / "b16" / "last.pt")["state"]["conv_kernels"] is None
     assert _mkldnn_enabled()  # the process-wide flag is put back
+    loader = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "digits.in_memory=False",
+                  name="loader")  # fmt: skip
+    assert loader["conv_kernels"] == "native"  # the DataLoader path probes a collated batch
 
 
 def test_conv_kernel_choice_draws_no_random_number_and_touches_no_buffer(tmp_path):
