@@ -11,6 +11,10 @@ Four sections, each a module with one ``run(ctx) -> list[Row]`` function:
   10,000 layers and for a 20-billion-parameter spec;
 - ``cli``: ``specc --help`` / ``--version`` / ``check`` start-up against ``import torch``.
 
+Outside the suite, ``python -m benchmarks.step_kernels`` times the CIFAR net's batch-4 step
+under each of the runner's kernel choices, alternating in chunks (``--timeline`` shows this
+host's quiet and slow states).
+
 Every comparison is paired: after a warm-up, the variants run in alternating rounds
 (A B C, B C A, ...) and each round yields one ratio, so load from other processes on this
 shared machine hits both sides of a ratio alike. Rows report the median ratio, its
