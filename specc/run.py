@@ -426,7 +426,7 @@ class Progress:
         info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} samples/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, epoch=epoch, info=info)
-        elif not self.quiet and (step % self.log_every == 0 or step == self.total):
+        elif self.due(step):
             print(f"epoch {epoch}  step {step}/{self.total}  {info}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
