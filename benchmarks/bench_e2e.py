@@ -12,9 +12,10 @@ line taken out (`train_only_spec`); otherwise specc alone would load, transform 
 evaluate the test images inside its timed run. torch keeps its own thread count here (as
 users run it) unless --threads says otherwise; each row says how many cores other
 processes used meanwhile, since two threads on two busy cores can run several
-times slower. The runner uses torch's fused SGD step and, for convolutions as small as
-the tutorial's at batch 4, torch's native CPU kernels instead of oneDNN (`specc.kernels`);
-one more specc run undoes both (`TORCH_KERNELS`) to show what those choices are worth.
+times slower. The runner uses torch's fused SGD step and, for a net as small as the
+tutorial's at batch 4, torch's native CPU convolutions instead of oneDNN and one intra-op
+thread (`specc.kernels`); one more specc run undoes all three (`TORCH_KERNELS`) to show
+what those choices are worth.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def in_memory_loop(root: Path, batch: int, max_steps: int | None = None) -> floa
     return seen / (time.perf_counter() - start)
 
 
-TORCH_KERNELS = ('conv_kernels="torch"', "optimizer.fused=False")
+TORCH_KERNELS = ('conv_kernels="torch"', 'threads="torch"', "optimizer.fused=False")
 
 
 def train_only_spec(ctx: Context) -> Path:
@@ -141,6 +142,7 @@ class SpeccRun:
         self.loop_rates: list[float] = []
         self.count = 0
         self.conv_kernels: str | None = None
+        self.threads: int | None = None
 
     def __call__(self, max_steps: int | None = None) -> float:
         import specc
@@ -158,6 +160,7 @@ class SpeccRun:
         )
         wall = time.perf_counter() - start
         self.conv_kernels = summary.get("conv_kernels")
+        self.threads = summary.get("threads")
         full = summary.get("epochs", 0) >= 1
         seen = self.n * summary["epochs"] if full else summary["steps"] * self.batch
         if not max_steps:
@@ -330,7 +333,7 @@ def run(ctx: Context) -> list[Row]:
             SECTION,
             "specc run b4 on torch's default kernels / hand-written in-memory loop b4",
             f"reported ({', '.join(TORCH_KERNELS)}; specc chose conv kernels: "
-            f"{specc4.conv_kernels or 'torch'}, SGD fused)",
+            f"{specc4.conv_kernels or 'torch'}, threads: {specc4.threads or 'torch'}, SGD fused)",
             vs("specc b4, torch's kernels", "in-memory b4 "),
             ratio(rates["specc b4, torch's kernels"], rates["in-memory b4 "]).fmt(3) + "×",
             INFO,

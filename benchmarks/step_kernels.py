@@ -57,8 +57,8 @@ VARIANTS = {
     "tutorial (torch's defaults)": (False, True, 2),
     "fused SGD": (True, True, 2),
     "native conv": (False, False, 2),
-    "fused + native (specc)": (True, False, 2),
-    "fused + native, 1 thread": (True, False, 1),
+    "fused + native, 2 threads": (True, False, 2),
+    "fused + native, 1 thread (specc)": (True, False, 1),
     "tutorial, 1 thread": (False, True, 1),
 }
 

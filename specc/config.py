@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specc import ir
 from specc.errors import SpecError, SpecNameError, SpecTypeError, UsageError, did_you_mean
@@ -59,6 +59,8 @@ class TrainConfig(BaseModel):
     compile: bool = False
     # "auto": native CPU kernels for small convolutions (specc.kernels); "torch": torch's.
     conv_kernels: Literal["auto", "torch", "native"] = "auto"
+    # CPU intra-op threads: "auto": one for tiny steps (specc.kernels); "torch": torch's.
+    threads: Literal["auto", "torch"] | int = "auto"
     accumulate: int = Field(1, gt=0)
     clip_grad_norm: float | None = Field(None, gt=0)
     metrics: list[str] = ["accuracy"]
@@ -68,6 +70,13 @@ class TrainConfig(BaseModel):
     on_nan: Literal["stop", "skip"] = "stop"
     # Under torchrun (world size > 1): DistributedDataParallel, or FSDP2 sharding.
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        if v in ("auto", "torch") or (type(v) is int and v >= 1):
+            return v
+        raise ValueError(f'should be "auto", "torch" or a number of threads (1 or more), not {v!r}')
 
 
 def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:
@@ -190,7 +199,8 @@ def _validate(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span, wh
             ) from None
         if err["type"] == "missing":
             raise SpecTypeError(f"{what} needs `{key} = ...`", where) from None
-        raise SpecTypeError(f"{what}: `{key}`: {err['msg']}", where) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SpecTypeError(f"{what}: `{key}`: {msg}", where) from None
 
 
 def train_config(program: ir.Program, name: str | None = None) -> tuple[TrainConfig, DataConfig]:

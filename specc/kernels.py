@@ -1,27 +1,34 @@
-"""Kernel choices the runner makes for speed. Neither changes the algorithm, only which of
-torch's own implementations runs it, so results differ from torch's defaults in the last
-bits of rounding at most:
+"""Kernel choices the runner makes for speed. None changes the algorithm, only which of
+torch's own implementations runs it and on how many threads, so results differ from
+torch's defaults in the last bits of rounding at most:
 
 - optimizers: torch's fused SGD/Adam/AdamW step (one kernel for every tensor instead of a
   handful of ops per tensor), unless the spec picks an implementation (`fused=False`,
   `foreach=True`);
 - convolutions on CPU (`conv_kernels = "auto"`): torch's native kernels instead of oneDNN
   when every convolution is small, by a rule on shapes (no timing, so every run of a spec
-  chooses alike).
+  chooses alike);
+- CPU threads (`threads = "auto"`): one intra-op thread when every op of the step is too
+  small for a second to pay, by a rule on the same forward pass.
 
-`conv_kernels = "torch"` and `fused=False` give torch's defaults exactly. Checkpoints record
-the convolution choice and a resumed run reuses it.
+`conv_kernels = "torch"`, `threads = "torch"` and `fused=False` give torch's defaults
+exactly. Checkpoints record the convolution and thread choices and a resumed run reuses them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
 
 from specc.config import CallSpec
 
@@ -62,6 +69,61 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Sizes seen in one forward pass at the training batch size."""
+
+    conv_unfolds: list[int] | None  # per Conv2d call; None: another kind of convolution
+    max_flops: int  # the largest single op's FLOPs (torch.utils.flop_counter's formulas)
+    max_numel: int  # the largest tensor any op produced
+    max_param: int  # the largest parameter: the optimizer's step works through each
+
+
+class _OpSizes(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unfolds: list[int] = []
+        self.max_flops = 0
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            flops = flop_registry[packet](*args, **kwargs, out_val=out)
+            self.max_flops = max(self.max_flops, int(flops))
+        if not func.is_view:  # a view (a weight's transpose) moves no data
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.max_numel = max(self.max_numel, t.numel())
+        if packet is torch.ops.aten.convolution and args[1].dim() == 4:
+            # im2col of a 2-d convolution: batch x in-channels/groups x kernel area x outputs
+            self.unfolds.append(
+                out.shape[0] * math.prod(args[1].shape[1:]) * math.prod(out.shape[-2:])
+            )
+        return out
+
+
+def probe(model: nn.Module, x: Any) -> Probe:
+    """Run the model once on `x` (no grad, eval mode, so nothing is updated and no random
+    number drawn) and record the sizes the rules below read."""
+    sizes = _OpSizes()
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), sizes:
+            model(x)
+    finally:
+        model.train(training)
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    conv2d_only = all(type(m) is nn.Conv2d for m in convs)
+    max_param = max((t.numel() for t in model.parameters()), default=0)
+    return Probe(
+        sizes.unfolds if conv2d_only else None, sizes.max_flops, sizes.max_numel, max_param
+    )
+
+
 # A convolution whose unfolded input (im2col: batch x in-channels/groups x kernel area x
 # output positions) has at most this many elements runs faster with torch's native kernels
 # than with oneDNN, whose fixed cost per call (format reorders) dominates at that size.
@@ -72,54 +134,60 @@ def has_conv(model: nn.Module) -> bool:
 NATIVE_MAX_UNFOLD = 256 * 1024
 
 
-def conv_unfold_sizes(model: nn.Module, x: Any) -> list[int] | None:
-    """The unfolded input size of each Conv2d call in one forward pass on `x` (no grad,
-    eval mode, so nothing is updated and no random number drawn); None when the model
-    has another kind of convolution, which the measurements above do not cover."""
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if any(type(m) is not nn.Conv2d for m in convs):
-        return None
-    sizes: list[int] = []
-
-    def record(m: nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
-        batch = out.shape[0] if out.dim() == 4 else 1
-        sizes.append(batch * math.prod(m.weight.shape[1:]) * math.prod(out.shape[-2:]))
-
-    hooks = [m.register_forward_hook(record) for m in convs]
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(training)
-        for h in hooks:
-            h.remove()
-    return sizes
-
-
-def choose_conv(model: nn.Module, x: Any) -> str | None:
-    """NATIVE when every convolution is small enough (see NATIVE_MAX_UNFOLD), None (torch's
-    own choice) otherwise. Shapes only, no timing: two runs of a spec choose alike."""
-    sizes = conv_unfold_sizes(model, x)
-    if not sizes or max(sizes) > NATIVE_MAX_UNFOLD:
+def choose_conv(p: Probe) -> str | None:
+    """NATIVE when every convolution is a small Conv2d (see NATIVE_MAX_UNFOLD), None
+    (torch's own choice) otherwise."""
+    if not p.conv_unfolds or max(p.conv_unfolds) > NATIVE_MAX_UNFOLD:
         return None
     return NATIVE
 
 
+# torch splits an elementwise op across threads only above this many elements
+# (at::internal::GRAIN_SIZE); below it, only convolutions and matrix products use a second
+# thread, and their work decides whether it pays.
+GRAIN_SIZE = 32768
+# The largest forward op, in FLOPs, up to which one intra-op thread is the choice. Measured
+# on a 2-core EPYC with `python -m benchmarks.thread_rule` (forward + backward + step on
+# the runner's kernels, 4 processes per variant taking turns): one thread's step time
+# against two, with the other core idle / while the host shares the two cores: CIFAR
+# tutorial net batch 2 (largest op 1.4 MFLOP) 0.99x / 0.57x, batch 4 (2.8) 1.02x / 0.59x,
+# batch 6 (4.2) 1.17x; MNIST convnet batch 1 (4.5) 1.07x / 0.60x; digits net batch 4 (9.4)
+# 1.14x / 0.67x. The bound lies between the last op size where one thread costs at most
+# a few percent and the first where it costs over 5%.
+ONE_THREAD_MAX_FLOPS = 3_500_000
+
+
+def choose_threads(p: Probe) -> int | None:
+    """1 when every op is too small for a second thread to pay (see ONE_THREAD_MAX_FLOPS),
+    None (torch's thread count) otherwise, or when the user set a thread count."""
+    if torch.get_num_threads() == 1 or _THREAD_VARS & set(os.environ):
+        return None
+    # A parameter update costs a few FLOPs per element, like a forward op of that size.
+    if max(p.max_flops, 2 * p.max_param) > ONE_THREAD_MAX_FLOPS or p.max_numel > GRAIN_SIZE:
+        return None
+    return 1
+
+
+_THREAD_VARS = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+
+
 @contextmanager
 def restored() -> Iterator[None]:
-    """Put back the process-wide flag that `use` sets, however the run ends."""
-    saved = torch.backends.mkldnn.enabled
+    """Put back the process-wide settings that `use` changes, however the run ends."""
+    saved = torch.backends.mkldnn.enabled, torch.get_num_threads()
     try:
         yield
     finally:
-        torch._C._set_mkldnn_enabled(saved)
+        torch._C._set_mkldnn_enabled(saved[0])
+        if torch.get_num_threads() != saved[1]:
+            torch.set_num_threads(saved[1])
 
 
-def use(choice: str | None) -> None:
-    """Apply a recorded choice (None: leave torch's setting). Callers wrap the run in
+def use(conv: str | None, threads: int | None = None) -> None:
+    """Apply recorded choices (None: leave torch's setting). Callers wrap the run in
     `restored`. torch.backends.mkldnn.flags() would also reset oneDNN's TF32 and
     deterministic settings (and warn about TF32); only the enabled flag is ours."""
-    if choice == NATIVE:
+    if conv == NATIVE:
         torch._C._set_mkldnn_enabled(False)
+    if threads is not None:
+        torch.set_num_threads(threads)

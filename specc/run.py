@@ -455,6 +455,7 @@ class State:
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     conv_kernels: str | None = None  # what `conv_kernels` chose (specc.kernels); None: torch
+    threads: int | None = None  # what `threads` chose; None: torch's count
 
 
 def _rng_state() -> dict[str, Any]:
@@ -515,15 +516,21 @@ def run(
         raise err.with_source(texts) from None
 
 
-def _conv_kernels(cfg, ctx, device, model, train, data) -> str | None:
-    """The convolution kernels for this run (see specc.kernels); None: torch's choice."""
-    if cfg.conv_kernels == "torch" or device.type != "cpu" or not kernels.has_conv(model):
-        return None
-    if cfg.conv_kernels == "native":
-        return kernels.NATIVE
-    # The rule was measured in fp32 on one process; torch.compile picks kernels of its own.
-    if cfg.precision != "fp32" or cfg.compile or ctx.enabled:
-        return None
+def _kernel_choices(cfg, ctx, device, model, train, data) -> tuple[str | None, int | None]:
+    """The convolution kernels and CPU thread count for this run (see specc.kernels);
+    None: torch's choice."""
+    threads = cfg.threads if isinstance(cfg.threads, int) else None
+    conv = None
+    if device.type == "cpu" and cfg.conv_kernels == "native" and kernels.has_conv(model):
+        conv = kernels.NATIVE
+    auto_conv = cfg.conv_kernels == "auto" and kernels.has_conv(model)
+    auto_threads = cfg.threads == "auto"
+    # The rules were measured in fp32 on one process; torch.compile picks kernels of its own.
+    if (
+        device.type != "cpu" or cfg.precision != "fp32" or cfg.compile or ctx.enabled
+        or not (auto_conv or auto_threads)
+    ):  # fmt: skip
+        return conv, threads
     n = min(data.batch_size, len(train))
     try:
         if train.x is not None:
@@ -532,9 +539,14 @@ def _conv_kernels(cfg, ctx, device, model, train, data) -> str | None:
             from torch.utils.data import default_collate
 
             x = default_collate([train.dataset[i] for i in range(n)])[0]
-        return kernels.choose_conv(model, x)
+        probe = kernels.probe(model, x)
     except Exception:  # the training loop reports the model's own errors
-        return None
+        return conv, threads
+    if auto_conv:
+        conv = kernels.choose_conv(probe)
+    if auto_threads:
+        threads = kernels.choose_threads(probe)
+    return conv, threads
 
 
 def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
@@ -671,8 +683,10 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     if cfg.compile and sample is None:
         progress.message("warning: compile = True needs the in-memory fast path; eager mode")
     if not resume:  # a resumed run keeps the kernels its checkpoint recorded
-        state.conv_kernels = _conv_kernels(cfg, ctx, device, base_model, train, data)
-    kernels.use(state.conv_kernels)
+        state.conv_kernels, state.threads = _kernel_choices(
+            cfg, ctx, device, base_model, train, data
+        )
+    kernels.use(state.conv_kernels, state.threads)
     t_start = time.perf_counter()
     seen = 0
     test_eval: tuple[int, dict[str, float]] | None = None  # (at step, metrics) when eval is test
@@ -835,6 +849,8 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     }
     if state.conv_kernels is not None:
         summary["conv_kernels"] = state.conv_kernels
+    if state.threads is not None:
+        summary["threads"] = state.threads
     if "test" in splits:
         if best_path.exists() and "val" in splits and not ctx.enabled:
             model.load_state_dict(checkpoint.load(best_path)["model"])
@@ -976,7 +992,8 @@ def evaluate_checkpoint(
             cfg.loss, program, model_inst, list(split.y.shape[1:]) if split.y is not None else []
         ).to(device)
         with kernels.restored():  # the kernels the run trained with
-            kernels.use((state.get("state") or {}).get("conv_kernels"))
+            recorded = state.get("state") or {}
+            kernels.use(recorded.get("conv_kernels"), recorded.get("threads"))
             result = evaluate(model, split, loss_fn, cfg, data, device, _amp(cfg.precision, device))
     except SpecError as err:
         raise err.with_source(texts) from None

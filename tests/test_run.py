@@ -14,7 +14,7 @@ import specc
 import specc.run
 from specc import checkpoint
 from specc.cli import main
-from specc.errors import CheckpointError
+from specc.errors import CheckpointError, SpecError
 
 DIGITS = SPECS / "digits.spec"
 
@@ -287,15 +287,105 @@ def test_resume_and_eval_reuse_the_recorded_kernels(tmp_path, capsys):
     assert result["loss"] == full["test_loss"]  # evaluated with the kernels it trained with
 
 
-def test_kernel_flag_is_put_back_when_a_run_fails(tmp_path, monkeypatch):
+@pytest.fixture
+def two_threads(monkeypatch):
+    """torch's two threads and no thread variable set, as on the 2-core machines the thread
+    rule was measured on (CI may have one core, or OMP_NUM_THREADS set)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_kernel_settings_are_put_back_when_a_run_fails(tmp_path, monkeypatch, two_threads):
     def fail(*args, **kwargs):
-        assert not _mkldnn_enabled()  # failing while native kernels are in use
+        # failing while native kernels and one thread are in use
+        assert not _mkldnn_enabled() and torch.get_num_threads() == 1
         raise RuntimeError("evaluation failed")
 
     monkeypatch.setattr(specc.run, "evaluate", fail)
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        _run(DIGITS, tmp_path, "epochs=1", "batch_size=8")
-    assert _mkldnn_enabled()
+        _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=5")
+    assert _mkldnn_enabled() and torch.get_num_threads() == 2
+
+
+# ---- CPU threads ------------------------------------------------------------------------
+
+
+def _threads_seen_by_evaluate(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    real = specc.run.evaluate
+    monkeypatch.setattr(
+        specc.run, "evaluate", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k)
+    )
+    return seen
+
+
+def test_tiny_steps_run_on_one_thread_and_the_choice_is_recorded(
+    tmp_path, monkeypatch, two_threads
+):
+    seen = _threads_seen_by_evaluate(monkeypatch)
+    tiny = _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=20", name="b1")
+    assert tiny["threads"] == 1 and set(seen) == {1}  # largest op 2.4 MFLOP
+    assert checkpoint.load(tmp_path / "runs" / "b1" / "last.pt")["state"]["threads"] == 1
+    assert torch.get_num_threads() == 2  # put back after the run
+    seen.clear()
+    larger = _run(DIGITS, tmp_path, "epochs=1", "batch_size=2", "max_steps=20", name="b2")
+    assert "threads" not in larger and set(seen) == {2}  # 4.7 MFLOP: a second thread pays
+    assert checkpoint.load(tmp_path / "runs" / "b2" / "last.pt")["state"]["threads"] is None
+    seen.clear()
+    kept = _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=20", 'threads="torch"',
+                name="torch")  # fmt: skip
+    assert "threads" not in kept and set(seen) == {2}
+    seen.clear()
+    told = _run(DIGITS, tmp_path, "epochs=1", "batch_size=2", "max_steps=20", "threads=3",
+                name="three")  # fmt: skip
+    assert told["threads"] == 3 and set(seen) == {3}
+    assert torch.get_num_threads() == 2
+
+
+def test_a_thread_count_set_by_the_user_is_left_alone(tmp_path, monkeypatch, two_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    seen = _threads_seen_by_evaluate(monkeypatch)
+    summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=5")
+    assert "threads" not in summary and set(seen) == {2}
+
+
+def test_thread_rule_on_the_tutorial_nets(two_threads):
+    from specc.kernels import choose_threads, probe
+
+    cifar = specc.build(SPECS / "cifar_net.spec")
+    assert choose_threads(probe(cifar, torch.randn(4, 3, 32, 32))) == 1  # 2.8 MFLOP
+    assert choose_threads(probe(cifar, torch.randn(6, 3, 32, 32))) is None  # 4.2 MFLOP
+    mnist = specc.build(SPECS / "mnist_convnet.spec")
+    assert choose_threads(probe(mnist, torch.randn(1, 1, 28, 28))) is None  # 4.5 MFLOP
+
+
+def test_resume_and_eval_keep_the_recorded_thread_count(tmp_path, monkeypatch, two_threads):
+    """Whatever the spec now says: one thread and two can round differently (the CIFAR net
+    at batch 4 ends 3e-8 apart after 50 steps), so exactness needs the recorded count."""
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=40", name="full")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=20", name="part")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=40", 'threads="torch"',
+         name="part", resume=True)  # fmt: skip
+    a = checkpoint.load(tmp_path / "runs" / "full" / "last.pt")
+    b = checkpoint.load(tmp_path / "runs" / "part" / "last.pt")
+    assert b["state"]["threads"] == 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    seen = _threads_seen_by_evaluate(monkeypatch)
+    specc.run.evaluate_checkpoint(
+        specc.load(DIGITS), tmp_path / "runs" / "full" / "last.pt", quiet=True
+    )
+    assert seen == [1] and torch.get_num_threads() == 2
+
+
+def test_bad_thread_counts_are_refused(tmp_path):
+    for value in ("0", '"two"', "1.5"):
+        with pytest.raises(SpecError, match="number of threads"):
+            _run(DIGITS, tmp_path, f"threads={value}")
 
 
 def test_test_set_is_evaluated_once_when_it_is_the_eval_set(tmp_path, monkeypatch):
