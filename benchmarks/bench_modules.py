@@ -262,10 +262,32 @@ def _compiled_rows(case, batch, factories, ctx, why_no_gen, eager_hand_step) -> 
     return rows
 
 
+def _keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks of any size in the heap. By default it hands
+    blocks over 128 kB and up back to the OS, so every step's large activations are faulted
+    in afresh: at batch 128 that was a fifth of the MNIST step (62 against 49 ms), and the
+    A/A ratio's per-round standard deviation was 1.3-3.9% against 0.6-0.8% with freed
+    blocks kept. Process-wide; this section has a process of its own (benchmarks.section)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def run(ctx: Context) -> list[Row]:
     threads = ctx.threads or 1
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
+    if _keep_freed_memory():
+        ctx.notes.append(
+            "modules: glibc malloc keeps freed memory (M_MMAP_THRESHOLD and M_TRIM_THRESHOLD "
+            "1 GiB), so large activations are not returned to the OS and faulted in again "
+            "every step; that noise hid 1% differences at batch 128. All variants alike."
+        )
     ctx.notes.append(
         f"modules: measured with {threads} torch intra-op thread(s) (--threads to change). "
         "The variants issue identical aten ops, so the ratios measure per-step framework "

@@ -150,10 +150,10 @@ GRAIN_SIZE = 32768
 # on a 2-core EPYC with `python -m benchmarks.thread_rule` (forward + backward + step on
 # the runner's kernels, 4 processes per variant taking turns): one thread's step time
 # against two, with the other core idle / while the host shares the two cores: CIFAR
-# tutorial net batch 2 (largest op 1.4 MFLOP) 0.99x / 0.57x, batch 4 (2.8) 1.02x / 0.59x,
-# batch 6 (4.2) 1.17x; MNIST convnet batch 1 (4.5) 1.07x / 0.60x; digits net batch 4 (9.4)
-# 1.14x / 0.67x. The bound lies between the last op size where one thread costs at most
-# a few percent and the first where it costs over 5%.
+# tutorial net batch 2 (largest op 1.4 MFLOP) 0.99x (1 process per variant) / 0.57x,
+# batch 4 (2.8) 1.02x / 0.59x, batch 6 (4.2) 1.17x; MNIST convnet batch 1 (4.5) 1.07x /
+# 0.60x; digits net batch 4 (9.4) 1.14x / 0.67x. The bound lies between the last op size
+# where one thread costs at most a few percent and the first where it costs over 5%.
 ONE_THREAD_MAX_FLOPS = 3_500_000
 
 
