@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry
 
 from specc.config import CallSpec
 
@@ -74,9 +73,29 @@ class Probe:
     """Sizes seen in one forward pass at the training batch size."""
 
     conv_unfolds: list[int] | None  # per Conv2d call; None: another kind of convolution
-    max_flops: int  # the largest single op's FLOPs (torch.utils.flop_counter's formulas)
-    max_numel: int  # the largest tensor any op produced
+    max_flops: int  # the largest product of matrices, convolution or attention, in FLOPs
+    max_numel: int  # the largest tensor any other op read or wrote
     max_param: int  # the largest parameter: the optimizer's step works through each
+
+
+_aten = torch.ops.aten
+
+
+def _flops(packet: Any, args: tuple, out: Any) -> int | None:
+    """FLOPs of the ops whose work grows faster than their tensors (products of matrices,
+    convolutions, attention); None for the rest, whose work is about their tensors' size.
+    (torch.utils.flop_counter has these formulas too, but importing it loads triton and
+    its LLVM, whose teardown aborted torchrun workers at exit.)"""
+    if packet is _aten.convolution:
+        x, w, transposed = args[0], args[1], args[6]
+        return 2 * (x if transposed else out).numel() * math.prod(w.shape[1:])
+    if packet in (_aten.mm, _aten.bmm):  # (.., M, K) @ (.., K, N)
+        return 2 * args[0].numel() * args[1].shape[-1]
+    if packet in (_aten.addmm, _aten.baddbmm):
+        return 2 * args[1].numel() * args[2].shape[-1]
+    if "scaled_dot_product" in packet.__name__:  # q, k, v first: QK^T and its product with V
+        return 4 * args[0].numel() * args[1].shape[-2]
+    return None
 
 
 class _OpSizes(TorchDispatchMode):
@@ -90,14 +109,14 @@ class _OpSizes(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        if packet in flop_registry:
-            flops = flop_registry[packet](*args, **kwargs, out_val=out)
-            self.max_flops = max(self.max_flops, int(flops))
-        if not func.is_view:  # a view (a weight's transpose) moves no data
-            for t in tree_leaves(out):
+        flops = _flops(packet, args, out)
+        if flops is not None:
+            self.max_flops = max(self.max_flops, flops)
+        elif not func.is_view:  # a view (a weight's transpose) moves no data
+            for t in tree_leaves((args, kwargs, out)):
                 if isinstance(t, torch.Tensor):
                     self.max_numel = max(self.max_numel, t.numel())
-        if packet is torch.ops.aten.convolution and args[1].dim() == 4:
+        if packet is _aten.convolution and args[1].dim() == 4:
             # im2col of a 2-d convolution: batch x in-channels/groups x kernel area x outputs
             self.unfolds.append(
                 out.shape[0] * math.prod(args[1].shape[1:]) * math.prod(out.shape[-2:])
