@@ -64,8 +64,12 @@ def optimizer_defaults(
     return {"fused": True}
 
 
+def _convs(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+
+
 def has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return bool(_convs(model))
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,7 @@ def probe(model: nn.Module, x: Any) -> Probe:
             model(x)
     finally:
         model.train(training)
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    conv2d_only = all(type(m) is nn.Conv2d for m in convs)
+    conv2d_only = all(type(m) is nn.Conv2d for m in _convs(model))
     max_param = max((t.numel() for t in model.parameters()), default=0)
     return Probe(
         sizes.unfolds if conv2d_only else None, sizes.max_flops, sizes.max_numel, max_param
@@ -174,6 +177,7 @@ GRAIN_SIZE = 32768
 # 0.60x; digits net batch 4 (9.4) 1.14x / 0.67x. The bound lies between the last op size
 # where one thread costs at most a few percent and the first where it costs over 5%.
 ONE_THREAD_MAX_FLOPS = 3_500_000
+_THREAD_VARS = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}  # a count the user set
 
 
 def choose_threads(p: Probe) -> int | None:
@@ -185,9 +189,6 @@ def choose_threads(p: Probe) -> int | None:
     if max(p.max_flops, 2 * p.max_param) > ONE_THREAD_MAX_FLOPS or p.max_numel > GRAIN_SIZE:
         return None
     return 1
-
-
-_THREAD_VARS = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
 
 
 @contextmanager

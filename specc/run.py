@@ -520,10 +520,11 @@ def _kernel_choices(cfg, ctx, device, model, train, data) -> tuple[str | None, i
     """The convolution kernels and CPU thread count for this run (see specc.kernels);
     None: torch's choice."""
     threads = cfg.threads if isinstance(cfg.threads, int) else None
+    has_conv = kernels.has_conv(model)
     conv = None
-    if device.type == "cpu" and cfg.conv_kernels == "native" and kernels.has_conv(model):
+    if device.type == "cpu" and cfg.conv_kernels == "native" and has_conv:
         conv = kernels.NATIVE
-    auto_conv = cfg.conv_kernels == "auto" and kernels.has_conv(model)
+    auto_conv = cfg.conv_kernels == "auto" and has_conv
     auto_threads = cfg.threads == "auto"
     # The rules were measured in fp32 on one process; torch.compile picks kernels of its own.
     if (

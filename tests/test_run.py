@@ -256,12 +256,16 @@ def test_conv_kernel_choice_draws_no_random_number_and_touches_no_buffer(tmp_pat
         assert torch.equal(a[k], b[k]), k
 
 
-def test_conv_kernels_torch_keeps_torchs_choice(tmp_path, monkeypatch):
-    seen = []
+def _seen_during_evaluate(monkeypatch, read) -> list:
+    """What `read()` returns each time the runner evaluates: the settings in force."""
+    seen: list = []
     real = specc.run.evaluate
-    monkeypatch.setattr(
-        specc.run, "evaluate", lambda *a, **k: seen.append(_mkldnn_enabled()) or real(*a, **k)
-    )
+    monkeypatch.setattr(specc.run, "evaluate", lambda *a, **k: seen.append(read()) or real(*a, **k))
+    return seen
+
+
+def test_conv_kernels_torch_keeps_torchs_choice(tmp_path, monkeypatch):
+    seen = _seen_during_evaluate(monkeypatch, _mkldnn_enabled)
     summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", 'conv_kernels="torch"')
     assert "conv_kernels" not in summary and seen == [True]
     seen.clear()
@@ -314,19 +318,10 @@ def test_kernel_settings_are_put_back_when_a_run_fails(tmp_path, monkeypatch, tw
 # ---- CPU threads ------------------------------------------------------------------------
 
 
-def _threads_seen_by_evaluate(monkeypatch) -> list[int]:
-    seen: list[int] = []
-    real = specc.run.evaluate
-    monkeypatch.setattr(
-        specc.run, "evaluate", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k)
-    )
-    return seen
-
-
 def test_tiny_steps_run_on_one_thread_and_the_choice_is_recorded(
     tmp_path, monkeypatch, two_threads
 ):
-    seen = _threads_seen_by_evaluate(monkeypatch)
+    seen = _seen_during_evaluate(monkeypatch, torch.get_num_threads)
     tiny = _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=20", name="b1")
     assert tiny["threads"] == 1 and set(seen) == {1}  # largest op 2.4 MFLOP
     assert checkpoint.load(tmp_path / "runs" / "b1" / "last.pt")["state"]["threads"] == 1
@@ -348,7 +343,7 @@ def test_tiny_steps_run_on_one_thread_and_the_choice_is_recorded(
 
 def test_a_thread_count_set_by_the_user_is_left_alone(tmp_path, monkeypatch, two_threads):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    seen = _threads_seen_by_evaluate(monkeypatch)
+    seen = _seen_during_evaluate(monkeypatch, torch.get_num_threads)
     summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=5")
     assert "threads" not in summary and set(seen) == {2}
 
@@ -375,7 +370,7 @@ def test_resume_and_eval_keep_the_recorded_thread_count(tmp_path, monkeypatch, t
     assert b["state"]["threads"] == 1
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    seen = _threads_seen_by_evaluate(monkeypatch)
+    seen = _seen_during_evaluate(monkeypatch, torch.get_num_threads)
     specc.run.evaluate_checkpoint(
         specc.load(DIGITS), tmp_path / "runs" / "full" / "last.pt", quiet=True
     )
