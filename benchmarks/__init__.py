@@ -15,7 +15,7 @@ Outside the suite, ``python -m benchmarks.step_kernels`` times the CIFAR net's b
 under each of the runner's kernel choices, alternating in chunks (``--timeline`` shows this
 host's quiet and slow states), and ``python -m benchmarks.thread_rule`` times one intra-op
 thread against two for small steps, in worker processes taking turns (the measurements
-behind ``specc.kernels.ONE_THREAD_MAX_FLOPS``).
+behind ``specc.training.kernels.ONE_THREAD_MAX_FLOPS``).
 
 Every comparison is paired: after a warm-up, the variants run in alternating rounds
 (A B C, B C A, ...) and each round yields one ratio, so load from other processes on this

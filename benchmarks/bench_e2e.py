@@ -5,7 +5,7 @@ All loops read the same generated CIFAR-10 files (real pickled batches, written 
 momentum=0.9) for one whole epoch, and read the loss each step (`loss.item()`, as the
 tutorial does). Images per second are end to end: from reading the dataset files (and,
 for specc, parsing the spec) to the end of the epoch, so specc's one-off transform of the
-whole set counts against it. specc runs in this process through `specc.run.run`, its
+whole set counts against it. specc runs in this process through `specc.training.runner.run`, its
 quiet mode, alternating with the hand-written loops round by round. The hand-written
 loops never touch the test set, so specc runs `specs/cifar10.spec` with its `test = ...`
 line taken out (`train_only_spec`); otherwise specc alone would load, transform and
@@ -14,7 +14,7 @@ users run it) unless --threads says otherwise; each row says how many cores othe
 processes used meanwhile, since two threads on two busy cores can run several
 times slower. The runner uses torch's fused SGD step and, for a net as small as the
 tutorial's at batch 4, torch's native CPU convolutions instead of oneDNN and one intra-op
-thread (`specc.kernels`); one more specc run undoes all three (`TORCH_KERNELS`) to show
+thread (`specc.training.kernels`); one more specc run undoes all three (`TORCH_KERNELS`) to show
 what those choices are worth.
 """
 
@@ -146,7 +146,7 @@ class SpeccRun:
 
     def __call__(self, max_steps: int | None = None) -> float:
         import specc
-        from specc.run import run
+        from specc.training.runner import run
 
         self.count += 1
         extra = [f"max_steps={max_steps}"] if max_steps else []

@@ -42,7 +42,7 @@ def gc_paused() -> Iterator[None]:
 
 def load(source: Any, *, plugins: bool = True) -> Program:
     """Parse and validate a spec (a path, or spec text) into its IR ``Program``."""
-    from specc.loader import load as _load
+    from specc.lang.loader import load as _load
 
     with gc_paused():
         return _load(source, plugins=plugins)
@@ -50,7 +50,7 @@ def load(source: Any, *, plugins: bool = True) -> Program:
 
 def check(source: Any, model: str | None = None, inputs: dict | None = None) -> ModelInstance:
     """Shape-check one model of a spec and return its checked instance (no real tensors)."""
-    from specc.shapes import check_model
+    from specc.shapes.check import check_model
 
     with gc_paused():
         return check_model(load(source), model, inputs=inputs)
@@ -59,8 +59,8 @@ def check(source: Any, model: str | None = None, inputs: dict | None = None) -> 
 def build(source: Any, model: str | None = None, inputs: dict | None = None) -> torch.nn.Module:
     """Build a real ``nn.Module`` for one model of a spec (the last model by default)."""
     from specc.builder import build_module
-    from specc.plugins import load_plugins
-    from specc.shapes import check_model
+    from specc.lang.plugins import load_plugins
+    from specc.shapes.check import check_model
 
     with gc_paused():
         program = load(source)
@@ -77,7 +77,7 @@ def compile(source: Any, model: str | None = None, *, train: bool = False) -> st
 
 def train(source: Any, overrides: list[str] | None = None, **options: Any) -> dict:
     """Train the spec's `train` block; returns the final metrics."""
-    from specc.run import run
+    from specc.training.runner import run
 
     return run(load(source), overrides=overrides or [], **options)
 

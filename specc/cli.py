@@ -96,9 +96,9 @@ def check(
 def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -> None:
     from rich.console import Console
 
-    from specc.loader import load
-    from specc.report import model_table
-    from specc.shapes import check_model, standalone
+    from specc.lang.loader import load
+    from specc.shapes.check import check_model, standalone
+    from specc.shapes.report import model_table
 
     program = load(spec, plugins=not no_plugins)
     inputs = _parse_inputs(shapes)
@@ -127,7 +127,7 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
 
 def _frozen_counts(program, inst) -> dict[str, int] | None:
     try:
-        from specc.finetune import frozen_counts
+        from specc.training.finetune import frozen_counts
     except ImportError:
         return None
     return frozen_counts(program, inst)
@@ -145,12 +145,12 @@ def ir_cmd(
     model: ModelOpt = None,
 ) -> None:
     """Print the spec's IR as JSON (it round-trips: the JSON loads back unchanged)."""
-    from specc.loader import load
+    from specc.lang.loader import load
 
     with gc_paused():
         program = load(spec)
         if checked:
-            from specc.shapes import check_model
+            from specc.shapes.check import check_model
 
             typer.echo(check_model(program, model).model_dump_json(indent=2))
         else:
@@ -180,7 +180,7 @@ def compile_cmd(
 ) -> None:
     """Write the spec as readable standalone PyTorch source."""
     from specc.codegen import generate
-    from specc.loader import load
+    from specc.lang.loader import load
 
     with gc_paused():
         source = generate(load(spec), model=model, train=train)
@@ -258,12 +258,12 @@ def run(
     """Train and evaluate the spec's `train` block."""
     import os
 
-    from specc.loader import load
-    from specc.run import run as run_training
+    from specc.lang.loader import load
+    from specc.training.runner import run as run_training
 
     program = load(spec, plugins=not no_plugins)  # fail fast, before starting workers
     if nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
-        from specc.distributed import launch
+        from specc.training.distributed import launch
 
         args = [str(spec), *(a for s in set_ for a in ("--set", s)), "--runs-dir", str(runs_dir),
                 "--name", name or spec.stem]  # fmt: skip
@@ -290,8 +290,8 @@ def eval_cmd(
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
 ) -> None:
     """Evaluate a checkpoint on the spec's test data."""
-    from specc.loader import load
-    from specc.run import evaluate_checkpoint
+    from specc.lang.loader import load
+    from specc.training.runner import evaluate_checkpoint
 
     program = load(spec, plugins=not no_plugins)
     evaluate_checkpoint(program, ckpt, overrides=set_)

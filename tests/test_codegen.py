@@ -28,8 +28,8 @@ import torch
 import specc
 from specc import codegen
 from specc.errors import DataError, SpecError, SpecNameError, SpecTypeError, UsageError
-from specc.plugins import plugin_path
-from specc.shapes import check_model, default_model, standalone
+from specc.lang.plugins import plugin_path
+from specc.shapes.check import check_model, default_model, standalone
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = ROOT / "tests" / "golden" / "compile"

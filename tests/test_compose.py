@@ -9,9 +9,9 @@ import torch
 from conftest import SPECS
 
 import specc
-from specc import checkpoint
 from specc.cli import main
 from specc.errors import CheckpointError, SpecError
+from specc.training import checkpoint
 
 
 def _train(spec, *overrides, **kw):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from datafiles import CIFAR10_LABEL_NAMES, write_cifar10, write_mnist, write_tensor_files
 
-from specc.data import (
+from specc.errors import DataError, Location
+from specc.training.data import (
     check_labels,
     is_random_transform,
     make_dataset,
@@ -20,7 +21,6 @@ from specc.data import (
     materialize,
     split_transforms,
 )
-from specc.errors import DataError, Location
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.5]
 TO_TENSOR_NORMALIZE = [("ToTensor", [], {}), ("Normalize", [], {"mean": MEAN, "std": STD})]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import specc
-from specc import checkpoint
+from specc.training import checkpoint
 
 pytestmark = pytest.mark.slow
 

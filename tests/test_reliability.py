@@ -15,9 +15,9 @@ import torch
 from conftest import SPECS
 
 import specc
-from specc import checkpoint
 from specc.cli import main
 from specc.errors import SpecError
+from specc.training import checkpoint
 
 DIGITS = SPECS / "digits.spec"
 RUN = [sys.executable, "-m", "specc", "run", str(DIGITS), "--set", "epochs=2",

@@ -11,10 +11,10 @@ from conftest import SPECS
 from datafiles import write_cifar10
 
 import specc
-import specc.run
-from specc import checkpoint
+import specc.training.runner
 from specc.cli import main
 from specc.errors import CheckpointError, SpecError
+from specc.training import checkpoint
 
 DIGITS = SPECS / "digits.spec"
 
@@ -129,7 +129,7 @@ def test_compile_true_trains(tmp_path):
 
 
 def test_random_augmentation_keeps_the_fast_path(tmp_path, monkeypatch):
-    import specc.run as R
+    import specc.training.runner as R
 
     seen = []
     real = R.batches
@@ -187,8 +187,8 @@ def _train_small_net(make_opt):
     ],
 )
 def test_cpu_fused_default_is_torchs_algorithm_and_fused_false_is_torchs_default(name, kwargs):
-    from specc.config import CallSpec
-    from specc.run import build_optimizer
+    from specc.training.config import CallSpec
+    from specc.training.runner import build_optimizer
 
     runner, a = _train_small_net(
         lambda net: build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
@@ -205,8 +205,8 @@ def test_cpu_fused_default_is_torchs_algorithm_and_fused_false_is_torchs_default
 
 
 def test_optimizer_implementation_is_left_to_the_spec_and_to_torch():
-    from specc.config import CallSpec
-    from specc.run import build_optimizer
+    from specc.training.config import CallSpec
+    from specc.training.runner import build_optimizer
 
     net = torch.nn.Linear(3, 2)
     for name, kwargs in [
@@ -259,8 +259,10 @@ def test_conv_kernel_choice_draws_no_random_number_and_touches_no_buffer(tmp_pat
 def _seen_during_evaluate(monkeypatch, read) -> list:
     """What `read()` returns each time the runner evaluates: the settings in force."""
     seen: list = []
-    real = specc.run.evaluate
-    monkeypatch.setattr(specc.run, "evaluate", lambda *a, **k: seen.append(read()) or real(*a, **k))
+    real = specc.training.runner.evaluate
+    monkeypatch.setattr(
+        specc.training.runner, "evaluate", lambda *a, **k: seen.append(read()) or real(*a, **k)
+    )
     return seen
 
 
@@ -285,7 +287,7 @@ def test_resume_and_eval_reuse_the_recorded_kernels(tmp_path, capsys):
     assert b["state"]["conv_kernels"] == "native"
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    result = specc.run.evaluate_checkpoint(
+    result = specc.training.runner.evaluate_checkpoint(
         specc.load(DIGITS), tmp_path / "runs" / "full" / "last.pt", quiet=True
     )
     assert result["loss"] == full["test_loss"]  # evaluated with the kernels it trained with
@@ -309,7 +311,7 @@ def test_kernel_settings_are_put_back_when_a_run_fails(tmp_path, monkeypatch, tw
         assert not _mkldnn_enabled() and torch.get_num_threads() == 1
         raise RuntimeError("evaluation failed")
 
-    monkeypatch.setattr(specc.run, "evaluate", fail)
+    monkeypatch.setattr(specc.training.runner, "evaluate", fail)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         _run(DIGITS, tmp_path, "epochs=1", "batch_size=1", "max_steps=5")
     assert _mkldnn_enabled() and torch.get_num_threads() == 2
@@ -349,7 +351,7 @@ def test_a_thread_count_set_by_the_user_is_left_alone(tmp_path, monkeypatch, two
 
 
 def test_thread_rule_on_the_tutorial_nets(two_threads):
-    from specc.kernels import choose_threads, probe
+    from specc.training.kernels import choose_threads, probe
 
     cifar = specc.build(SPECS / "cifar_net.spec")
     assert choose_threads(probe(cifar, torch.randn(4, 3, 32, 32))) == 1  # 2.8 MFLOP
@@ -371,7 +373,7 @@ def test_resume_and_eval_keep_the_recorded_thread_count(tmp_path, monkeypatch, t
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     seen = _seen_during_evaluate(monkeypatch, torch.get_num_threads)
-    specc.run.evaluate_checkpoint(
+    specc.training.runner.evaluate_checkpoint(
         specc.load(DIGITS), tmp_path / "runs" / "full" / "last.pt", quiet=True
     )
     assert seen == [1] and torch.get_num_threads() == 2
@@ -384,12 +386,12 @@ def test_bad_thread_counts_are_refused(tmp_path):
 
 
 def test_test_set_is_evaluated_once_when_it_is_the_eval_set(tmp_path, monkeypatch):
-    import specc.run
+    import specc.training.runner
 
     calls = []
-    real = specc.run.evaluate
+    real = specc.training.runner.evaluate
     monkeypatch.setattr(
-        specc.run, "evaluate", lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
+        specc.training.runner, "evaluate", lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
     )
     summary = _run(DIGITS, tmp_path, "epochs=1")
     assert calls == ["test"]  # the epoch's evaluation is the final one: nothing changed since

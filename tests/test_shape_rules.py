@@ -1,4 +1,5 @@
-"""Shape rules (specc.shapes `_LAYER_RULES`, `_FUNCTION_RULES`, `_OPERATOR_RULES`) against torch.
+"""Shape rules (`_LAYER_RULES`, `_FUNCTION_RULES`, `_OPERATOR_RULES` in specc.shapes.check)
+against torch.
 
 Each call is made twice on meta tensors: by torch, and through the hook `check` uses with the
 real op replaced by a sentinel, so a rule that declines is seen declining. A rule either
@@ -25,9 +26,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from specc import shapes
 from specc.cli import main
 from specc.registry import function_by_qualname
+from specc.shapes import check as shapes
 from specc.values import BINOPS
 
 RULES = settings(

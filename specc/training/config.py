@@ -57,9 +57,9 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
-    # "auto": native CPU kernels for small convolutions (specc.kernels); "torch": torch's.
+    # "auto": native CPU kernels for small convolutions (specc.training.kernels); "torch": torch's.
     conv_kernels: Literal["auto", "torch", "native"] = "auto"
-    # CPU intra-op threads: "auto": one for tiny steps (specc.kernels); "torch": torch's.
+    # CPU intra-op threads: "auto": one for tiny steps (specc.training.kernels); "torch": torch's.
     threads: Literal["auto", "torch"] | int = "auto"
     accumulate: int = Field(1, gt=0)
     clip_grad_norm: float | None = Field(None, gt=0)
@@ -99,8 +99,8 @@ def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:
 
 def _parse_value(text: str) -> ir.Expr:
     """Parse the right-hand side of a --set override as a spec expression."""
-    from specc.parse import parse
-    from specc.transform import transform
+    from specc.lang.parse import parse
+    from specc.lang.transform import transform
 
     try:
         tree = parse(f"data __override {{ value = {text} }}", "--set")

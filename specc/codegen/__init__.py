@@ -18,7 +18,7 @@ torchvision (plus scikit-learn for ``Digits``, safetensors/numpy for such files)
 Text is laid out by Jinja2 templates in ``templates/``; expressions are laid out here, as
 small documents (``Text``, ``Brackets``, ``Comp``, ``Chain``) broken the way ``ruff format``
 breaks them, so the output is already formatted. Every spec name goes through
-``specc.naming``; every literal through ``repr``.
+``specc.codegen.naming``; every literal through ``repr``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import jinja2
 
 from specc import ir
-from specc.config import CallSpec
+from specc.codegen.naming import MODULE_NAMES, Namespace, check_attribute, check_identifier
 from specc.errors import (
     DataError,
     SpecError,
@@ -49,8 +49,8 @@ from specc.errors import (
     UsageError,
     did_you_mean,
 )
-from specc.naming import MODULE_NAMES, Namespace, check_attribute, check_identifier
-from specc.plugins import load_plugins, plugin_module_for
+from specc.lang.plugins import load_plugins, plugin_module_for
+from specc.training.config import CallSpec
 from specc.values import BINOP_SYMBOLS, literal, loc
 
 # ruff format's default line length: the output must already be formatted at it.
@@ -81,7 +81,7 @@ FUNCTION_MODULES = {"torch.nn.functional": "F", "torch": "torch"}
 def generate(program: ir.Program, model: str | None = None, train: bool = False) -> str:
     """Standalone PyTorch source for `model` (default: the spec's default model) and the
     models it uses. Raises a located SpecError for specs that cannot be written safely."""
-    from specc.shapes import check_model
+    from specc.shapes.check import check_model
 
     texts = {s.path: s.text for s in program.sources}
     try:
@@ -108,7 +108,7 @@ def _template_source(name: str) -> tuple[str, str, Callable[[], bool]]:
     try:
         text = resources.files("specc.templates").joinpath(name).read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        path = Path(__file__).resolve().parents[1] / "templates" / name
+        path = Path(__file__).resolve().parents[2] / "templates" / name
         try:
             text = path.read_text("utf-8")
         except FileNotFoundError:
@@ -1285,8 +1285,8 @@ class _TrainScript:
     a mistake is a located error at compile time, not a traceback when the script runs."""
 
     def __init__(self, program: ir.Program, model: str | None) -> None:
-        from specc.config import train_config
-        from specc.shapes import check_model
+        from specc.shapes.check import check_model
+        from specc.training.config import train_config
 
         self.program = program
         self.cfg, self.data = train_config(program)
@@ -1604,7 +1604,7 @@ class _TrainScript:
         frozen: set[str] = set()
         norms: list[str] = []
         if train.freezes:
-            from specc.finetune import frozen_names
+            from specc.training.finetune import frozen_names
 
             meta = self.meta_model()
             frozen = frozen_names(self.program, meta)
@@ -1625,7 +1625,7 @@ class _TrainScript:
     def init_statements(self, stmt: ir.InitStmt) -> list[str]:
         """`init [target] from "file" (options)`: the checkpoint's weights, mapped onto the
         target's keys as the runner maps them, loaded with `load_state_dict`."""
-        from specc.finetune import INIT_OPTIONS
+        from specc.training.finetune import INIT_OPTIONS
 
         opts: dict[str, Any] = {}
         for key, expr in stmt.options.items():
@@ -1753,7 +1753,7 @@ class _TrainScript:
         output and the labels; one scalar out), else None."""
         from torch import nn
 
-        from specc.shapes import check_model
+        from specc.shapes.check import check_model
 
         spec = self.cfg.loss
         plugin = self.plugins.get(spec.name)
@@ -1858,7 +1858,7 @@ class _TrainScript:
     def group_statements(self, groups: list[ir.GroupStmt], any_frozen: bool, out: list[str]) -> Doc:
         """Fill one list per `group` (and one for the rest) in a loop over the named
         parameters; returns the optimizer's param-group dicts."""
-        from specc.finetune import matches
+        from specc.training.finetune import matches
 
         meta = self.meta_model()
         trainable = [n for n, p in meta.named_parameters() if p.requires_grad]

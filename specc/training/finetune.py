@@ -101,7 +101,7 @@ def _options(stmt: ir.InitStmt) -> dict[str, Any]:
 
 def load_init(model: nn.Module, stmt: ir.InitStmt, *, quiet: bool = False) -> dict[str, list]:
     """Load one `init` statement; returns loaded/missing/unexpected/skipped key lists."""
-    from specc import checkpoint
+    from specc.training import checkpoint
 
     opts = _options(stmt)
     target: nn.Module = model
@@ -226,7 +226,7 @@ def frozen_counts(program: ir.Program, inst: ir.ModelInstance) -> dict[str, int]
     if model_field.value.func != inst.model:
         return None
     from specc.builder import build_module
-    from specc.plugins import load_plugins
+    from specc.lang.plugins import load_plugins
 
     with torch.device("meta"):
         model = build_module(inst, load_plugins(program))

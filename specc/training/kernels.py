@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from specc.config import CallSpec
+from specc.training.config import CallSpec
 
 NATIVE = "native"
 

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc import ir, kernels
-from specc.config import CallSpec, DataConfig, TrainConfig, apply_overrides, train_config
+from specc import ir
 from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
 from specc.errors import did_you_mean as _dym
+from specc.training import kernels
+from specc.training.config import CallSpec, DataConfig, TrainConfig, apply_overrides, train_config
 from specc.values import loc
 
 # ---- construction ---------------------------------------------------------------------
@@ -52,8 +53,8 @@ def pick_device(name: str) -> torch.device:
 
 def build_model(program: ir.Program, cfg: TrainConfig) -> tuple[nn.Module, ir.ModelInstance]:
     from specc.builder import build_module
-    from specc.plugins import load_plugins
-    from specc.shapes import check_model
+    from specc.lang.plugins import load_plugins
+    from specc.shapes.check import check_model
 
     spec = cfg.model
     mdef = program.model(spec.name)
@@ -92,7 +93,7 @@ def build_loss(spec: CallSpec, program: ir.Program | None = None,
                label_shape: list[int] | None = None) -> nn.Module:  # fmt: skip
     """A torch.nn loss, a plugin loss class, or a spec model with two inputs returning a
     scalar (checked against the model's output and the labels' shape)."""
-    from specc.plugins import load_plugins
+    from specc.lang.plugins import load_plugins
 
     plugins = load_plugins(program) if program is not None else {}
     if spec.name in plugins and issubclass(plugins[spec.name], nn.Module):
@@ -110,8 +111,8 @@ def build_loss(spec: CallSpec, program: ir.Program | None = None,
 
 def _spec_loss(program, mdef, spec, model_inst, label_shape) -> nn.Module:
     from specc.builder import build_module
-    from specc.plugins import load_plugins
-    from specc.shapes import check_model
+    from specc.lang.plugins import load_plugins
+    from specc.shapes.check import check_model
 
     fwd = mdef.forward
     if fwd is None or len(fwd.inputs) != 2:
@@ -138,8 +139,8 @@ def _spec_loss(program, mdef, spec, model_inst, label_shape) -> nn.Module:
 
 def build_optimizer(spec: CallSpec, model: nn.Module,
                     program: ir.Program | None = None) -> torch.optim.Optimizer:  # fmt: skip
-    from specc.finetune import param_groups
-    from specc.plugins import load_plugins
+    from specc.lang.plugins import load_plugins
+    from specc.training.finetune import param_groups
 
     groups = param_groups(program, model) if program is not None else [
         {"params": [p for p in model.parameters() if p.requires_grad]}]  # fmt: skip
@@ -197,7 +198,7 @@ def _transform_items(items: list[CallSpec]) -> list[tuple[str, list, dict]]:
 
 
 def make_splits(data: DataConfig, device: torch.device, seed: int) -> dict[str, Split]:
-    from specc import data as D
+    from specc.training import data as D
 
     common = _transform_items(data.transform)
     train_items = (
@@ -362,7 +363,7 @@ def evaluate(
             correct[m] += int(_topk(out, y, 1 if m == "accuracy" else 5))
     model.train(was_training)
     if ctx is not None and ctx.enabled:
-        from specc import distributed
+        from specc.training import distributed
 
         keys = list(correct)
         sums = distributed.all_sum([total, loss_sum, *(correct[k] for k in keys)], ctx, device)
@@ -454,7 +455,7 @@ class State:
     best_epoch: int | None = None
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-    conv_kernels: str | None = None  # what `conv_kernels` chose (specc.kernels); None: torch
+    conv_kernels: str | None = None  # what `conv_kernels` chose (see kernels); None: torch
     threads: int | None = None  # what `threads` chose; None: torch's count
 
 
@@ -517,7 +518,7 @@ def run(
 
 
 def _kernel_choices(cfg, ctx, device, model, train, data) -> tuple[str | None, int | None]:
-    """The convolution kernels and CPU thread count for this run (see specc.kernels);
+    """The convolution kernels and CPU thread count for this run (see specc.training.kernels);
     None: torch's choice."""
     threads = cfg.threads if isinstance(cfg.threads, int) else None
     has_conv = kernels.has_conv(model)
@@ -551,7 +552,7 @@ def _kernel_choices(cfg, ctx, device, model, train, data) -> tuple[str | None, i
 
 
 def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
-    from specc import checkpoint
+    from specc.training import checkpoint
 
     program = apply_overrides(program, overrides)
     cfg, data = train_config(program, train_name)
@@ -571,7 +572,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     except OSError as exc:
         raise UsageError(f"cannot create the run folder {out_dir}: {exc.strerror}",
                          hint="choose another place with --runs-dir") from None  # fmt: skip
-    from specc import distributed
+    from specc.training import distributed
 
     ctx = distributed.from_env(cfg.strategy)
     device = distributed.init(ctx, pick_device(cfg.device))
@@ -580,7 +581,7 @@ def _run(program, overrides, resume, name, runs_dir, quiet, train_name):
     random.seed(cfg.seed)
     model, model_inst = build_model(program, cfg)
     model = model.to(device)
-    from specc.finetune import apply_train_setup
+    from specc.training.finetune import apply_train_setup
 
     apply_train_setup(program, model, quiet=quiet)
     base_model = model
@@ -903,7 +904,7 @@ def _check_input_shapes(splits: dict[str, Split], inst: ir.ModelInstance, data: 
 def _check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: DataConfig):
     """Class labels outside the model's outputs fail here, naming the dataset and index,
     instead of as an ATen assertion in the middle of training."""
-    from specc.data import check_labels
+    from specc.training.data import check_labels
 
     out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
     if out is None or len(out.shape) != 1:
@@ -968,7 +969,7 @@ def evaluate_checkpoint(
     program: ir.Program, ckpt: Path, overrides: list[str] | None = None, quiet: bool = False
 ) -> dict[str, float]:
     """`specc eval`: load a checkpoint into the spec's model and evaluate on test data."""
-    from specc import checkpoint
+    from specc.training import checkpoint
 
     texts = {s.path: s.text for s in program.sources}
     try:

@@ -29,7 +29,7 @@ class _Errors:
 
 
 def _registry(program: ir.Program):
-    from specc.plugins import load_plugins
+    from specc.lang.plugins import load_plugins
     from specc.registry import Registry
 
     return Registry({m.name for m in program.models}, load_plugins(program))

@@ -26,7 +26,7 @@ def grammar_text() -> str:
     try:
         return resources.files("specc.grammars").joinpath("specc.lark").read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        path = Path(__file__).resolve().parents[1] / "grammars" / "specc.lark"
+        path = Path(__file__).resolve().parents[2] / "grammars" / "specc.lark"
         return path.read_text("utf-8")
 
 

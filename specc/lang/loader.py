@@ -12,8 +12,8 @@ from typing import Any
 
 from specc import ir
 from specc.errors import Location, SpecError, SpecNameError, SpecSyntaxError, UsageError
-from specc.parse import parse
-from specc.transform import transform
+from specc.lang.parse import parse
+from specc.lang.transform import transform
 from specc.values import loc
 
 
@@ -118,7 +118,7 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
                 hint="plugins run Python code; drop --no-plugins to allow it",
             )
         program = ir.Program(sources=sources, **parts)
-        from specc.passes import run_passes
+        from specc.lang.passes import run_passes
 
         return run_passes(program)
     except SpecError as err:

@@ -1457,7 +1457,7 @@ def check_model(
 ) -> ir.ModelInstance:
     """Shape-check one model of a program on meta tensors."""
     from specc.errors import UsageError
-    from specc.passes import _registry
+    from specc.lang.passes import _registry
 
     texts = {s.path: s.text for s in program.sources}
     try:

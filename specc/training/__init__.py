@@ -1,0 +1,2 @@
+"""Stage 5: training. The train and data blocks resolved into one plan, and the runner
+that instantiates it."""
