@@ -27,6 +27,8 @@ import torch
 
 import specc
 from specc import codegen
+from specc.codegen import layout
+from specc.codegen import train as codegen_train
 from specc.errors import DataError, SpecError, SpecNameError, SpecTypeError, UsageError
 from specc.lang.plugins import plugin_path
 from specc.shapes.check import check_model, default_model, standalone
@@ -1061,10 +1063,10 @@ def test_train_variants_are_clean(name, tmp_path):
 
 
 def test_train_moves_long_constructors_in_a_statement_of_their_own():
-    short = codegen.Brackets("Net", (codegen.Text("num_classes=10"),))
-    assert codegen._on_device("model", short) == ["model = Net(num_classes=10).to(device)"]
-    long = codegen.Brackets("Net", (codegen.Text("x" * 80),))
-    assert codegen._on_device("model", long) == [
+    short = layout.Brackets("Net", (layout.Text("num_classes=10"),))
+    assert codegen_train._on_device("model", short) == ["model = Net(num_classes=10).to(device)"]
+    long = layout.Brackets("Net", (layout.Text("x" * 80),))
+    assert codegen_train._on_device("model", long) == [
         f"model = Net(\n    {'x' * 80}\n)",
         "model.to(device)",
     ]
@@ -1104,7 +1106,7 @@ TRICKY_STRINGS = ["", "abc", "it's", 'say "hi"', "it's \"x\"", "'\"'\"", "a\\b",
 def test_string_literals_round_trip_in_ruffs_quotes():
     lines = []
     for value in TRICKY_STRINGS:
-        text = codegen.string_literal(value)
+        text = layout.string_literal(value)
         assert ast.literal_eval(text) == value
         assert len(list(tokenize.generate_tokens(io.StringIO(text).readline))) <= 3
         lines.append(f"x = {text}\n")
@@ -1114,16 +1116,16 @@ def test_string_literals_round_trip_in_ruffs_quotes():
 
 
 def test_non_finite_floats():
-    assert [codegen.flat(codegen.literal_doc(v)) for v in (float("inf"), -float("inf"))] == [
+    assert [layout.flat(layout.literal_doc(v)) for v in (float("inf"), -float("inf"))] == [
         'float("inf")', '-float("inf")']  # fmt: skip
-    assert codegen.flat(codegen.literal_doc(float("nan"))) == 'float("nan")'
+    assert layout.flat(layout.literal_doc(float("nan"))) == 'float("nan")'
 
 
-def _random_doc(rng: random.Random, depth: int, star: bool = False) -> codegen.Doc:
+def _random_doc(rng: random.Random, depth: int, star: bool = False) -> layout.Doc:
     """A random expression; `star`: it is a call argument, so `*[...]` is allowed."""
 
-    def name() -> codegen.Text:
-        return codegen.Text("v" * rng.randint(1, 30), simple="name")
+    def name() -> layout.Text:
+        return layout.Text("v" * rng.randint(1, 30), simple="name")
 
     if depth == 0 or rng.random() < 0.25:
         return name()
@@ -1134,21 +1136,21 @@ def _random_doc(rng: random.Random, depth: int, star: bool = False) -> codegen.D
         n = rng.randint(1, 4)
         items = [_random_doc(rng, depth - 1, star=True) for _ in range(n)]
         if rng.random() < 0.4:
-            items.append(codegen.with_prefix("kw=", _random_doc(rng, depth - 1)))
+            items.append(layout.with_prefix("kw=", _random_doc(rng, depth - 1)))
         head = rng.choice(["self.layer", "F.relu", "nn.Sequential", "torch.cat", "x.view"])
-        return codegen.Brackets(head, tuple(items))
+        return layout.Brackets(head, tuple(items))
     if kind < 0.7:
         items = tuple(_random_doc(rng, depth - 1) for _ in range(rng.randint(1, 3)))
-        return codegen.Brackets("", items, "[", "]", codegen.PREC_ATOM, display=True)
+        return layout.Brackets("", items, "[", "]", layout.PREC_ATOM, display=True)
     if kind < 0.8:
         if rng.random() < 0.3:  # a dict comprehension with a condition
-            elt = codegen.Text(f"k: {codegen.flat(name())}")
-            return codegen.Comp("", elt, "for k, v in x.items()", more=(f"if {name().text}",),
+            elt = layout.Text(f"k: {layout.flat(name())}")
+            return layout.Comp("", elt, "for k, v in x.items()", more=(f"if {name().text}",),
                                 open="{", close="}")  # fmt: skip
-        return codegen.Comp("*", _random_doc(rng, depth - 1), "for _ in range(3)")
+        return layout.Comp("*", _random_doc(rng, depth - 1), "for _ in range(3)")
     left = _random_doc(rng, depth - 1)
     for _ in range(rng.randint(1, 3)):
-        left = codegen.binop(rng.choice(["add", "mul", "sub"]), left, _random_doc(rng, depth - 1))
+        left = layout.binop(rng.choice(["add", "mul", "sub"]), left, _random_doc(rng, depth - 1))
     return left
 
 
@@ -1160,7 +1162,7 @@ def test_layout_matches_ruff_format():
     for _ in range(150):
         doc = _random_doc(rng, 4)
         prefix = rng.choice(["y = ", "self.block = ", "return ", "a, b = "])
-        lines.append(" " * 8 + codegen.statement(doc, prefix, 8).replace("\n", "\n" + " " * 8))
+        lines.append(" " * 8 + layout.statement(doc, prefix, 8).replace("\n", "\n" + " " * 8))
     source = "\n".join(lines) + "\n"
     formatted = _ruff("format", "--isolated", "--no-cache", "-", stdin=source)
     assert formatted.returncode == 0, formatted.stderr

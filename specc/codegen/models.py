@@ -1,0 +1,808 @@
+"""Model classes: the checked instance tree as one ``nn.Module`` class per model, with a
+``forward`` that mirrors the spec's statements (templates `module.py.j2`, `model.py.j2`)."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from specc import ir
+from specc.codegen.layout import (
+    BODY_INDENT,
+    CLASS_INDENT,
+    FUNCTION_MODULES,
+    INDENT,
+    PREC_ATOM,
+    PREC_PRIMARY,
+    Brackets,
+    Comp,
+    Doc,
+    Text,
+    attribute_of,
+    binop,
+    flat,
+    literal_doc,
+    negate,
+    statement,
+    with_prefix,
+)
+from specc.codegen.naming import MODULE_NAMES, Namespace, check_attribute, check_identifier
+from specc.errors import (
+    SpecNameError,
+    SpecTypeError,
+)
+from specc.lang.plugins import load_plugins, plugin_module_for
+from specc.values import loc
+
+# ---- templates ------------------------------------------------------------------------
+
+
+def _template_source(name: str) -> tuple[str, str, Callable[[], bool]]:
+    """A template from the installed package data or, in a source checkout, templates/."""
+    try:
+        text = resources.files("specc.templates").joinpath(name).read_text("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        path = Path(__file__).resolve().parents[2] / "templates" / name
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            raise jinja2.TemplateNotFound(name) from None
+    return text, f"templates/{name}", lambda: True
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template_source),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Python source, not HTML; every value is built by this module
+    )
+
+
+# Top-level modules of the standard library that generated code may import.
+STDLIB_MODULES = frozenset({"collections", "fnmatch", "math"})
+
+
+def import_groups(lines: set[str]) -> list[list[str]]:
+    """Import lines in isort's order: the standard library, then third-party packages;
+    in each, `import x` lines before `from x import y` lines, by module name."""
+
+    def module(line: str) -> str:
+        return line.split()[1]
+
+    def key(line: str) -> tuple[bool, str]:
+        return line.startswith("from "), module(line).lower()
+
+    stdlib = sorted((ln for ln in lines if module(ln).split(".")[0] in STDLIB_MODULES), key=key)
+    third = sorted((ln for ln in lines if module(ln).split(".")[0] not in STDLIB_MODULES), key=key)
+    return [g for g in (stdlib, third) if g]
+
+
+# ---- expressions ----------------------------------------------------------------------
+
+
+class Exprs:
+    """Writes IR expressions as documents; names, holes and forward values are delegated
+    to the caller, which knows what they mean in its scope."""
+
+    def __init__(
+        self,
+        name: Callable[[ir.Name], Doc],
+        hole: Callable[[ir.Hole], Doc],
+        ref: Callable[[ir.Ref], Doc],
+    ) -> None:
+        self.name, self.hole, self.ref = name, hole, ref
+
+    def __call__(self, e: ir.Expr) -> Doc:
+        if isinstance(e, ir.Const):
+            return literal_doc(e.value)
+        if isinstance(e, ir.Name):
+            return self.name(e)
+        if isinstance(e, ir.Hole):
+            return self.hole(e)
+        if isinstance(e, ir.Ref):
+            return self.ref(e)
+        if isinstance(e, ir.Ellipsis_):
+            return Text("...")
+        if isinstance(e, ir.ListExpr):
+            return Brackets("", tuple(map(self, e.items)), "[", "]", PREC_ATOM, display=True)
+        if isinstance(e, ir.TupleExpr):
+            if not e.items:
+                return Text("()")
+            items = tuple(map(self, e.items))
+            return Brackets("", items, prec=PREC_ATOM, one_tuple=len(items) == 1, display=True)
+        if isinstance(e, ir.SliceExpr):
+            parts = [None if p is None else self(p) for p in (e.start, e.stop, e.step)]
+            args = ", ".join("None" if p is None else flat(p) for p in parts)
+            return Text(f"slice({args})", PREC_PRIMARY)
+        if isinstance(e, ir.BinOp):
+            return binop(e.op, self(e.left), self(e.right))
+        if isinstance(e, ir.Neg):
+            return negate(self(e.operand))
+        raise SpecTypeError("a call is not allowed here", loc(getattr(e, "span", None)))
+
+    def index(self, e: ir.Expr) -> Doc:
+        """A subscript item: slices as `a:b:c`, spaced like ruff when a bound is complex."""
+        if not isinstance(e, ir.SliceExpr):
+            return self(e)
+        parts = [None if p is None else self(p) for p in (e.start, e.stop, e.step)]
+        if parts[2] is None:
+            parts = parts[:2]
+        texts = ["" if p is None else flat(p) for p in parts]
+        if all(p is None or (isinstance(p, Text) and p.simple == "name") for p in parts):
+            return Text(":".join(texts))
+        out = texts[0]
+        for prev, text in itertools.pairwise(texts):
+            out += (" :" if prev else ":") + (f" {text}" if text else "")
+        return Text(out)
+
+
+# ---- the instance tree ----------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """One model definition and every checked instance of it in the output."""
+
+    mdef: ir.ModelDef
+    instances: list[ir.ModelInstance] = field(default_factory=list)
+    # hole id -> the keyword-only __init__ parameter standing for it (values differ by use)
+    kw_holes: dict[int, str] = field(default_factory=dict)
+    # id(instance) -> hole id -> the literals it resolved to, in construction order
+    hole_values: dict[int, dict[int, list[ir.Expr]]] = field(default_factory=dict)
+
+
+def _children(c: Any) -> Iterator[ir.ModelInstance]:
+    if isinstance(c, ir.ModelCtor):
+        yield c.instance
+    elif isinstance(c, (ir.SequentialCtor, ir.RepeatCtor)):
+        for item in c.items:
+            yield from _children(item)
+
+
+@functools.cache
+def _model_attrs(sequential: bool) -> frozenset[str]:
+    """Attribute names an nn.Module (or nn.Sequential) already has: not usable as layers."""
+    from torch import nn
+
+    base = nn.Sequential if sequential else nn.Module
+    return frozenset(dir(base)) | frozenset(vars(nn.Module()))
+
+
+class ModuleWriter:
+    """One generated module: a class per model that `tops` (checked instances) use.
+    `reserved`: further module-level names the output uses (the training script's)."""
+
+    def __init__(
+        self,
+        program: ir.Program,
+        tops: list[ir.ModelInstance],
+        reserved: dict[str, str] | None = None,
+    ) -> None:
+        self.program = program
+        self.plans: dict[str, _Plan] = {}
+        self.collected: set[int] = set()
+        for top in tops:
+            self.collect(top)  # fills self.plans in dependency order (used models first)
+        self.uses = {"torch": False, "F": False, "OrderedDict": False}
+        self.modules = Namespace(
+            {
+                n: f"`{n}`, which the generated module imports"
+                for n in ("torch", "nn", "F", "OrderedDict")
+            }
+            | (reserved or {})
+        )
+        for name, plan in self.plans.items():
+            self.modules.claim(name, plan.mdef.span, "model name")
+        self.plugin_classes = load_plugins(program) if program.plugins else {}
+        self.plugin_imports: dict[str, list[str]] = {}  # module -> classes, in first use
+
+    def collect(self, inst: ir.ModelInstance) -> None:
+        # The checker shares one instance between uses with the same arguments and inputs;
+        # walking each once keeps a model used twice per level linear, not 2**levels.
+        if id(inst) in self.collected:
+            return
+        self.collected.add(id(inst))
+        for layer in inst.layers:
+            for child in _children(layer.ctor):
+                self.collect(child)
+        plan = self.plans.get(inst.model)
+        if plan is None:
+            mdef = self.program.model(inst.model)
+            assert mdef is not None
+            plan = self.plans[inst.model] = _Plan(mdef)
+        plan.instances.append(inst)
+
+    def module(
+        self,
+        template: str = "module.py.j2",
+        context: dict[str, Any] | None = None,
+        imports: Iterator[str] | list[str] = (),
+    ) -> str:
+        """The module text: `template` (module.py.j2 or one extending it) rendered with
+        the classes, the imports they need plus `imports`, and `context`."""
+        classes = [self.model_class(plan) for plan in self.plans.values()]
+        source = self.program.sources[0]
+        name = Path(source.path).name
+        if not name.isprintable():  # never let a file name break out of the comment
+            name = repr(name)
+        sha = source.sha256[:12] if re.fullmatch(r"[0-9a-f]{12,}", source.sha256) else "?"
+        lines = set(imports) | {"from torch import nn"}
+        if self.uses["OrderedDict"]:
+            lines.add("from collections import OrderedDict")
+        if self.uses["torch"]:
+            lines.add("import torch")
+        if self.uses["F"]:
+            lines.add("import torch.nn.functional as F")
+        plugin_imports = [
+            f"from {m} import {', '.join(sorted(names))}"
+            for m, names in sorted(self.plugin_imports.items())
+        ]
+        return (
+            environment()
+            .get_template(template)
+            .render(
+                spec_name=name,
+                sha=sha,
+                import_groups=import_groups(lines),
+                plugin_imports=plugin_imports,
+                classes=classes,
+                **(context or {}),
+            )
+        )
+
+    # ---- one class ------------------------------------------------------------------
+    def model_class(self, plan: _Plan) -> dict[str, Any]:
+        mdef = plan.mdef
+        sequential = mdef.kind == "sequential"
+        self.analyse_holes(plan)
+        locals_ = Namespace(
+            {n: f"`{n}`, which the generated code uses" for n in MODULE_NAMES}
+            | {n: f"the class `{n}`" for n in self.plans}
+        )
+        attrs = Namespace({n: f"`nn.Module.{n}`" for n in _model_attrs(sequential)})
+        params: list[str] = []
+        fills: list[str] = []
+        seen_default = None
+        for p in mdef.params:
+            locals_.claim(p.name, p.span, "model parameter")
+            if p.default is None:
+                if seen_default is not None:
+                    raise SpecTypeError(
+                        f"parameter `{p.name}` has no default but follows `{seen_default}`, "
+                        "which has one; Python cannot write that",
+                        loc(p.span),
+                        hint="give it a default or move it before the defaulted ones",
+                    )
+                params.append(p.name)
+                continue
+            seen_default = p.name
+            default = self.value_exprs(plan, None)(p.default)
+            if _names_in(p.default):  # a default computed from other parameters
+                params.append(f"{p.name}=None")
+                fills.append(
+                    f"if {p.name} is None:\n"
+                    + INDENT
+                    + statement(default, f"{p.name} = ", BODY_INDENT + 4).replace(
+                        "\n", "\n" + INDENT
+                    )
+                )
+            else:
+                params.append(flat(with_prefix(f"{p.name}=", default)))
+        hole_params = []
+        for hole_id, base in plan.kw_holes.items():
+            plan.kw_holes[hole_id] = locals_.fresh(base, "argument")
+            hole_params.append(plan.kw_holes[hole_id])
+        if hole_params:
+            params += ["*", *hole_params]
+        for layer in mdef.layers:
+            if not layer.anonymous:
+                attrs.claim(layer.name, layer.span, "layer", attribute=True)
+
+        layers = self.layer_docs(plan)
+        init_def = statement(
+            Brackets("def __init__", tuple(Text(p) for p in ["self", *params]), close="):"),
+            "",
+            CLASS_INDENT,
+        )
+        out: dict[str, Any] = {"name": mdef.name, "init_def": init_def, "fills": fills}
+        if sequential:
+            out["template"] = "sequential.py.j2"
+            out["super_call"] = statement(self.sequential_items(mdef, layers), "", BODY_INDENT)
+            return out
+        out["template"] = "model.py.j2"
+        out["layers"] = [
+            statement(doc, f"self.{layer.name} = ", BODY_INDENT)
+            for layer, doc in zip(mdef.layers, layers, strict=True)
+        ]
+        fwd = _ForwardWriter(self, plan)
+        forward_def, body = fwd.render()
+        stored = []
+        for p in mdef.params:
+            if p.name in fwd.used_params:
+                attrs.claim(p.name, p.span, "model parameter stored for forward", attribute=True)
+                stored.append(f"self.{p.name} = {p.name}")
+        out["stored"] = stored
+        out["forward_def"] = forward_def
+        out["forward_body"] = body
+        return out
+
+    def sequential_items(self, mdef: ir.ModelDef, layers: list[Doc]) -> Doc:
+        if all(layer.anonymous for layer in mdef.layers):
+            return Brackets("super().__init__", tuple(layers))
+        self.uses["OrderedDict"] = True
+        pairs = tuple(
+            Brackets("", (literal_doc(layer.name), doc), prec=PREC_ATOM, display=True)
+            for layer, doc in zip(mdef.layers, layers, strict=True)
+        )
+        return Brackets(
+            "super().__init__",
+            (Brackets("OrderedDict", (Brackets("", pairs, "[", "]", PREC_ATOM, display=True),)),),
+        )
+
+    # ---- holes ----------------------------------------------------------------------
+    def analyse_holes(self, plan: _Plan) -> None:
+        """Find each `_`'s values over all uses of the model: one value -> a literal; one
+        value per use but different uses -> a keyword-only parameter."""
+        where: dict[int, tuple[str, str]] = {}  # hole id -> (layer, argument name)
+        for inst in plan.instances:
+            values: dict[int, list[ir.Expr]] = {}
+            for layer, li in zip(plan.mdef.layers, inst.layers, strict=True):
+                label = f"layer{layer.name}" if layer.anonymous else layer.name
+                self.walk_holes(layer.ctor, li.ctor, label, values, where)
+            plan.hole_values[id(inst)] = values
+        for hole_id in sorted(where):
+            per_use = [plan.hole_values[id(i)].get(hole_id, []) for i in plan.instances]
+            texts = {flat(self.literal_expr(v)) for vs in per_use for v in vs}
+            if len(texts) <= 1:
+                continue
+            if all(len({flat(self.literal_expr(v)) for v in vs}) == 1 for vs in per_use):
+                layer, arg = where[hole_id]
+                plan.kw_holes[hole_id] = f"{layer}_{arg}"
+
+    def walk_holes(
+        self,
+        e: ir.Expr,
+        c: Any,
+        label: str,
+        out: dict[int, list[ir.Expr]],
+        where: dict[int, tuple[str, str]],
+    ) -> None:
+        if isinstance(c, ir.SequentialCtor) and isinstance(e, ir.Call):
+            for a, item in zip(e.args, c.items, strict=True):
+                self.walk_holes(a, item, label, out, where)
+        elif isinstance(c, ir.RepeatCtor) and isinstance(e, ir.Call):
+            for k in range(c.count):
+                self.walk_holes(e.args[1], c.items[min(k, len(c.items) - 1)], label, out, where)
+        elif isinstance(c, ir.TorchCtor) and isinstance(e, ir.Call):
+            names = _ctor_params(self.plugin_classes.get(e.func), e.func)
+            for i, a in enumerate(e.args):
+                if isinstance(a, ir.Hole):
+                    out.setdefault(a.id, []).append(c.args[i])
+                    where.setdefault(a.id, (label, names[i] if i < len(names) else f"arg{i}"))
+            for k, a in e.kwargs.items():
+                if isinstance(a, ir.Hole):
+                    out.setdefault(a.id, []).append(c.kwargs[k])
+                    where.setdefault(a.id, (label, k))
+
+    def literal_expr(self, e: ir.Expr) -> Doc:
+        return Exprs(_no_name, _no_hole, _no_ref)(e)
+
+    # ---- layers ---------------------------------------------------------------------
+    def value_exprs(self, plan: _Plan, hole_value: Callable[[ir.Hole], Doc] | None) -> Exprs:
+        """Constant expressions in `__init__`: parameters are locals there."""
+
+        def name(e: ir.Name) -> Doc:
+            if e.id not in {p.name for p in plan.mdef.params}:
+                raise SpecNameError(f"unknown name `{e.id}`", loc(e.span))
+            return Text(e.id, simple="name")
+
+        return Exprs(name, hole_value or _no_hole, _no_ref)
+
+    def layer_docs(self, plan: _Plan) -> list[Doc]:
+        """The constructor of each layer; every use of the model must give the same text
+        (only keyword-parameter holes may differ, and they are written as names)."""
+        first: list[Doc] | None = None
+        for inst in plan.instances:
+            docs = [
+                self.ctor_doc(plan, layer.ctor, li.ctor)
+                for layer, li in zip(plan.mdef.layers, inst.layers, strict=True)
+            ]
+            if first is None:
+                first = docs
+                continue
+            for layer, a, b in zip(plan.mdef.layers, first, docs, strict=True):
+                if flat(a) != flat(b):
+                    raise SpecTypeError(
+                        f"layer `{layer.name}` of `{plan.mdef.name}` is built differently in "
+                        f"different uses ({flat(a)} vs {flat(b)}), so one class cannot "
+                        "describe it",
+                        loc(layer.span),
+                        hint="write the `_` values out, or make them model parameters",
+                    )
+        return first or []
+
+    def ctor_doc(self, plan: _Plan, e: ir.Expr, c: Any) -> Doc:
+        def hole(h: ir.Hole) -> Doc:
+            raise AssertionError("holes are filled by the caller")  # pragma: no cover
+
+        values = self.value_exprs(plan, hole)
+        if not isinstance(e, ir.Call):  # pragma: no cover - the checker rejects these
+            raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
+        if isinstance(c, ir.SequentialCtor):
+            return Brackets(
+                "nn.Sequential",
+                tuple(
+                    self.ctor_doc(plan, a, item) for a, item in zip(e.args, c.items, strict=True)
+                ),
+            )
+        if isinstance(c, ir.RepeatCtor):
+            return self.repeat_doc(plan, e, c, values)
+        if isinstance(c, ir.ModelCtor):
+            child = self.plans[c.instance.model]
+            check_identifier(e.func, e.func_span or e.span, "model name")
+            items = [*map(values, e.args)]
+            items += [
+                with_prefix(f"{check_attribute(k, v.span, 'keyword')}=", values(v))
+                for k, v in e.kwargs.items()
+            ]
+            got = child.hole_values[id(c.instance)]
+            for hole_id, pname in child.kw_holes.items():
+                items.append(with_prefix(f"{pname}=", self.literal_expr(got[hole_id][0])))
+            return Brackets(e.func, tuple(items))
+        if isinstance(c, ir.TorchCtor):
+            head = self.class_name(e, c)
+
+            def arg(a: ir.Expr, value: ir.Expr) -> Doc:
+                if not isinstance(a, ir.Hole):
+                    return values(a)
+                if a.id in plan.kw_holes:
+                    return Text(plan.kw_holes[a.id], simple="name")
+                return self.literal_expr(value)
+
+            items = [arg(a, c.args[i]) for i, a in enumerate(e.args)]
+            items += [
+                with_prefix(f"{check_attribute(k, a.span, 'keyword')}=", arg(a, c.kwargs[k]))
+                for k, a in e.kwargs.items()
+            ]
+            return Brackets(head, tuple(items))
+        raise TypeError(f"unknown constructor {c!r}")  # pragma: no cover
+
+    def class_name(self, e: ir.Call, c: ir.TorchCtor) -> str:
+        """`nn.Conv2d` for torch classes; a plugin class by its own name, imported from the
+        plugin's module (plain PyTorch, so the output still needs no specc)."""
+        check_attribute(e.func, e.func_span or e.span, "layer type")
+        if c.cls.startswith("torch.nn."):
+            return f"nn.{e.func}"
+        return self.plugin_class(e.func, e.func_span or e.span)
+
+    def plugin_class(self, name: str, span: ir.Span | None) -> str:
+        """A plugin class (layer, loss or optimizer) by name, imported from its module."""
+        cls = self.plugin_classes.get(name)
+        stmt = None if cls is None else plugin_module_for(cls, self.program)
+        if stmt is None:  # pragma: no cover - the checker resolved it to a plugin class
+            raise SpecNameError(f"cannot find the plugin that defines `{name}`", loc(span))
+        module = Path(stmt.target).stem if stmt.target.endswith(".py") else stmt.target
+        for part in module.split("."):
+            check_identifier(part, stmt.span, "plugin module name")
+        names = self.plugin_imports.setdefault(module, [])
+        if name not in names:
+            self.modules.claim(name, span, "plugin class")
+            names.append(name)
+        return name
+
+    def repeat_doc(self, plan: _Plan, e: ir.Call, c: ir.RepeatCtor, values: Exprs) -> Doc:
+        """`repeat(n, X)`: `nn.Sequential(*[X for _ in range(n)])`, each instance built in
+        order; uses that differ (a `_` that changes along the chain) are written out."""
+        last = len(c.items) - 1
+        docs = [self.ctor_doc(plan, e.args[1], c.items[min(k, last)]) for k in range(c.count)]
+        runs: list[tuple[Doc, int]] = []
+        for d in docs:
+            if runs and flat(runs[-1][0]) == flat(d):
+                runs[-1] = (d, runs[-1][1] + 1)
+            else:
+                runs.append((d, 1))
+        if len(runs) == 1:
+            count = flat(values(e.args[0]))
+            return Brackets("nn.Sequential", (Comp("*", docs[0], f"for _ in range({count})"),))
+        items = tuple(d if n == 1 else Comp("*", d, f"for _ in range({n})") for d, n in runs)
+        return Brackets("nn.Sequential", items)
+
+
+def _ctor_params(plugin: type | None, func: str) -> list[str]:
+    """Parameter names of a layer class (for naming keyword parameters of holes)."""
+    from specc.registry import accepts, nn_classes
+
+    cls = plugin or nn_classes().get(func)
+    return accepts(cls)[0] if cls is not None else []
+
+
+def _names_in(e: Any) -> bool:
+    if isinstance(e, ir.Name):
+        return True
+    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+        return any(_names_in(i) for i in e.items)
+    if isinstance(e, ir.BinOp):
+        return _names_in(e.left) or _names_in(e.right)
+    if isinstance(e, ir.Neg):
+        return _names_in(e.operand)
+    return False
+
+
+def _no_name(e: ir.Name) -> Doc:  # pragma: no cover - literals have no names
+    raise SpecNameError(f"unexpected name `{e.id}`", loc(e.span))
+
+
+def _no_hole(e: ir.Hole) -> Doc:
+    raise SpecTypeError("`_` can only stand for a layer argument", loc(e.span))
+
+
+def _no_ref(e: ir.Ref) -> Doc:  # pragma: no cover - only forward has values
+    raise SpecTypeError("a forward value cannot be used here", loc(e.span))
+
+
+def _refs(e: Any) -> Iterator[ir.Ref]:
+    if isinstance(e, ir.Ref):
+        yield e
+    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+        for i in e.items:
+            yield from _refs(i)
+    elif isinstance(e, ir.SliceExpr):
+        for p in (e.start, e.stop, e.step):
+            yield from _refs(p)
+    elif isinstance(e, ir.BinOp):
+        yield from _refs(e.left)
+        yield from _refs(e.right)
+    elif isinstance(e, ir.Neg):
+        yield from _refs(e.operand)
+
+
+def _names(e: Any) -> Iterator[ir.Name]:
+    if isinstance(e, ir.Name):
+        yield e
+    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
+        for i in e.items:
+            yield from _names(i)
+    elif isinstance(e, ir.SliceExpr):
+        for p in (e.start, e.stop, e.step):
+            yield from _names(p)
+    elif isinstance(e, ir.BinOp):
+        yield from _names(e.left)
+        yield from _names(e.right)
+    elif isinstance(e, ir.Neg):
+        yield from _names(e.operand)
+
+
+# ---- forward --------------------------------------------------------------------------
+
+
+def shape_comment(v: ir.Value | None) -> str:
+    """`(B, 6, 14, 14)` for a tensor value; "" for anything else."""
+    if v is None or v.kind != "tensor" or v.tensor is None:
+        return ""
+    dims = [str(d) for d in v.tensor.shape]
+    if v.tensor.batched:
+        dims.insert(0, "B")
+    text = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return text if v.tensor.dtype == "float32" else f"{text} {v.tensor.dtype}"
+
+
+@dataclass
+class _Stmt:
+    targets: list[list[str]]  # one entry per value; several names = unpacking
+    values: list[Doc]
+    reads: list[tuple[str, str]]  # (variable, SSA node it must hold) when this runs
+    defines: list[tuple[str, str]]  # (variable, SSA node) bound by this statement
+    comment: str = ""
+
+
+class _ForwardWriter:
+    """Writes a forward from the SSA nodes: named nodes become statements, unnamed ones are
+    inlined where they are used; a multi-value assignment whose parts read each other's old
+    values (`a, b = b, a`) is written back as one tuple assignment."""
+
+    def __init__(self, gen: ModuleWriter, plan: _Plan) -> None:
+        self.gen = gen
+        self.plan = plan
+        fwd = plan.mdef.forward
+        assert fwd is not None
+        self.fwd = fwd
+        self.nodes = {n.name: n for n in fwd.nodes}
+        self.params = {p.name for p in plan.mdef.params}
+        self.used_params: set[str] = set()
+        self.dims: dict[str, tuple[str, int, ir.Span]] = {}  # dim -> (input, axis, span)
+        for inp in fwd.inputs:
+            for axis, d in enumerate(inp.shape, start=1):
+                if isinstance(d.value, str) and d.value not in self.dims:
+                    self.dims[d.value] = (inp.name, axis, d.span)
+        self.used_dims: dict[str, None] = {}
+        self.reads: list[tuple[str, str]] = []
+        self.exprs = Exprs(self.name, _no_hole, self.ref)
+
+    # ---- expressions ------------------------------------------------------------------
+    def name(self, e: ir.Name) -> Doc:
+        if e.id in self.params:
+            self.used_params.add(e.id)
+            return Text(f"self.{e.id}", PREC_PRIMARY, "attr")
+        if e.id in self.dims:
+            self.used_dims[e.id] = None
+            return Text(check_identifier(e.id, e.span, "dimension name"), simple="name")
+        raise SpecNameError(f"unknown name `{e.id}`", loc(e.span))  # pragma: no cover
+
+    def ref(self, e: ir.Ref) -> Doc:
+        node = self.nodes[e.node]
+        if not node.vars:
+            return self.node_doc(node)
+        var = node.vars[e.index] if e.index is not None and len(node.vars) > 1 else node.vars[0]
+        self.reads.append((var, node.name))
+        return Text(var, simple="name")
+
+    def call_items(self, args: list[ir.Expr], kwargs: dict[str, ir.Expr]) -> tuple[Doc, ...]:
+        items = [self.exprs(a) for a in args]
+        items += [
+            with_prefix(f"{check_attribute(k, v.span, 'keyword')}=", self.exprs(v))
+            for k, v in kwargs.items()
+        ]
+        return tuple(items)
+
+    def node_doc(self, n: ir.FNode) -> Doc:
+        """The expression computing node `n` (its unnamed inputs inlined)."""
+        if n.op == "layer":
+            check_attribute(n.target, n.span, "layer")
+            return Brackets(f"self.{n.target}", self.call_items(n.args, n.kwargs))
+        if n.op == "function":
+            module, _, fname = n.target.rpartition(".")
+            if module not in FUNCTION_MODULES:
+                raise SpecNameError(f"cannot write function `{n.target}`", loc(n.span))
+            alias = FUNCTION_MODULES[module]
+            self.gen.uses[alias] = True
+            check_attribute(fname, n.span, "function")
+            return Brackets(f"{alias}.{fname}", self.call_items(n.args, n.kwargs))
+        if n.op == "method":
+            recv = self.exprs(n.args[0])
+            head = attribute_of(recv, check_attribute(n.target, n.span, "method"))
+            return Brackets(head, self.call_items(n.args[1:], n.kwargs))
+        if n.op == "attribute":
+            recv = self.exprs(n.args[0])
+            name = check_attribute(n.target, n.span, "attribute")
+            simple = (
+                "attr"
+                if isinstance(recv, Text)
+                and recv.simple in ("name", "attr")
+                and recv.prec >= PREC_PRIMARY
+                else ""
+            )
+            return Text(attribute_of(recv, name), PREC_PRIMARY, simple)
+        if n.op == "operator":
+            if n.target == "neg":
+                return negate(self.exprs(n.args[0]))
+            return binop(n.target, self.exprs(n.args[0]), self.exprs(n.args[1]))
+        if n.op == "getitem":
+            value = self.exprs(n.args[0])
+            head = flat(value) if value.prec >= PREC_PRIMARY else f"({flat(value)})"
+            index = n.args[1]
+            if isinstance(index, ir.TupleExpr) and len(index.items) > 1:
+                items = tuple(self.exprs.index(i) for i in index.items)
+            else:
+                items = (self.exprs.index(index),)
+            return Brackets(head, items, "[", "]", subscript=True)
+        if n.op == "alias":
+            return self.exprs(n.args[0])
+        raise SpecTypeError(f"cannot write `{n.op}` nodes", loc(n.span))  # pragma: no cover
+
+    # ---- statements -------------------------------------------------------------------
+    def live(self) -> set[str]:
+        """Nodes the output depends on; statements nothing reads are left out."""
+        live: set[str] = set()
+        todo = [n.name for n in self.fwd.nodes if n.op == "output"]
+        while todo:
+            name = todo.pop()
+            if name in live:
+                continue
+            live.add(name)
+            n = self.nodes[name]
+            for e in [*n.args, *n.kwargs.values()]:
+                todo += [r.node for r in _refs(e)]
+        return live
+
+    def comment(self, n: ir.FNode) -> str:
+        texts = {shape_comment(inst.values.get(n.name)) for inst in self.plan.instances}
+        return texts.pop() if len(texts) == 1 else ""
+
+    def render(self) -> tuple[str, list[str]]:
+        for inp in self.fwd.inputs:
+            check_identifier(inp.name, inp.span, "forward input")
+        live = self.live()
+        raw: list[_Stmt] = []
+        output: ir.FNode | None = None
+        for n in self.fwd.nodes:
+            if n.op == "input":
+                continue
+            if n.op == "output":
+                output = n
+                continue
+            if not n.vars or n.name not in live:
+                continue
+            for v in n.vars:
+                check_identifier(v, n.span, "variable")
+            self.reads = []
+            doc = self.node_doc(n)
+            comment = self.comment(n) if len(n.vars) == 1 else ""
+            raw.append(
+                _Stmt([list(n.vars)], [doc], self.reads, [(v, n.name) for v in n.vars], comment)
+            )
+        grouped = self.group(raw)
+        shapes = [s.comment for s in grouped]
+        for s, prev in zip(grouped[1:], shapes[:-1], strict=True):
+            if s.comment == prev:  # unchanged shape: the comment would only repeat
+                s.comment = ""
+        assignments = [self.assignment(s) for s in grouped]
+        assert output is not None
+        returns = [self.exprs(a) for a in output.args]
+        value = returns[0] if len(returns) == 1 else Brackets("", tuple(returns), bare=True)
+        # named dimensions (`x: [T, C]`) are read from the input before anything else
+        body = [self.dim_line(d) for d in self.used_dims]
+        body += [*assignments, statement(value, "return ", BODY_INDENT)]
+        return self.signature(), body
+
+    def dim_line(self, dim: str) -> str:
+        inp, axis, span = self.dims[dim]
+        if dim in {i.name for i in self.fwd.inputs}:
+            raise SpecNameError(
+                f"dimension `{dim}` has the name of a forward input",
+                loc(span),
+                hint="rename one of them",
+            )
+        return f"{dim} = {inp}.shape[{axis}]"
+
+    def signature(self) -> str:
+        names = [i.name for i in self.fwd.inputs]
+        notes = []
+        for i, name in enumerate(names):
+            texts = set()
+            for inst in self.plan.instances:
+                t = inst.inputs[i][1] if i < len(inst.inputs) else None
+                texts.add(shape_comment(ir.Value(kind="tensor", tensor=t)) if t else "")
+            if len(texts) == 1 and (text := texts.pop()):
+                notes.append(f"{name}: {text}")
+        doc = Brackets("def forward", tuple(Text(n) for n in ["self", *names]), close="):")
+        return statement(doc, "", CLASS_INDENT, ", ".join(notes))
+
+    def group(self, raw: list[_Stmt]) -> list[_Stmt]:
+        """Merge statements into tuple assignments where a statement reads a variable an
+        earlier one already rebound (only happens inside one multi-value assignment)."""
+        binding = {n.vars[0]: n.name for n in self.fwd.nodes if n.op == "input"}
+        out: list[tuple[_Stmt, dict[str, str]]] = []
+        for s in raw:
+            before = dict(binding)
+            while any(before.get(v) != node for v, node in s.reads):
+                if not out:  # pragma: no cover - SSA from the lowering never does this
+                    raise SpecTypeError("cannot order this forward's assignments")
+                prev, before = out.pop()
+                s = _Stmt(
+                    prev.targets + s.targets,
+                    prev.values + s.values,
+                    prev.reads + s.reads,
+                    prev.defines + s.defines,
+                )
+            out.append((s, before))
+            for v, node in s.defines:
+                binding[v] = node
+        return [s for s, _ in out]
+
+    def assignment(self, s: _Stmt) -> str:
+        if len(s.values) == 1:
+            return statement(s.values[0], ", ".join(s.targets[0]) + " = ", BODY_INDENT, s.comment)
+        targets = ", ".join(t[0] if len(t) == 1 else "(" + ", ".join(t) + ")" for t in s.targets)
+        return statement(Brackets("", tuple(s.values), bare=True), targets + " = ", BODY_INDENT)
