@@ -15,7 +15,10 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-goldens", action="store_true", help="rewrite golden files from the current output"
+        "--update-goldens",
+        action="store_true",
+        help="rewrite every golden file (compile, train, check, errors, IR schema) from the "
+        "current output; SPECC_UPDATE_GOLDENS=1 does the same",
     )
 
 
@@ -28,13 +31,14 @@ def golden(request: pytest.FixtureRequest):
     )
 
     def compare(path: Path, text: str) -> None:
-        if update or not path.exists():
-            if not update:
-                pytest.fail(f"missing golden file {path}; run pytest --update-goldens")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        if not path.exists() and not update:
+            pytest.fail(f"missing golden file {path}; run pytest --update-goldens")
+        if update:
+            if not path.exists() or path.read_text("utf-8") != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, "utf-8")
             return
-        assert text == path.read_text(), f"output differs from {path} (--update-goldens)"
+        assert text == path.read_text("utf-8"), f"output differs from {path} (--update-goldens)"
 
     return compare
 

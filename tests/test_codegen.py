@@ -1,9 +1,9 @@
 """The code generator: golden sources, standalone import, equality with the builder, ruff,
 hostile specs, idempotence.
 
-Every shipped `specs/*.spec` and every case in `CASES` is a row; adding a case is adding a
-spec. Regenerate the goldens with `SPECC_UPDATE_GOLDENS=1 pytest tests/test_codegen.py`
-and review the diff.
+Every shipped `specs/*.spec` and every case in `tests/cases/compile/` is a row; adding a
+case is adding a file. Regenerate the goldens with `pytest --update-goldens` and review the
+diff.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tokenize
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CASES, GOLDEN, ROOT, SPECS
 
 import specc
 from specc import codegen
@@ -33,133 +33,19 @@ from specc.errors import DataError, SpecError, SpecNameError, SpecTypeError, Usa
 from specc.lang.plugins import plugin_path
 from specc.shapes.check import check_model, default_model, standalone
 
-ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = ROOT / "tests" / "golden" / "compile"
-UPDATE_GOLDENS = os.environ.get("SPECC_UPDATE_GOLDENS") == "1"
+GOLDEN_DIR = GOLDEN / "compile"
 RUFF = Path(sys.executable).parent / "ruff"
-SHIPPED = sorted((ROOT / "specs").glob("*.spec"))
+SHIPPED = sorted(SPECS.glob("*.spec"))
 
-# Paths the shipped specs do not reach. Each is written to `<name>.spec` and has a golden.
-CASES = {
-    "case_blocks": """\
-# One block used three times: its `_` differs by use (a keyword-only parameter), and a
-# repeat whose `_` changes along the chain (written out, then repeated).
-model Block(out: int) {
-    fc = Linear(_, out)
-    forward(x: [D]) {
-        return relu(fc(x))
-    }
-}
-
-model Mlp {
-    a = Block(32)
-    b = Block(32)
-    c = Block(10)
-    chain = repeat(3, Linear(_, 16))
-    forward(x: [20]) {
-        return chain(c(b(a(x))))
-    }
-}
-""",
-    "case_seq": """\
-# sequential models: positional layers, mixed named and unnamed ones, used from a model;
-# Features is standalone, so it is also compiled alone (--model Features).
-sequential Features(ch: int = 8) {
-    input(x: [1, 28, 28])
-    Conv2d(1, ch, 3)
-    ReLU()
-    MaxPool2d(2)
-}
-
-sequential Head {
-    Flatten()
-    fc = Linear(_, 10)
-}
-
-model Classifier {
-    features = Features(8)
-    head = Head()
-    forward(x: [1, 28, 28]) {
-        return head(features(x))
-    }
-}
-""",
-    "case_ops": """\
-# Forward expressions: unpacking, a swap, operators, slices, methods, named dimensions,
-# string arguments, a parameter default computed from another, two outputs.
-model Attn(heads: int, dim: int) {
-    qkv = Linear(dim, dim * 3)
-    forward(x: [T, C]) {
-        q, k, v = qkv(x).chunk(3, dim=-1)
-        q = q.view(-1, T, heads, C // heads).transpose(1, 2)
-        k = k.view(-1, T, heads, C // heads).transpose(1, 2)
-        v = v.view(-1, T, heads, C // heads).transpose(1, 2)
-        att = softmax(q @ k.transpose(-2, -1) * (1.0 / (C // heads) ** 0.5), dim=-1)
-        return (att @ v).transpose(1, 2).reshape(-1, T, C)
-    }
-}
-
-model Ops(scale: float = 0.5, heads: int = 4, width: int = heads * 8) {
-    inp = Linear(_, width)
-    attn = Attn(heads, width)
-    norm = LayerNorm(width)
-    head = Linear(width, 3)
-    forward(x: [6, 12]) {
-        h = inp(x)
-        a, b = h, -h * scale
-        a, b = b, a
-        h = norm(h + attn(a) - b ** 2 / 2 + (a - b) * 3)
-        first = h[:, 0]
-        last = h[:, -1, ...]
-        mid = h[:, 1:-1:2].mean(dim=1)
-        n = h.shape[1]
-        unused = relu(h)
-        padded = pad(h[..., :2], (0, 1), mode="constant", value=-1.5)
-        return head(first + last + mid / n), padded
-    }
-}
-""",
-    "case_embed": """\
-# Integer inputs (token ids), a torch function with no tensor argument, `bias=False`.
-model TinyLM(vocab: int = 50, dim: int = 16, context: int = 8) {
-    tok = Embedding(vocab, dim)
-    pos = Embedding(context, dim)
-    ln  = LayerNorm(dim)
-    out = Linear(dim, vocab, bias=False)
-    forward(idx: [context] long) {
-        x = tok(idx) + pos(arange(context))
-        return out(ln(x))
-    }
-}
-""",
-    "case_wide": """\
-# Long lines: the generator lays them out the way ruff format would.
-model Wide(channels_for_the_stem_convolution: int = 16, dropout_probability: float = 0.125) {
-    a_really_long_layer_name_for_testing = Sequential(Conv2d(3, channels_for_the_stem_convolution, 3, padding=1, bias=False), BatchNorm2d(channels_for_the_stem_convolution), ReLU(inplace=True))
-    another_quite_long_layer_name = Conv2d(channels_for_the_stem_convolution, channels_for_the_stem_convolution, kernel_size=3, padding=1)
-    drop = Dropout(dropout_probability)
-    stack = repeat(2, Sequential(Linear(_, 16), LayerNorm(16, eps=0.00001, elementwise_affine=True), GELU(approximate="tanh")))
-    classifier = Linear(_, 10)
-    forward(x: [3, 8, 8]) {
-        some_long_variable_name = a_really_long_layer_name_for_testing(x) + another_quite_long_layer_name(a_really_long_layer_name_for_testing(x)) * 2
-        y = relu(another_quite_long_layer_name(some_long_variable_name) + another_quite_long_layer_name(some_long_variable_name))
-        z = flatten(adaptive_avg_pool2d(drop(y + some_long_variable_name - some_long_variable_name * 0.5 + y / 3.0), 1), 1)
-        return classifier(stack(z))
-    }
-}
-""",  # noqa: E501 - long spec lines are the point of this case
-}
-
-
-def _programs() -> dict:
-    """Every shipped spec (loaded from its path: imports and plugins are relative to it)
-    and every case (from its text)."""
-    programs = {p.stem: specc.load(p) for p in SHIPPED}
-    assert not set(programs) & set(CASES), "a case shadows a shipped spec"
-    return programs | {name: specc.load(text) for name, text in CASES.items()}
-
-
-PROGRAMS = _programs()
+# Paths the shipped specs do not reach, one `tests/cases/compile/<name>.spec` each: adding a
+# case is adding a file. A case with a `train` block is a `compile --train` case (golden
+# `<name>.train.py`); the others are `compile` cases (golden `<name>.py`).
+CASE_PATHS = {p.stem: p for p in sorted((CASES / "compile").glob("*.spec"))}
+assert not set(CASE_PATHS) & {p.stem for p in SHIPPED}, "a case shadows a shipped spec"
+SPEC_PATHS = {p.stem: p for p in SHIPPED} | CASE_PATHS
+# Loaded from their paths: imports and plugins are relative to the spec.
+PROGRAMS = {stem: specc.load(path) for stem, path in SPEC_PATHS.items()}
+TRAIN_CASES = sorted(stem for stem in CASE_PATHS if PROGRAMS[stem].trains)
 
 
 def _targets() -> list:
@@ -167,6 +53,8 @@ def _targets() -> list:
     standalone-checkable models."""
     rows = []
     for stem, program in PROGRAMS.items():
+        if stem in TRAIN_CASES:
+            continue
         default = default_model(program)
         if not standalone(default):  # e.g. a library of blocks with free dimensions
             try:
@@ -183,165 +71,19 @@ def _targets() -> list:
 TARGETS = _targets()
 STEMS = sorted({row.values[0] for row in TARGETS if row.values[1] is None})
 
-# `compile --train` cases: train-block features the shipped specs do not use. Each has a
-# golden `<name>.train.py`; case_train also runs (on tensor files the test writes).
-TRAIN_CASES = {
-    "case_train": """\
-# Most train-block features on a tiny tensor dataset: val_split, a train-only transform,
-# init/freeze/group, warmup + scheduler per step, accumulate, clipping, bf16 autocast,
-# top-5, early stopping, max_steps, skipping non-finite losses.
-model Small(hidden: int = 16) {
-    fc1 = Linear(4, hidden)
-    bn  = BatchNorm1d(hidden)
-    fc2 = Linear(hidden, 10)
-    forward(x: [4]) {
-        return fc2(relu(bn(fc1(x))))
-    }
-}
-
-data tensors {
-    train           = TensorFile("data.pt")
-    test            = TensorFile("data.npz", x="x", y="y")
-    train_transform = [GaussianNoise(sigma=0.01, clip=False)]
-    batch_size      = 8
-    eval_batch_size = 16
-    val_split       = 0.25
-    drop_last       = True
-}
-
-train {
-    model      = Small(32)
-    init from "init.safetensors" (skip_mismatched=True)
-    freeze "bn.*"
-    group "fc1" (lr=0.01)
-    data       = tensors
-    loss       = CrossEntropyLoss(label_smoothing=0.1)
-    optimizer  = SGD(lr=0.05, momentum=0.9)
-    scheduler  = CosineAnnealingLR(T_max=20)
-    scheduler_interval = "step"
-    warmup     = 3
-    epochs     = 4
-    max_steps  = 9
-    accumulate = 2
-    clip_grad_norm = 1.0
-    precision  = "bf16"
-    metrics    = [accuracy, top5]
-    early_stop = 2
-    on_nan     = "skip"
-    seed       = 3
-    device     = "cpu"
-    log_every  = 1
-}
-""",
-    "case_train_images": """\
-# Image data through torchvision: CIFAR-100 files made by hand (verify=False), random
-# augmentation for training only, a val split, fine-tuning a renamed checkpoint, fp16 with
-# a GradScaler, torch.compile, OneCycleLR with gradient accumulation.
-model Backbone {
-    conv = Conv2d(3, 16, 3, padding=1)
-    bn   = BatchNorm2d(16)
-    forward(x: [3, 32, 32]) {
-        return flatten(adaptive_avg_pool2d(relu(bn(conv(x))), 4), 1)
-    }
-}
-
-model Classifier(classes: int = 100) {
-    backbone = Backbone()
-    head     = Linear(_, classes)
-    forward(x: [3, 32, 32]) {
-        return head(backbone(x))
-    }
-}
-
-data cifar100 {
-    train           = CIFAR100(root="data", train=True, download=False, verify=False)
-    test            = CIFAR100(root="data", train=False, download=False, verify=False)
-    train_transform = [RandomCrop(32, padding=4), RandomHorizontalFlip(), ToTensor(),
-                       Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])]
-    transform       = [ToTensor(), Normalize(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])]
-    batch_size      = 128
-    workers         = 4
-    val_split       = 0.1
-}
-
-train {
-    model      = Classifier()
-    init backbone from "encoder.pt" (strip_prefix="encoder.", strict=True)
-    freeze backbone.conv
-    group "backbone.*", "*.bias" (lr=0.01, weight_decay=0.0)
-    data       = cifar100
-    loss       = CrossEntropyLoss()
-    optimizer  = AdamW(lr=0.001, weight_decay=0.05)
-    scheduler  = OneCycleLR(max_lr=0.01)
-    epochs     = 30
-    accumulate = 4
-    clip_grad_norm = 5.0
-    precision  = "fp16"
-    compile    = True
-    metrics    = [loss]
-    early_stop = 3
-    device     = "cuda"
-    log_every  = 100
-}
-""",
-    "case_train_mnist": """\
-# MNIST-format files (torchvision never checksums them, so verify=False is left out), a
-# test set in a .safetensors file, a scheduler stepped per epoch, a parameter and a glob
-# frozen, max_steps ending the run early.
-model Net {
-    conv = Conv2d(1, 8, 3)
-    bn   = BatchNorm2d(8)
-    fc   = Linear(_, 10)
-    forward(x: [1, 28, 28]) {
-        return fc(flatten(max_pool2d(relu(bn(conv(x))), 2), 1))
-    }
-}
-
-data mnist {
-    train      = MNIST(root="data", train=True, download=True, verify=False)
-    test       = TensorFile("mnist_test.safetensors", x="images", y="targets")
-    transform  = [ToTensor()]
-    batch_size = 64
-    shuffle    = False
-}
-
-train {
-    model     = Net()
-    freeze conv.weight, "bn.*"
-    data      = mnist
-    loss      = CrossEntropyLoss()
-    optimizer = Adam(lr=0.001)
-    scheduler = StepLR(step_size=1, gamma=0.7)
-    epochs    = 3
-    max_steps = 500
-    seed      = 1
-    device    = "cuda:0"
-}
-""",
-}
-TRAIN_STEMS = sorted(
-    [s for s, p in PROGRAMS.items() if p.trains and s not in CASES] + list(TRAIN_CASES)
-)
+# `compile --train` rows: the shipped specs that train, and the train cases (train-block
+# features the shipped specs do not use; case_train also runs, on tensor files the test writes).
+TRAIN_STEMS = sorted(s for s, p in PROGRAMS.items() if p.trains)
 
 
 @pytest.fixture(scope="session")
-def spec_paths(tmp_path_factory) -> dict[str, Path]:
-    case_dir = tmp_path_factory.mktemp("cases")
-    paths = {p.stem: p for p in SHIPPED}
-    for name, text in CASES.items():
-        paths[name] = case_dir / f"{name}.spec"
-        paths[name].write_text(text, "utf-8")
-    return paths
-
-
-@pytest.fixture(scope="session")
-def generated(spec_paths):
+def generated():
     """The generated source for (spec, model), generated once per session."""
     cache: dict[tuple[str, str | None], str] = {}
 
     def get(stem: str, model: str | None = None) -> str:
         if (stem, model) not in cache:
-            cache[stem, model] = specc.compile(spec_paths[stem], model)
+            cache[stem, model] = specc.compile(SPEC_PATHS[stem], model)
         return cache[stem, model]
 
     return get
@@ -379,14 +121,8 @@ def _as_tuple(out) -> tuple:
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_golden(stem, generated):
-    source = generated(stem)
-    golden = GOLDEN_DIR / f"{stem}.py"
-    if UPDATE_GOLDENS:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(source, "utf-8")
-    assert golden.is_file(), f"no golden {golden}; run with SPECC_UPDATE_GOLDENS=1"
-    assert source == golden.read_text("utf-8")
+def test_golden(stem, generated, golden):
+    golden(GOLDEN_DIR / f"{stem}.py", generated(stem))
 
 
 def test_no_stale_goldens():
@@ -416,17 +152,48 @@ def test_cifar_golden_reads_like_the_tutorial(generated):
 
 # ---- 2. standalone: the file runs without specc -----------------------------------------
 
-_STANDALONE = """\
-import importlib, json, sys
-cfg = json.loads(sys.argv[1])
-sys.path[:0] = [cfg["dir"]]
-sys.path += cfg["site"]  # plain paths: no .pth files, so no editable specc finder
+# The start of every script run by `_without_specc`: a finder placed before all others fails
+# every import of specc, however specc is installed (editable, or in site-packages), and
+# `result["specc"]` records that the block holds.
+_NO_SPECC = """\
+import sys
+
+
+class NoSpecc:
+    def find_spec(self, name, path=None, target=None):
+        if name == "specc" or name.startswith("specc."):
+            raise ModuleNotFoundError(f"{name} is blocked: generated code must not need it")
+        return None
+
+
+for name in [m for m in sys.modules if m == "specc" or m.startswith("specc.")]:
+    del sys.modules[name]
+sys.meta_path.insert(0, NoSpecc())
 result = {}
 try:
     import specc  # noqa: F401
     result["specc"] = "importable"
 except ImportError:
     result["specc"] = "missing"
+"""
+
+
+def _without_specc(script: str, cfg: dict, cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """Run `script` (after `_NO_SPECC`) in an isolated interpreter that cannot import specc;
+    `cfg` is its `sys.argv[1]` (JSON). Returns its `result`, printed as JSON on the last line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | (env or {})
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _NO_SPECC + script, json.dumps(cfg)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_STANDALONE = """\
+import importlib, json
+cfg = json.loads(sys.argv[1])
+sys.path[:0] = [cfg["dir"]]
 import torch
 for job in cfg["jobs"]:
     try:
@@ -446,7 +213,7 @@ print(json.dumps(result))
 
 
 @pytest.fixture(scope="session")
-def standalone_results(tmp_path_factory, spec_paths, generated) -> dict:
+def standalone_results(tmp_path_factory, generated) -> dict:
     """Import every generated file in one isolated interpreter (one torch import)."""
     folder = tmp_path_factory.mktemp("standalone")
     jobs = []
@@ -455,18 +222,10 @@ def standalone_results(tmp_path_factory, spec_paths, generated) -> dict:
         (folder / f"gen_{i}.py").write_text(generated(stem, model), "utf-8")
         for plugin in _plugin_files(stem):  # plain PyTorch files the output imports
             shutil.copy(plugin, folder / plugin.name)
-        inst = specc.check(spec_paths[stem], model)
+        inst = specc.check(SPEC_PATHS[stem], model)
         jobs.append({"id": row.id, "module": f"gen_{i}", "cls": inst.model,
                      "inputs": [(t.shape, t.dtype) for _, t in inst.inputs]})  # fmt: skip
-    paths = sysconfig.get_paths()
-    cfg = {"dir": str(folder), "site": sorted({paths["purelib"], paths["platlib"]}), "jobs": jobs}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _STANDALONE, json.dumps(cfg)],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _without_specc(_STANDALONE, {"dir": str(folder), "jobs": jobs}, cwd=folder)
 
 
 def test_standalone_has_no_specc(standalone_results):
@@ -474,10 +233,10 @@ def test_standalone_has_no_specc(standalone_results):
 
 
 @pytest.mark.parametrize(("stem", "model"), TARGETS)
-def test_standalone_import_and_forward(stem, model, spec_paths, standalone_results, request):
+def test_standalone_import_and_forward(stem, model, standalone_results, request):
     got = standalone_results[request.node.callspec.id]
     assert isinstance(got, list), got
-    inst = specc.check(spec_paths[stem], model)
+    inst = specc.check(SPEC_PATHS[stem], model)
     want = [[2, *o.tensor.shape] if o.tensor.batched else o.tensor.shape for o in inst.outputs]
     assert got == want
 
@@ -486,8 +245,8 @@ def test_standalone_import_and_forward(stem, model, spec_paths, standalone_resul
 
 
 @pytest.mark.parametrize(("stem", "model"), TARGETS)
-def test_same_module_as_builder(stem, model, spec_paths, generated, tmp_path, monkeypatch):
-    path = spec_paths[stem]
+def test_same_module_as_builder(stem, model, generated, tmp_path, monkeypatch):
+    path = SPEC_PATHS[stem]
     for plugin in _plugin_files(stem):
         monkeypatch.syspath_prepend(str(plugin.parent))
     file = tmp_path / f"gen_{stem}.py"
@@ -542,9 +301,9 @@ def test_ruff_clean(stem, model, generated, tmp_path):
 
 
 @pytest.mark.parametrize(("stem", "model"), TARGETS)
-def test_idempotent(stem, model, spec_paths, generated):
+def test_idempotent(stem, model, generated):
     first = generated(stem, model)
-    program = specc.load(spec_paths[stem])
+    program = specc.load(SPEC_PATHS[stem])
     assert codegen.generate(program, model) == first
     assert codegen.generate(program, model) == first
     formatted = _ruff("format", "--isolated", "--no-cache", "-", stdin=first)
@@ -709,40 +468,25 @@ model Top {
 
 
 @pytest.fixture(scope="session")
-def train_paths(tmp_path_factory, spec_paths) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("train_cases")
-    paths = {stem: spec_paths[stem] for stem in TRAIN_STEMS if stem not in TRAIN_CASES}
-    for name, text in TRAIN_CASES.items():
-        paths[name] = folder / f"{name}.spec"
-        paths[name].write_text(text, "utf-8")
-    return paths
-
-
-@pytest.fixture(scope="session")
-def train_generated(train_paths):
+def train_generated():
     """The `compile --train` source of a spec, generated once per session."""
     cache: dict[str, str] = {}
 
     def get(stem: str) -> str:
         if stem not in cache:
-            cache[stem] = specc.compile(train_paths[stem], train=True)
+            cache[stem] = specc.compile(SPEC_PATHS[stem], train=True)
         return cache[stem]
 
     return get
 
 
 @pytest.mark.parametrize("stem", TRAIN_STEMS)
-def test_train_golden(stem, train_generated):
-    source = train_generated(stem)
-    golden = GOLDEN_DIR / f"{stem}.train.py"
-    if UPDATE_GOLDENS:
-        golden.write_text(source, "utf-8")
-    assert golden.is_file(), f"no golden {golden}; run with SPECC_UPDATE_GOLDENS=1"
-    assert source == golden.read_text("utf-8")
+def test_train_golden(stem, train_generated, golden):
+    golden(GOLDEN_DIR / f"{stem}.train.py", train_generated(stem))
 
 
 @pytest.mark.parametrize("stem", TRAIN_STEMS)
-def test_train_script_is_clean(stem, train_paths, train_generated, generated, tmp_path):
+def test_train_script_is_clean(stem, train_generated, generated, tmp_path):
     """ruff-clean with default settings, formatted, idempotent, no specc import, the model
     classes exactly as `compile` writes them, and nothing defined that is not used."""
     source = train_generated(stem)
@@ -752,7 +496,7 @@ def test_train_script_is_clean(stem, train_paths, train_generated, generated, tm
     assert check.returncode == 0, check.stdout + check.stderr
     fmt = _ruff("format", "--isolated", "--no-cache", "--check", "--diff", str(file))
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
-    assert codegen.generate(specc.load(train_paths[stem]), train=True) == source
+    assert codegen.generate(specc.load(SPEC_PATHS[stem]), train=True) == source
 
     tree = ast.parse(source)
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -796,17 +540,10 @@ def test_train_scripts_contain_only_what_the_spec_uses(train_generated):
 
 
 # Runs generated scripts as `python script.py` would (`__main__`), each in its own folder,
-# in one interpreter that cannot import specc (only site-packages on its path).
+# in one interpreter that cannot import specc (`_without_specc`).
 _RUN_SCRIPTS = """\
-import contextlib, io, json, os, runpy, sys, traceback
+import contextlib, io, json, os, runpy, traceback
 cfg = json.loads(sys.argv[1])
-sys.path += cfg["site"]  # plain paths: no .pth files, so no editable specc finder
-result = {}
-try:
-    import specc  # noqa: F401
-    result["specc"] = "importable"
-except ImportError:
-    result["specc"] = "missing"
 for job in cfg["jobs"]:
     os.chdir(job["dir"])
     sys.path.insert(0, job["dir"])
@@ -876,23 +613,16 @@ def train_runs(tmp_path_factory) -> dict:
 
     folder = root / "case_train"
     write_tensor_files(folder, n=40)
-    specs["case_train"] = _train_copy(folder, "case_train", {}, TRAIN_CASES["case_train"])
+    specs["case_train"] = _train_copy(folder, "case_train", {}, CASE_TRAIN_SPEC)
     torch.manual_seed(1)
     init = specc.build(specs["case_train"]).state_dict()  # hidden=16: only fc2.bias fits
     save_file({k: v.contiguous() for k, v in init.items()}, str(folder / "init.safetensors"))
 
     jobs = [{"id": stem, "dir": str(spec.parent), "script": f"{stem}.py"}
             for stem, spec in specs.items()]  # fmt: skip
-    paths = sysconfig.get_paths()
-    cfg = {"site": sorted({paths["purelib"], paths["platlib"]}), "jobs": jobs}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["OMP_NUM_THREADS"] = "1"  # tiny models: threads only wait for each other on 2 cores
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", _RUN_SCRIPTS, json.dumps(cfg)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # tiny models: threads only wait for each other on 2 cores
+    threads = {"OMP_NUM_THREADS": "1"}
+    result = _without_specc(_RUN_SCRIPTS, {"jobs": jobs}, cwd=root, env=threads)
     return {"result": result, "specs": specs, "pretrained": pretrained}
 
 
@@ -965,6 +695,7 @@ def test_train_needs_the_train_block_model():
 
 
 DIGITS_SPEC = (ROOT / "specs" / "digits.spec").read_text("utf-8")
+CASE_TRAIN_SPEC = CASE_PATHS["case_train"].read_text("utf-8")
 
 # (edit of specs/digits.spec, error class, message fragment): each a located error.
 TRAIN_ERRORS = {
@@ -1046,7 +777,7 @@ TRAIN_VARIANTS = {
 @pytest.mark.parametrize("name", list(TRAIN_VARIANTS))
 def test_train_variants_are_clean(name, tmp_path):
     edits, line = TRAIN_VARIANTS[name]
-    text = TRAIN_CASES["case_train"]
+    text = CASE_TRAIN_SPEC
     for old, new in edits.items():
         assert old in text, old
         text = text.replace(old, new)
