@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from specc.errors import SpecError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -68,11 +70,24 @@ def build(source: Any, model: str | None = None, inputs: dict | None = None) -> 
 
 
 def compile(source: Any, model: str | None = None, *, train: bool = False) -> str:
-    """Generate readable standalone PyTorch source for a spec."""
+    """Generate readable standalone PyTorch source for a spec; with `train`, the script that
+    trains its train block as `specc run` does."""
     from specc.codegen import generate
 
     with gc_paused():
-        return generate(load(source), model=model, train=train)
+        program = load(source)
+        return generate(program, model=model, plan=train_plan(program) if train else None)
+
+
+def train_plan(program: Program, name: str | None = None) -> Any:
+    """The resolved plan of the program's train block (specc.training.plan)."""
+    from specc.lang.loader import source_texts
+    from specc.training.plan import resolve
+
+    try:
+        return resolve(program, name)
+    except SpecError as err:
+        raise err.with_source(source_texts(program)) from None
 
 
 def train(source: Any, overrides: list[str] | None = None, **options: Any) -> dict:
@@ -82,4 +97,13 @@ def train(source: Any, overrides: list[str] | None = None, **options: Any) -> di
     return run(load(source), overrides=overrides or [], **options)
 
 
-__all__ = ["__version__", "build", "check", "compile", "gc_paused", "load", "train"]
+__all__ = [
+    "__version__",
+    "build",
+    "check",
+    "compile",
+    "gc_paused",
+    "load",
+    "train",
+    "train_plan",
+]

@@ -179,11 +179,9 @@ def compile_cmd(
     ] = False,
 ) -> None:
     """Write the spec as readable standalone PyTorch source."""
-    from specc.codegen import generate
-    from specc.lang.loader import load
+    from specc import compile as compile_source
 
-    with gc_paused():
-        source = generate(load(spec), model=model, train=train)
+    source = compile_source(spec, model, train=train)
     if output is None:
         typer.echo(source, nl=False)
     else:

@@ -129,16 +129,16 @@ def test_compile_true_trains(tmp_path):
 
 
 def test_random_augmentation_keeps_the_fast_path(tmp_path, monkeypatch):
-    import specc.training.runner as R
+    import specc.training.batches as B
 
     seen = []
-    real = R.batches
+    real = B.batches
 
     def spy(split, *a, **k):
         seen.append((split.name, split.x is not None, split.augment is not None))
         return real(split, *a, **k)
 
-    monkeypatch.setattr(R, "batches", spy)
+    monkeypatch.setattr(B, "batches", spy)
     summary = _run(
         DIGITS, tmp_path, "epochs=1", "digits.train_transform=[RandomAffine(degrees=10)]"
     )
@@ -176,6 +176,18 @@ def _train_small_net(make_opt):
     return opt, net.state_dict()
 
 
+def _optimizer(name: str, kwargs: dict, net: torch.nn.Module) -> torch.optim.Optimizer:
+    """The runner's optimizer for `net` from a plan that names `name(**kwargs)`."""
+    from specc.training.build import build_optimizer
+    from specc.training.kernels import fused_candidate
+    from specc.training.plan import Ctor, OptimizerPlan
+
+    ctor = Ctor(name, getattr(torch.optim, name), "torch", (), kwargs)
+    names = tuple(n for n, _ in net.named_parameters())
+    plan = OptimizerPlan(ctor, (), names, fused_candidate(ctor, [], net))
+    return build_optimizer(plan, net)
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
@@ -187,27 +199,17 @@ def _train_small_net(make_opt):
     ],
 )
 def test_cpu_fused_default_is_torchs_algorithm_and_fused_false_is_torchs_default(name, kwargs):
-    from specc.training.config import CallSpec
-    from specc.training.runner import build_optimizer
-
-    runner, a = _train_small_net(
-        lambda net: build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
-    )
+    runner, a = _train_small_net(lambda net: _optimizer(name, kwargs, net))
     assert runner.defaults["fused"] is True
     _, b = _train_small_net(lambda net: getattr(torch.optim, name)(net.parameters(), **kwargs))
     for k in a:  # the same algorithm: rounding differs, nothing else
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
-    _, c = _train_small_net(
-        lambda net: build_optimizer(CallSpec(name=name, kwargs={**kwargs, "fused": False}), net)
-    )
+    _, c = _train_small_net(lambda net: _optimizer(name, {**kwargs, "fused": False}, net))
     for k in a:  # fused=False in the spec: exactly torch's default step
         assert torch.equal(b[k], c[k]), k
 
 
 def test_optimizer_implementation_is_left_to_the_spec_and_to_torch():
-    from specc.training.config import CallSpec
-    from specc.training.runner import build_optimizer
-
     net = torch.nn.Linear(3, 2)
     for name, kwargs in [
         ("SGD", {"lr": 0.1, "foreach": False}),
@@ -215,11 +217,11 @@ def test_optimizer_implementation_is_left_to_the_spec_and_to_torch():
         ("Adam", {"lr": 0.1, "fused": False}),
         ("RMSprop", {"lr": 0.1}),  # no fused kernel in torch
     ]:
-        opt = build_optimizer(CallSpec(name=name, kwargs=kwargs), net)
+        opt = _optimizer(name, kwargs, net)
         assert not opt.defaults.get("fused"), (name, kwargs)
         assert opt.defaults["foreach"] == kwargs.get("foreach"), (name, kwargs)
     sparse = torch.nn.Sequential(torch.nn.Embedding(10, 3, sparse=True), torch.nn.Linear(3, 2))
-    opt = build_optimizer(CallSpec(name="SGD", kwargs={"lr": 0.1}), sparse)
+    opt = _optimizer("SGD", {"lr": 0.1}, sparse)
     assert not opt.defaults["fused"]  # torch's fused kernels take no sparse gradients
 
 

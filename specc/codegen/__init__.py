@@ -10,8 +10,8 @@ Layer arguments are written from the model *definition*, so parameters keep thei
 model used several times whose ``_`` resolves to different values gets a keyword-only
 ``__init__`` parameter for it (``<layer>_<argument>``), and each use passes its value.
 
-``generate(..., train=True)`` (``compile --train``) adds the train block as a script in the
-style of the PyTorch tutorials (``_TrainScript``): only the data helpers, fine-tuning steps
+``generate(..., plan=...)`` (``compile --train``) prints a resolved train plan as a script
+that trains as ``specc run`` does (``codegen.train``): only the data helpers, fine-tuning steps
 and loop features the spec uses, under ``if __name__ == "__main__":``, needing only torch and
 torchvision (plus scikit-learn for ``Digits``, safetensors/numpy for such files).
 
@@ -24,24 +24,35 @@ breaks them, so the output is already formatted. Every spec name goes through
 from __future__ import annotations
 
 import ast
+from typing import TYPE_CHECKING
 
 from specc import ir
-from specc.errors import SpecError
+from specc.errors import SpecError, UsageError
+from specc.lang.loader import source_texts
+
+if TYPE_CHECKING:
+    from specc.training.plan import TrainPlan
 
 
-def generate(program: ir.Program, model: str | None = None, train: bool = False) -> str:
+def generate(program: ir.Program, model: str | None = None, plan: TrainPlan | None = None) -> str:
     """Standalone PyTorch source for `model` (default: the spec's default model) and the
-    models it uses. Raises a located SpecError for specs that cannot be written safely."""
-    from specc.shapes.check import check_model
-
-    texts = {s.path: s.text for s in program.sources}
+    models it uses; with a train plan, the training script of the plan's model. Raises a
+    located SpecError for specs that cannot be written safely."""
+    texts = source_texts(program)
     try:
-        if train:
+        if plan is not None:
+            if model is not None and model != plan.model.call.name:
+                raise UsageError(
+                    f"--train writes the training of the train block's model "
+                    f"`{plan.model.call.name}`, not `{model}`",
+                    hint="leave out --model, or change `model = ...` in the train block",
+                )
             from specc.codegen.train import TrainScript
 
-            source = TrainScript(program, model).source()
+            source = TrainScript(program, plan).source()
         else:
             from specc.codegen.models import ModuleWriter
+            from specc.shapes.check import check_model
 
             source = ModuleWriter(program, [check_model(program, model)]).module()
     except SpecError as err:

@@ -1,6 +1,7 @@
 """The dataset/transform stage of the training runner.
 
-Turns the names in a spec's ``data`` block into objects: transforms from
+Resolves the names in a spec's ``data`` block (for the train plan) and turns them into
+objects: transforms from
 ``torchvision.transforms.v2``, datasets from ``torchvision.datasets`` plus two built-ins
 (``Digits``, ``TensorFile``), and an optional in-memory fast path (``materialize``).
 Every user-facing problem (missing files, bad checksums, bad arguments, unsafe pickles)
@@ -28,6 +29,9 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from specc.errors import DataError, Location, did_you_mean
+from specc.training.config import CallSpec
+from specc.training.plan import DatasetPlan, TransformPlan
+from specc.values import loc
 
 BUILTIN_DATASETS = ("Digits", "TensorFile")
 TENSOR_FILE_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -85,45 +89,62 @@ def _coerce_transform_arg(key: str | None, value: Any) -> Any:
     return value
 
 
-def make_transform(items: list[tuple[str, list, dict]], *, location: Location | None = None):
-    """Build a ``v2.Compose`` from ``(class_name, args, kwargs)`` items; None when empty.
+def resolve_transforms(items: list[CallSpec]) -> tuple[TransformPlan, ...]:
+    """Each transform of a spec's list, looked up in ``torchvision.transforms.v2`` and
+    built once to check its arguments. ``ToTensor`` means the classic behaviour (float32
+    in [0, 1], CHW): ``ToImage`` then ``ToDtype(float32, scale=True)``, since
+    ``v2.ToTensor`` is deprecated."""
+    return tuple(_resolve_transform(c.name, c.args, c.kwargs, loc(c.span), c.span) for c in items)
 
-    ``ToTensor`` means the classic behaviour (float32 in [0, 1], CHW) built from
-    ``ToImage`` + ``ToDtype(float32, scale=True)``, since ``v2.ToTensor`` is deprecated.
-    """
-    if not items:
-        return None
-    steps = []
-    for name, raw_args, raw_kwargs in items:
-        args = [_coerce_transform_arg(None, a) for a in (raw_args or [])]
-        kwargs = {k: _coerce_transform_arg(k, v) for k, v in (raw_kwargs or {}).items()}
-        if name == "ToTensor":
-            if args or kwargs:
-                raise DataError(
-                    "transform `ToTensor` takes no arguments",
-                    location,
-                    hint="write `ToTensor()`; use `ToDtype` to choose another dtype",
-                )
-            steps.append(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
-            continue
-        cls = getattr(v2, name, None) if not name.startswith("_") else None
-        if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
+
+def _resolve_transform(name: str, raw_args: list, raw_kwargs: dict, location,
+                       span=None) -> TransformPlan:  # fmt: skip
+    args = tuple(_coerce_transform_arg(None, a) for a in (raw_args or []))
+    kwargs = {k: _coerce_transform_arg(k, v) for k, v in (raw_kwargs or {}).items()}
+    random = is_random_transform(name)
+    if name == "ToTensor":
+        if args or kwargs:
             raise DataError(
-                f"unknown transform `{name}`: torchvision.transforms.v2 has no transform "
-                "of that name",
+                "transform `ToTensor` takes no arguments",
                 location,
-                hint=did_you_mean(name, _transform_names())
-                or "see the list of transforms in torchvision.transforms.v2",
+                hint="write `ToTensor()`; use `ToDtype` to choose another dtype",
             )
-        try:
-            steps.append(cls(*args, **kwargs))
-        except (TypeError, ValueError) as exc:
-            raise DataError(
-                f"bad arguments for transform `{name}`: {exc}",
-                location,
-                hint=f"the signature is {name}{_signature(cls)}",
-            ) from exc
-    return v2.Compose(steps)
+        return TransformPlan(name, None, (), {}, random, span)
+    cls = getattr(v2, name, None) if not name.startswith("_") else None
+    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
+        raise DataError(
+            f"unknown transform `{name}`: torchvision.transforms.v2 has no transform of that name",
+            location,
+            hint=did_you_mean(name, _transform_names())
+            or "see the list of transforms in torchvision.transforms.v2",
+        )
+    try:
+        cls(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"bad arguments for transform `{name}`: {exc}",
+            location,
+            hint=f"the signature is {name}{_signature(cls)}",
+        ) from exc
+    return TransformPlan(name, cls, args, kwargs, random, span)
+
+
+def compose(steps: Sequence[TransformPlan]):
+    """The ``v2.Compose`` of resolved transforms; None when there are none."""
+    if not steps:
+        return None
+    built = [
+        v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        if t.cls is None
+        else t.cls(*t.args, **t.kwargs)
+        for t in steps
+    ]
+    return v2.Compose(built)
+
+
+def make_transform(items: list[tuple[str, list, dict]], *, location: Location | None = None):
+    """``compose`` of ``(class_name, args, kwargs)`` items; None when empty."""
+    return compose([_resolve_transform(n, a, k, location) for n, a, k in items])
 
 
 def is_random_transform(name: str) -> bool:
@@ -246,7 +267,7 @@ def _resolve(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(os.fspath(path))).absolute()
 
 
-def _load_tensor_file(path: Any, xkey: Any, ykey: Any, transform, location) -> TensorFileDataset:
+def _check_tensor_file_args(path: Any, xkey: Any, ykey: Any, location) -> None:
     if not isinstance(path, (str, os.PathLike)):
         raise DataError(f"TensorFile: `path` must be a string, got {type(path).__name__}", location)
     for key_name, key in (("x", xkey), ("y", ykey)):
@@ -264,6 +285,12 @@ def _load_tensor_file(path: Any, xkey: Any, ykey: Any, transform, location) -> T
             hint="save the inputs and labels as .pt (torch.save), .npz (numpy.savez) "
             "or .safetensors (safetensors.torch.save_file)",
         )
+
+
+def _load_tensor_file(path: Any, xkey: Any, ykey: Any, transform, location) -> TensorFileDataset:
+    _check_tensor_file_args(path, xkey, ykey, location)
+    file = _resolve(path)
+    suffix = file.suffix.lower()
     if not file.is_file():
         what = "is a directory, not a file" if file.is_dir() else "does not exist"
         raise DataError(
@@ -551,15 +578,55 @@ def _explain(
     )
 
 
-def make_dataset(
-    name: str,
-    args: list,
-    kwargs: dict,
-    *,
-    transform=None,
-    location: Location | None = None,
-):
-    """Build one dataset by name.
+def resolve_dataset(split: str, spec: CallSpec) -> DatasetPlan:
+    """A dataset of the spec looked up and its arguments checked, nothing read yet."""
+    return _resolve_dataset(split, spec.name, spec.args, spec.kwargs, loc(spec.span), spec.span)
+
+
+def _resolve_dataset(split: str, name: str, args: list, kwargs: dict, location,
+                     span=None) -> DatasetPlan:  # fmt: skip
+    args, kwargs = list(args or []), dict(kwargs or {})
+    if "transform" in kwargs:
+        raise DataError(
+            f"dataset `{name}`: give transforms in the transform list, not as `transform=`",
+            location,
+        )
+    if name in BUILTIN_DATASETS:
+        signature = _digits_signature if name == "Digits" else _tensorfile_signature
+        bound = _bind(name, signature, args, kwargs, location)
+        _check_builtin(name, bound.arguments, location)
+        kind = "digits" if name == "Digits" else "tensor_file"
+        return DatasetPlan(split, name, kind, None, tuple(args), kwargs, True, span)
+    cls = _torchvision_class(name, location)
+    verify = kwargs.pop("verify", True)
+    if not isinstance(verify, bool):
+        raise DataError(
+            f"dataset `{name}`: `verify` must be true or false, got {verify!r}", location
+        )
+    if not verify and cls not in _UNVERIFIED:
+        if hasattr(cls, "_check_integrity") and not _uses_plain_mnist_files(cls):
+            raise DataError(
+                f"dataset `{name}`: verify=False is not supported for this dataset",
+                location,
+                hint="verify=False works for CIFAR10 and CIFAR100; MNIST, FashionMNIST and "
+                "KMNIST never checksum their files; remove verify=False",
+            )
+    _bind(name, cls, args, kwargs, location)
+    return DatasetPlan(split, name, "torchvision", cls, tuple(args), kwargs, verify, span)
+
+
+def _check_builtin(name: str, arguments: dict, location) -> None:
+    if name == "Digits" and not isinstance(arguments["train"], bool):
+        raise DataError(
+            f"dataset `Digits`: `train` must be true or false, got {arguments['train']!r}",
+            location,
+        )
+    if name == "TensorFile":
+        _check_tensor_file_args(arguments["path"], arguments["x"], arguments["y"], location)
+
+
+def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None = None):
+    """Build one resolved dataset (reading its files).
 
     - ``Digits(train=True)``: scikit-learn's bundled 1797 8x8 digits, no files needed.
       Split rule (fixed): ``train_test_split(test_size=0.2, stratify=labels,
@@ -572,54 +639,32 @@ def make_dataset(
       torchvision's MD5 checks of CIFAR10/CIFAR100 files; MNIST/FashionMNIST/KMNIST raw
       files are never checksummed by torchvision, so it changes nothing there.
     """
-    args = list(args or [])
-    kwargs = dict(kwargs or {})
-    if "transform" in kwargs:
-        raise DataError(
-            f"dataset `{name}`: give transforms in the transform list, not as `transform=`",
-            location,
-        )
-    if name == "Digits":
-        bound = _bind(name, _digits_signature, args, kwargs, location)
-        train = bound.arguments["train"]
-        if not isinstance(train, bool):
-            raise DataError(
-                f"dataset `Digits`: `train` must be true or false, got {train!r}", location
-            )
-        return DigitsDataset(train=train, transform=transform)
-    if name == "TensorFile":
-        bound = _bind(name, _tensorfile_signature, args, kwargs, location)
-        a = bound.arguments
+    location = location or loc(ds.span)
+    if ds.kind == "digits":
+        a = _bind(ds.name, _digits_signature, list(ds.args), ds.kwargs, location).arguments
+        return DigitsDataset(train=a["train"], transform=transform)
+    if ds.kind == "tensor_file":
+        a = _bind(ds.name, _tensorfile_signature, list(ds.args), ds.kwargs, location).arguments
         return _load_tensor_file(a["path"], a["x"], a["y"], transform, location)
-
-    cls = _torchvision_class(name, location)
-    verify = kwargs.pop("verify", True)
-    if not isinstance(verify, bool):
-        raise DataError(
-            f"dataset `{name}`: `verify` must be true or false, got {verify!r}", location
-        )
-    if not verify:
-        if cls in _UNVERIFIED:
-            cls = _UNVERIFIED[cls]
-        elif hasattr(cls, "_check_integrity") and not _uses_plain_mnist_files(cls):
-            raise DataError(
-                f"dataset `{name}`: verify=False is not supported for this dataset",
-                location,
-                hint="verify=False works for CIFAR10 and CIFAR100; MNIST, FashionMNIST and "
-                "KMNIST never checksum their files; remove verify=False",
-            )
-    if transform is not None:
-        kwargs["transform"] = transform
-    bound = _bind(name, cls, args, kwargs, location)
+    cls = _UNVERIFIED.get(ds.cls, ds.cls) if not ds.verify else ds.cls
+    kwargs = dict(ds.kwargs) | ({"transform": transform} if transform is not None else {})
+    bound = _bind(ds.name, cls, list(ds.args), kwargs, location)
     raw_root = bound.arguments.get("root")
     root = _resolve(raw_root) if isinstance(raw_root, (str, os.PathLike)) else None
     download = bool(bound.arguments.get("download", False))
     try:
-        return cls(*args, **kwargs)
+        return cls(*ds.args, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # anything torchvision raises is a data problem to the user
-        raise _explain(name, cls, exc, root, download, verify, location) from exc
+        raise _explain(ds.name, cls, exc, root, download, ds.verify, location) from exc
+
+
+def make_dataset(name: str, args: list, kwargs: dict, *, transform=None,
+                 location: Location | None = None):  # fmt: skip
+    """``open_dataset`` of a dataset given by name and arguments."""
+    ds = _resolve_dataset("train", name, args, kwargs, location)
+    return open_dataset(ds, transform, location=location)
 
 
 # --------------------------------------------------------------------------- fast path

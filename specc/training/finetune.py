@@ -9,62 +9,23 @@ optimizer. `group "pattern" (lr=...)` gives matching parameters their own hyper-
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from specc import ir
-from specc.errors import CheckpointError, SpecTypeError, did_you_mean
-from specc.values import literal, loc
-
-INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix")
-
-
-def matches(name: str, pattern: str) -> bool:
-    """`backbone` matches backbone and everything under it; globs match full names."""
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return name == pattern or name.startswith(pattern + ".")
+from specc.errors import CheckpointError
+from specc.training.plan import InitPlan, TrainPlan, frozen_names
+from specc.values import loc
 
 
-def _train(program: ir.Program) -> ir.TrainDef | None:
-    return program.trains[0] if program.trains else None
-
-
-def frozen_names(program: ir.Program, model: nn.Module) -> set[str]:
-    """Names of the parameters the train block freezes; patterns must match something."""
-    train = _train(program)
-    if train is None:
-        return set()
-    names = [n for n, _ in model.named_parameters()]
-    frozen: set[str] = set()
-    for stmt in train.freezes:
-        for pattern in stmt.patterns:
-            hit = {n for n in names if matches(n, pattern)}
-            if not hit:
-                modules = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
-                raise SpecTypeError(
-                    f"freeze {pattern!r} matches no parameter",
-                    loc(stmt.span),
-                    hint=did_you_mean(pattern, modules)
-                    or 'names are module paths like `backbone` or globs like "*.bn*"',
-                )
-            frozen |= hit
-    return frozen
-
-
-def apply_train_setup(program: ir.Program, model: nn.Module, *, quiet: bool = False) -> None:
-    """Load `init` weights, then apply `freeze`, on a freshly built model."""
-    train = _train(program)
-    if train is None:
-        return
-    for stmt in train.inits:
-        load_init(model, stmt, quiet=quiet)
-    frozen = frozen_names(program, model)
+def apply_train_setup(plan: TrainPlan, model: nn.Module, *, quiet: bool = False) -> None:
+    """Load the `init` weights, then freeze, on a freshly built model."""
+    for init in plan.inits:
+        load_init(model, init, quiet=quiet)
+    frozen = set(plan.frozen)
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
@@ -86,46 +47,22 @@ def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def _options(stmt: ir.InitStmt) -> dict[str, Any]:
-    opts = {}
-    for key, expr in stmt.options.items():
-        if key not in INIT_OPTIONS:
-            raise SpecTypeError(
-                f"init has no option `{key}`",
-                loc(expr.span) or loc(stmt.span),
-                hint=did_you_mean(key, INIT_OPTIONS) or f"options: {', '.join(INIT_OPTIONS)}",
-            )
-        opts[key] = literal(expr)
-    return opts
-
-
-def load_init(model: nn.Module, stmt: ir.InitStmt, *, quiet: bool = False) -> dict[str, list]:
+def load_init(model: nn.Module, stmt: InitPlan, *, quiet: bool = False) -> dict[str, list]:
     """Load one `init` statement; returns loaded/missing/unexpected/skipped key lists."""
     from specc.training import checkpoint
 
-    opts = _options(stmt)
-    target: nn.Module = model
-    if stmt.target:
-        try:
-            target = model.get_submodule(stmt.target)
-        except AttributeError:
-            children = [n for n, _ in model.named_modules() if n]
-            raise SpecTypeError(
-                f"init: the model has no sub-module `{stmt.target}`",
-                loc(stmt.span),
-                hint=did_you_mean(stmt.target, children),
-            ) from None
+    target: nn.Module = model.get_submodule(stmt.target) if stmt.target else model
     try:
         state = checkpoint.load(Path(stmt.path))["model"]
     except CheckpointError as err:
         raise CheckpointError(f"init from {stmt.path!r}: {err.message}", loc(stmt.span),
                               hint=err.hint) from None  # fmt: skip
-    state = _map_keys(state, target, stmt.target, opts)
+    state = _map_keys(state, target, stmt)
     own = target.state_dict()
     skipped = []
     for key, value in list(state.items()):
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            if opts.get("skip_mismatched"):
+            if stmt.skip_mismatched:
                 skipped.append(key)
                 del state[key]
                 continue
@@ -139,7 +76,7 @@ def load_init(model: nn.Module, stmt: ir.InitStmt, *, quiet: bool = False) -> di
             )
     result = target.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if opts.get("strict", False) and (missing or unexpected):
+    if stmt.strict and (missing or unexpected):
         raise CheckpointError(
             f"init (strict=True): {len(missing)} missing and {len(unexpected)} unexpected "
             f"keys, e.g. {(missing + unexpected)[:3]}",
@@ -169,10 +106,10 @@ def load_init(model: nn.Module, stmt: ir.InitStmt, *, quiet: bool = False) -> di
     return {"loaded": loaded, "missing": missing, "unexpected": unexpected, "skipped": skipped}
 
 
-def _map_keys(state: dict[str, torch.Tensor], target: nn.Module, prefix: str | None,
-              opts: dict[str, Any]) -> dict[str, torch.Tensor]:  # fmt: skip
+def _map_keys(state: dict[str, torch.Tensor], target: nn.Module,
+              stmt: InitPlan) -> dict[str, torch.Tensor]:  # fmt: skip
     """Strip or add key prefixes so a checkpoint of a whole model fits a sub-module."""
-    strip, add = opts.get("strip_prefix"), opts.get("add_prefix")
+    strip, add, prefix = stmt.strip_prefix, stmt.add_prefix, stmt.target
     if strip:
         state = {k.removeprefix(strip): v for k, v in state.items() if k.startswith(strip)}
     if add:
@@ -189,35 +126,9 @@ def _map_keys(state: dict[str, torch.Tensor], target: nn.Module, prefix: str | N
     return dict(state)
 
 
-def param_groups(program: ir.Program, model: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters split by `group` statements (first match wins)."""
-    train = _train(program)
-    groups = list(train.groups) if train is not None else []
-    buckets: list[list[nn.Parameter]] = [[] for _ in groups]
-    rest: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        for i, g in enumerate(groups):
-            if any(matches(name, pat) for pat in g.patterns):
-                buckets[i].append(p)
-                break
-        else:
-            rest.append(p)
-    out: list[dict[str, Any]] = []
-    for g, params in zip(groups, buckets, strict=True):
-        if not params:
-            raise SpecTypeError(f"group {g.patterns} matches no trainable parameter",
-                                loc(g.span))  # fmt: skip
-        out.append({"params": params, **{k: literal(v) for k, v in g.options.items()}})
-    if rest:
-        out.append({"params": rest})
-    return out
-
-
 def frozen_counts(program: ir.Program, inst: ir.ModelInstance) -> dict[str, int] | None:
     """Frozen parameter counts per layer for `specc check`, or None without freezes."""
-    train = _train(program)
+    train = program.trains[0] if program.trains else None
     if train is None or not train.freezes:
         return None
     model_field = next((f for f in train.fields if f.key == "model"), None)
@@ -230,7 +141,7 @@ def frozen_counts(program: ir.Program, inst: ir.ModelInstance) -> dict[str, int]
 
     with torch.device("meta"):
         model = build_module(inst, load_plugins(program))
-    frozen = frozen_names(program, model)
+    frozen = frozen_names(train, model)
     counts: dict[str, int] = {}
     for name, p in model.named_parameters():
         if name in frozen:

@@ -29,8 +29,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from specc.training.config import CallSpec
-
 NATIVE = "native"
 
 # torch.optim classes with a fused implementation; options that mean the spec chose one.
@@ -38,30 +36,29 @@ _FUSED = {"SGD", "Adam", "AdamW"}
 _CHOSEN_BY_SPEC = {"foreach", "fused", "differentiable", "capturable"}
 
 
-def optimizer_defaults(
-    spec: CallSpec, groups: list[dict[str, Any]], model: nn.Module
-) -> dict[str, Any]:
-    """`fused=True` for torch's SGD, Adam and AdamW when every parameter is a plain float
-    tensor on CPU and the spec chose no implementation itself (on CUDA torch picks foreach
-    itself; fused there is unmeasured here). On a small model
-    the optimizer step is mostly per-tensor overhead: the fused step took 114 against
-    160 us for the CIFAR tutorial net's SGD, 349 against 725 us for the digits net's AdamW."""
-    if spec.name not in _FUSED:
-        return {}
-    for options in (spec.kwargs, *groups):  # the spec's arguments, then `group` options
+def fused_candidate(ctor: Any, group_options: list[dict[str, Any]], model: nn.Module) -> bool:
+    """Whether torch's fused step is the runner's choice for this optimizer once its
+    parameters are plain tensors on the CPU (see `fused_applies`): torch's SGD, Adam and
+    AdamW whose implementation the spec did not choose (`fused=`, `foreach=`, ...), with no
+    sparse gradients (the fused kernels take none) and floating-point parameters. On a
+    small model the optimizer step is mostly per-tensor overhead: the fused step took 114
+    against 160 us for the CIFAR tutorial net's SGD, 349 against 725 us for the digits
+    net's AdamW. (On CUDA torch picks foreach itself; fused there is unmeasured here.)"""
+    if ctor.origin != "torch" or ctor.name not in _FUSED:
+        return False
+    for options in (ctor.kwargs, *group_options):  # the spec's arguments, then `group` options
         if _CHOSEN_BY_SPEC & set(options):
-            return {}
+            return False
     if any(getattr(m, "sparse", False) for m in model.modules()
            if isinstance(m, (nn.Embedding, nn.EmbeddingBag))):  # fmt: skip
-        return {}  # fused kernels take no sparse gradients
-    for g in groups:
-        for p in g["params"]:
-            # DTensor shards (FSDP) and other subclasses: leave the choice to torch.
-            if type(p) is not nn.Parameter or p.device.type != "cpu":
-                return {}
-            if not p.is_floating_point():
-                return {}
-    return {"fused": True}
+        return False
+    return all(p.is_floating_point() for p in model.parameters())
+
+
+def fused_applies(params: list[torch.Tensor]) -> bool:
+    """The parameters are plain tensors on the CPU: DTensor shards (FSDP) and other
+    subclasses, and other devices, leave the choice to torch."""
+    return all(type(p) is nn.Parameter and p.device.type == "cpu" for p in params)
 
 
 def _convs(model: nn.Module) -> list[nn.Module]:
@@ -128,15 +125,15 @@ class _OpSizes(TorchDispatchMode):
         return out
 
 
-def probe(model: nn.Module, x: Any) -> Probe:
-    """Run the model once on `x` (no grad, eval mode, so nothing is updated and no random
+def probe(model: nn.Module, *inputs: Any) -> Probe:
+    """Run the model once on `inputs` (no grad, eval mode, so nothing is updated and no random
     number drawn) and record the sizes the rules below read."""
     sizes = _OpSizes()
     training = model.training
     try:
         model.eval()
         with torch.no_grad(), sizes:
-            model(x)
+            model(*inputs)
     finally:
         model.train(training)
     conv2d_only = all(type(m) is nn.Conv2d for m in _convs(model))
@@ -144,6 +141,18 @@ def probe(model: nn.Module, x: Any) -> Probe:
     return Probe(
         sizes.unfolds if conv2d_only else None, sizes.max_flops, sizes.max_numel, max_param
     )
+
+
+def probe_meta(model: nn.Module, instance: Any, batch: int) -> Probe | None:
+    """`probe` on the meta device: `model` built on meta, inputs of the declared shapes at
+    the training batch size. Sizes are what the rules read, and meta tensors have them
+    without memory or arithmetic. None when the model does not run so."""
+    inputs = [torch.empty(batch, *t.shape, dtype=getattr(torch, t.dtype), device="meta")
+              for _, t in instance.inputs]  # fmt: skip
+    try:
+        return probe(model, *inputs)
+    except Exception:  # the training loop reports the model's own errors
+        return None
 
 
 # A convolution whose unfolded input (im2col: batch x in-channels/groups x kernel area x

@@ -1,0 +1,112 @@
+"""What a run shows and records: the progress bar or lines, `metrics.jsonl`, TensorBoard
+events when tensorboard is installed, and the final summary table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class Progress:
+    """A live bar on a terminal, plain lines every `log_every` steps otherwise."""
+
+    def __init__(self, total_steps: int, log_every: int, quiet: bool = False) -> None:
+        self.total = total_steps
+        self.log_every = log_every
+        self.quiet = quiet
+        self.live = sys.stderr.isatty() and not quiet
+        self.bar = None
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self.task = self.bar.add_task("train", total=total_steps, epoch=1, info="")
+            self.bar.start()
+
+    def due(self, step: int) -> bool:
+        """Whether `step` shows anything: the loop skips building the line otherwise."""
+        if self.bar is not None:
+            return True
+        return not self.quiet and (step % self.log_every == 0 or step == self.total)
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, ips: float) -> None:
+        info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} samples/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch, info=info)
+        elif self.due(step):
+            print(f"epoch {epoch}  step {step}/{self.total}  {info}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class RunLog:
+    """`metrics.jsonl` (one JSON object per line) and TensorBoard scalars. Workers other
+    than rank 0 write nothing."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.file = (out_dir / "metrics.jsonl").open("a") if enabled else None
+        self.tb = _tensorboard(out_dir) if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: metrics.jsonl is enough
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console(stderr=False).print(table)

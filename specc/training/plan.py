@@ -1,0 +1,597 @@
+"""The train plan: a spec's `train` block and its `data` block, after `--set` overrides,
+resolved and validated once into frozen records.
+
+Every name is looked up (model, loss, optimizer, scheduler, datasets, transforms), every
+constructor's arguments are bound to its signature, `init`, `freeze` and `group` are matched
+against the model's parameter names (on the meta device), the best metric gets its
+direction, and the kernel rules are applied to the model's shapes. Each mistake is a
+SpecError at its place in the spec. Two consumers read the plan and nothing else:
+`specc.training.runner` instantiates it and `specc.codegen.train` prints it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from specc import ir
+from specc.errors import SpecNameError, SpecTypeError, did_you_mean
+from specc.training.config import CallSpec, DataConfig, TrainConfig, train_config
+from specc.values import literal, loc
+
+METRICS = ("accuracy", "top5", "loss")
+STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # stepped per optimizer step by default
+INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix")
+
+
+# ---- the records ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ctor:
+    """A constructor from the spec with the class it names and its arguments (plain
+    Python values). `origin`: "torch" (torch.nn, torch.optim, torchvision), "plugin"
+    (a class of a `plugin` file) or "spec" (a model of the spec; `cls` is None)."""
+
+    name: str
+    cls: type | None
+    origin: Literal["torch", "plugin", "spec"]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    span: ir.Span | None = None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    call: CallSpec  # as written: `DigitsNet()`
+    args: dict[str, Any]  # bound to the model's parameters
+    instance: ir.ModelInstance
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    ctor: Ctor
+    stateful: bool  # holds tensors (parameters or buffers): moved to the device
+    definition: ir.ModelDef | None = None  # a loss written as a spec model
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """`group "backbone.*" (lr=1e-4)`: the trainable parameters it takes (first match wins)."""
+
+    patterns: tuple[str, ...]
+    options: dict[str, Any]
+    params: tuple[str, ...]
+    span: ir.Span
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    ctor: Ctor
+    groups: tuple[GroupPlan, ...]  # empty: every trainable parameter in one group
+    rest: tuple[str, ...]  # trainable parameters in no group (all of them without groups)
+    # torch's fused step (one kernel for all tensors) when the parameters are on the CPU:
+    # SGD, Adam and AdamW whose implementation the spec did not choose (specc.training.kernels)
+    fused_on_cpu: bool
+
+
+@dataclass(frozen=True)
+class SchedulerPlan:
+    ctor: Ctor | None
+    interval: Literal["step", "epoch"]
+    fill_total_steps: bool  # OneCycleLR without total_steps: batches per epoch x epochs
+    warmup: int  # linear warmup over this many optimizer steps, then `ctor`
+
+
+@dataclass(frozen=True)
+class InitPlan:
+    target: str | None  # sub-module path, None: the whole model
+    path: str
+    strict: bool
+    skip_mismatched: bool
+    strip_prefix: str | None
+    add_prefix: str | None
+    span: ir.Span
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    split: Literal["train", "val", "test"]
+    name: str
+    kind: Literal["digits", "tensor_file", "torchvision"]
+    cls: type | None  # the torchvision class
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]  # without `verify`
+    verify: bool  # False: CIFAR files checked for existence only, not MD5
+    span: ir.Span | None
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    name: str
+    cls: type | None  # None for ToTensor: ToImage() then ToDtype(float32, scale=True)
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]  # dtype strings already torch dtypes
+    random: bool  # draws random numbers: runs per sample, per batch
+    span: ir.Span | None
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    train: DatasetPlan
+    val: DatasetPlan | None
+    test: DatasetPlan | None
+    transform: tuple[TransformPlan, ...]  # val and test (and train without train_transform)
+    train_transform: tuple[TransformPlan, ...]
+    batch_size: int
+    eval_batch_size: int
+    shuffle: bool
+    workers: int
+    val_split: float
+    drop_last: bool
+    in_memory: bool
+
+    def splits(self) -> list[DatasetPlan]:
+        return [d for d in (self.train, self.val, self.test) if d is not None]
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Convolution kernels and CPU threads (specc.training.kernels). A choice made by a
+    shape rule holds for a single-process fp32 CPU run only; one the spec set, always."""
+
+    conv: str | None  # "native": torch's native CPU convolutions instead of oneDNN
+    threads: int | None  # intra-op threads; None: torch's count
+    conv_by_rule: bool
+    threads_by_rule: bool
+
+    def for_run(self, cpu: bool, distributed: bool) -> tuple[str | None, int | None]:
+        by_rule_ok = cpu and not distributed
+        conv = self.conv if cpu and (by_rule_ok or not self.conv_by_rule) else None
+        threads = self.threads if by_rule_ok or not self.threads_by_rule else None
+        return conv, threads
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything `specc run` and `specc compile --train` need, resolved."""
+
+    source: str  # the spec's path: names the run folder and the saved weights
+    model: ModelPlan
+    data: DataPlan
+    loss: LossPlan
+    optimizer: OptimizerPlan
+    scheduler: SchedulerPlan
+    inits: tuple[InitPlan, ...]
+    parameters: tuple[str, ...]  # the model's parameter names, in order
+    freeze_patterns: tuple[str, ...]  # as written
+    frozen: tuple[str, ...]  # parameter names `freeze` matched
+    frozen_norms: tuple[str, ...]  # BatchNorm module paths whose parameters are all frozen
+    metrics: tuple[str, ...]  # computed on evaluation, besides the loss
+    best_metric: str
+    higher_is_better: bool
+    kernels: Kernels
+    epochs: int
+    max_steps: int | None
+    log_every: int
+    seed: int
+    device: str
+    precision: Literal["fp32", "bf16", "fp16"]
+    compile: bool
+    accumulate: int
+    clip_grad_norm: float | None
+    early_stop: int | None
+    checkpoint_every: int | None
+    on_nan: Literal["stop", "skip"]
+    strategy: Literal["auto", "ddp", "fsdp"]
+
+
+# ---- resolving ------------------------------------------------------------------------
+
+
+def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
+    """The plan of the program's train block (the first, or the one named), with every
+    mistake a located SpecError. `--set` overrides are applied to `program` before."""
+    cfg, data = train_config(program, name)
+    train = next((t for t in program.trains if t.name == name), program.trains[0])
+    spans = {f.key: f.span for f in train.fields}
+    model = _model(program, cfg.model)
+    meta = _meta_module(program, model.instance)
+    frozen = frozen_names(train, meta)
+    metrics, best, higher = _metrics(cfg, spans)
+    return TrainPlan(
+        source=program.sources[0].path,
+        model=model,
+        data=_data(program, data),
+        loss=_loss(program, cfg.loss),
+        optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
+        scheduler=_scheduler(cfg),
+        inits=tuple(_init(stmt, meta) for stmt in train.inits),
+        parameters=tuple(n for n, _ in meta.named_parameters()),
+        freeze_patterns=tuple(p for stmt in train.freezes for p in stmt.patterns),
+        frozen=tuple(n for n, _ in meta.named_parameters() if n in frozen),
+        frozen_norms=_frozen_norms(meta, frozen),
+        metrics=metrics,
+        best_metric=best,
+        higher_is_better=higher,
+        kernels=_kernels(cfg, meta, model.instance, data.batch_size),
+        device=_device(cfg.device, spans.get("device")),
+        **{k: getattr(cfg, k) for k in _PLAIN_SETTINGS},
+    )
+
+
+_PLAIN_SETTINGS = (
+    "epochs", "max_steps", "log_every", "seed", "precision", "compile", "accumulate",
+    "clip_grad_norm", "early_stop", "checkpoint_every", "on_nan", "strategy",
+)  # fmt: skip
+
+
+def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
+    if len(call.args) > len(mdef.params):
+        raise SpecTypeError(
+            f"`{call.name}` takes {len(mdef.params)} arguments, not {len(call.args)}",
+            loc(call.span),
+        )
+    names = [p.name for p in mdef.params]
+    return dict(zip(names, call.args, strict=False)) | call.kwargs
+
+
+def _model(program: ir.Program, call: CallSpec) -> ModelPlan:
+    from specc.shapes.check import check_model
+
+    mdef = program.model(call.name)
+    if mdef is None:
+        raise SpecTypeError(
+            f"no model named `{call.name}`",
+            loc(call.span),
+            hint=did_you_mean(call.name, [m.name for m in program.models]),
+        )
+    args = model_args(mdef, call)
+    return ModelPlan(call, args, check_model(program, call.name, args=args))
+
+
+def _meta_module(program: ir.Program, instance: ir.ModelInstance) -> Any:
+    """The model on the meta device: its parameter and module names, and its op sizes."""
+    import torch
+
+    from specc.builder import build_module
+    from specc.lang.plugins import load_plugins
+
+    with torch.device("meta"):
+        return build_module(instance, load_plugins(program))
+
+
+def _metrics(cfg: TrainConfig, spans: dict[str, ir.Span]) -> tuple[tuple[str, ...], str, bool]:
+    """The metrics, the one that picks `best.pt` and early stopping, and its direction:
+    the loss is lower-is-better, accuracies higher-is-better."""
+    for m in cfg.metrics:
+        if m not in METRICS:
+            raise SpecNameError(
+                f"unknown metric `{m}`",
+                loc(spans.get("metrics")),
+                hint=did_you_mean(m, METRICS) or f"available: {', '.join(METRICS)}",
+            )
+    metrics = tuple(m for m in dict.fromkeys(cfg.metrics) if m != "loss")
+    best = cfg.best_metric or next(iter(metrics), "loss")
+    if best not in (*metrics, "loss"):
+        computed = ["loss", *metrics]
+        raise SpecNameError(
+            f"best_metric `{best}` is not computed: the metrics are {', '.join(computed)}",
+            loc(spans.get("best_metric")),
+            hint=did_you_mean(best, computed)
+            or (f"add it to `metrics`, or use one of {', '.join(computed)}"
+                if best in METRICS else f"known metrics: {', '.join(METRICS)}"),
+        )  # fmt: skip
+    return metrics, best, best != "loss"
+
+
+def _device(name: str, span: ir.Span | None) -> str:
+    if name == "auto":
+        return name
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise SpecTypeError(
+            f"unknown device {name!r}", loc(span), hint="use auto, cpu, cuda or mps"
+        ) from None
+    return name
+
+
+# ---- constructors ---------------------------------------------------------------------
+
+
+def _plain_signature(sig: inspect.Signature) -> str:
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def bind(
+    target: Callable, args: list | tuple, kwargs: dict, what: str, span: ir.Span | None
+) -> inspect.BoundArguments | None:
+    """Bind a spec's arguments to `target`'s signature: a mistake is a located error. None
+    when the signature cannot be read."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    try:
+        return sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise SpecTypeError(
+            f"bad arguments for {what}: {exc}",
+            loc(span),
+            hint=f"the signature is {_plain_signature(sig)}",
+        ) from None
+
+
+def _no_calls(spec: CallSpec) -> None:
+    """Constructor arguments are constants: a call among them is a located error."""
+    for v in (*spec.args, *spec.kwargs.values()):
+        for item in v if isinstance(v, (list, tuple)) else (v,):
+            if isinstance(item, CallSpec):
+                raise SpecTypeError("a call is not allowed here", loc(item.span or spec.span))
+
+
+def _lookup(spec: CallSpec, namespace: Any, base: type, what: str,
+            plugins: dict[str, type], names: list[str]) -> Ctor:  # fmt: skip
+    """A plugin class, else the class of that name in `namespace`, subclassing `base`."""
+    _no_calls(spec)
+    plugin = plugins.get(spec.name)
+    if plugin is not None and issubclass(plugin, base):
+        return Ctor(spec.name, plugin, "plugin", tuple(spec.args), dict(spec.kwargs), spec.span)
+    cls = getattr(namespace, spec.name, None) if not spec.name.startswith("_") else None
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls is base:
+        raise SpecTypeError(
+            f"unknown {what} `{spec.name}`", loc(spec.span), hint=did_you_mean(spec.name, names)
+        )
+    return Ctor(spec.name, cls, "torch", tuple(spec.args), dict(spec.kwargs), spec.span)
+
+
+def _plugins(program: ir.Program) -> dict[str, type]:
+    from specc.lang.plugins import load_plugins
+
+    return load_plugins(program) if program.plugins else {}
+
+
+def _loss(program: ir.Program, spec: CallSpec) -> LossPlan:
+    """A torch.nn loss, a plugin loss class, or a spec model taking (output, target)."""
+    import torch
+    from torch import nn
+
+    plugins = _plugins(program)
+    mdef = program.model(spec.name)
+    plugin = plugins.get(spec.name)
+    if mdef is not None and not (plugin is not None and issubclass(plugin, nn.Module)):
+        fwd = mdef.forward
+        if fwd is None or len(fwd.inputs) != 2:
+            raise SpecTypeError(
+                f"a loss model takes two inputs (output, target); `{mdef.name}` takes "
+                f"{len(fwd.inputs) if fwd else 0}",
+                loc(spec.span),
+            )
+        ctor = Ctor(spec.name, None, "spec", tuple(spec.args), dict(spec.kwargs), spec.span)
+        return LossPlan(ctor, stateful=True, definition=mdef, model_args=model_args(mdef, spec))
+    losses = [n for n in dir(nn) if n.endswith("Loss")] + list(plugins)
+    ctor = _lookup(spec, nn, nn.Module, "loss", plugins, losses)
+    bind(ctor.cls, spec.args, spec.kwargs, f"loss `{spec.name}`", spec.span)
+    try:
+        with torch.device("meta"):
+            loss = ctor.cls(*spec.args, **spec.kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise SpecTypeError(
+            f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}", loc(spec.span)
+        ) from None
+    return LossPlan(ctor, stateful=any(True for _ in loss.state_dict()))
+
+
+def spec_loss_instance(program: ir.Program, plan: TrainPlan,
+                       label_shape: list[int]) -> ir.ModelInstance:  # fmt: skip
+    """A loss written as a spec model, checked against the model's output and the labels'
+    shape (known once the data is: class labels are [])."""
+    from specc.shapes.check import check_model
+
+    loss = plan.loss
+    assert loss.definition is not None
+    fwd = loss.definition.forward
+    assert fwd is not None
+    inputs: dict[str, list[int]] = {fwd.inputs[1].name: list(label_shape)}
+    outputs = plan.model.instance.outputs
+    if outputs and outputs[0].tensor is not None:
+        inputs[fwd.inputs[0].name] = [int(d) for d in outputs[0].tensor.shape]
+    inst = check_model(program, loss.ctor.name, args=loss.model_args, inputs=inputs)
+    out = inst.outputs[0] if len(inst.outputs) == 1 else None
+    if out is None or out.tensor is None or out.tensor.batched or out.tensor.shape:
+        raise SpecTypeError(
+            f"loss model `{loss.ctor.name}` must return one scalar (e.g. `.mean()`)",
+            loc(loss.ctor.span),
+        )
+    return inst
+
+
+def _optimizer(program: ir.Program, spec: CallSpec, groups: list[ir.GroupStmt], meta: Any,
+               frozen: set[str]) -> OptimizerPlan:  # fmt: skip
+    import torch
+
+    from specc.training import kernels
+
+    plugins = _plugins(program)
+    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)]
+    ctor = _lookup(spec, torch.optim, torch.optim.Optimizer, "optimizer", plugins,
+                   [*names, *plugins])  # fmt: skip
+    bind(ctor.cls, [[], *spec.args], spec.kwargs, f"optimizer `{spec.name}`", spec.span)
+    trainable = [n for n, _ in meta.named_parameters() if n not in frozen]
+    if not trainable:
+        raise SpecTypeError("every parameter is frozen: nothing to optimize", loc(spec.span))
+    planned: list[GroupPlan] = []
+    taken: set[str] = set()
+    for g in groups:
+        hit = tuple(n for n in trainable
+                    if n not in taken and any(matches(n, p) for p in g.patterns))  # fmt: skip
+        if not hit:
+            raise SpecTypeError(f"group {g.patterns} matches no trainable parameter", loc(g.span))
+        taken |= set(hit)
+        options = {k: literal(v) for k, v in g.options.items()}
+        planned.append(GroupPlan(tuple(g.patterns), options, hit, g.span))
+    rest = tuple(n for n in trainable if n not in taken)
+    fused = kernels.fused_candidate(ctor, [g.options for g in planned], meta)
+    return OptimizerPlan(ctor, tuple(planned), rest, fused)
+
+
+def _scheduler(cfg: TrainConfig) -> SchedulerPlan:
+    import torch
+
+    lr = torch.optim.lr_scheduler
+    spec = cfg.scheduler
+    ctor, fill, interval = None, False, cfg.scheduler_interval
+    if spec is not None:
+        names = [n for n in dir(lr) if isinstance(getattr(lr, n), type)]
+        ctor = _lookup(spec, lr, lr.LRScheduler, "scheduler", {}, names)
+        bound = bind(ctor.cls, [None, *spec.args], spec.kwargs, f"scheduler `{spec.name}`",
+                     spec.span)  # fmt: skip
+        given = set(bound.arguments) if bound else set(spec.kwargs)
+        fill = spec.name == "OneCycleLR" and "total_steps" not in given
+        interval = interval or ("step" if spec.name in STEP_SCHEDULERS else "epoch")
+    if cfg.warmup and spec is not None and interval != "step":
+        raise SpecTypeError(
+            'warmup counts optimizer steps; set scheduler_interval = "step" to combine it '
+            "with a scheduler",
+            loc(spec.span),
+        )
+    if cfg.warmup:
+        interval = "step"
+    return SchedulerPlan(ctor, interval or "epoch", fill, cfg.warmup)
+
+
+# ---- fine-tuning ----------------------------------------------------------------------
+
+
+def matches(name: str, pattern: str) -> bool:
+    """`backbone` matches backbone and everything under it; globs match full names."""
+    import fnmatch
+
+    if is_glob(pattern):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def frozen_names(train: ir.TrainDef, meta: Any) -> set[str]:
+    """Names of the parameters the train block freezes; each pattern must match one."""
+    names = [n for n, _ in meta.named_parameters()]
+    frozen: set[str] = set()
+    for stmt in train.freezes:
+        for pattern in stmt.patterns:
+            hit = {n for n in names if matches(n, pattern)}
+            if not hit:
+                modules = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
+                raise SpecTypeError(
+                    f"freeze {pattern!r} matches no parameter",
+                    loc(stmt.span),
+                    hint=did_you_mean(pattern, modules)
+                    or 'names are module paths like `backbone` or globs like "*.bn*"',
+                )
+            frozen |= hit
+    return frozen
+
+
+def _frozen_norms(meta: Any, frozen: set[str]) -> tuple[str, ...]:
+    """BatchNorm layers whose parameters are all frozen: they stay in eval mode."""
+    from torch import nn
+
+    out = []
+    for path, module in meta.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            names = [f"{path}.{n}" for n, _ in module.named_parameters()]
+            if names and all(n in frozen for n in names):
+                out.append(path)
+    return tuple(out)
+
+
+def _init(stmt: ir.InitStmt, meta: Any) -> InitPlan:
+    opts: dict[str, Any] = {}
+    for key, expr in stmt.options.items():
+        if key not in INIT_OPTIONS:
+            raise SpecTypeError(
+                f"init has no option `{key}`",
+                loc(expr.span) or loc(stmt.span),
+                hint=did_you_mean(key, INIT_OPTIONS) or f"options: {', '.join(INIT_OPTIONS)}",
+            )
+        opts[key] = literal(expr)
+    for key in ("strip_prefix", "add_prefix"):
+        if opts.get(key) is not None and not isinstance(opts[key], str):
+            raise SpecTypeError("init: prefixes must be strings", loc(stmt.span))
+    if stmt.target:
+        try:
+            meta.get_submodule(stmt.target)
+        except AttributeError:
+            raise SpecTypeError(
+                f"init: the model has no sub-module `{stmt.target}`",
+                loc(stmt.span),
+                hint=did_you_mean(stmt.target, [n for n, _ in meta.named_modules() if n]),
+            ) from None
+    return InitPlan(
+        target=stmt.target or None,
+        path=stmt.path,
+        strict=bool(opts.get("strict", False)),
+        skip_mismatched=bool(opts.get("skip_mismatched", False)),
+        strip_prefix=opts.get("strip_prefix") or None,
+        add_prefix=opts.get("add_prefix") or None,
+        span=stmt.span,
+    )
+
+
+# ---- data and kernels -----------------------------------------------------------------
+
+
+def _data(program: ir.Program, data: DataConfig) -> DataPlan:
+    from specc.training.data import resolve_dataset, resolve_transforms
+
+    common = resolve_transforms(data.transform)
+    train_tf = common if data.train_transform is None else resolve_transforms(data.train_transform)
+
+    def dataset(split: str) -> DatasetPlan | None:
+        spec = getattr(data, split)
+        return resolve_dataset(split, spec) if spec is not None else None
+
+    return DataPlan(
+        train=resolve_dataset("train", data.train),
+        val=dataset("val"),
+        test=dataset("test"),
+        transform=common,
+        train_transform=train_tf,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size or max(data.batch_size, 256),
+        shuffle=data.shuffle,
+        workers=data.workers,
+        val_split=data.val_split if data.val is None else 0.0,
+        drop_last=data.drop_last,
+        in_memory=data.in_memory,
+    )
+
+
+def _kernels(cfg: TrainConfig, meta: Any, instance: ir.ModelInstance, batch: int) -> Kernels:
+    """The settings, and where they say "auto", the shape rules applied to one forward pass
+    of the model on meta tensors at the training batch size."""
+    from specc.training import kernels
+
+    threads = cfg.threads if isinstance(cfg.threads, int) else None
+    has_conv = kernels.has_conv(meta)
+    conv = kernels.NATIVE if cfg.conv_kernels == "native" and has_conv else None
+    auto_conv = cfg.conv_kernels == "auto" and has_conv
+    auto_threads = cfg.threads == "auto"
+    # The rules were measured in fp32; torch.compile picks kernels of its own.
+    if cfg.precision == "fp32" and not cfg.compile and (auto_conv or auto_threads):
+        probe = kernels.probe_meta(meta, instance, batch)
+        if probe is not None and auto_conv:
+            conv = kernels.choose_conv(probe)
+        if probe is not None and auto_threads:
+            threads = kernels.choose_threads(probe)
+    return Kernels(conv, threads, conv_by_rule=auto_conv, threads_by_rule=auto_threads)
