@@ -13,7 +13,6 @@ import operator
 from collections import OrderedDict
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from specc import ir
@@ -114,19 +113,3 @@ class _Builder:
             env[n.name] = out
         g.lint()
         return g
-
-
-def seeded(seed: int | None) -> Any:
-    """Context that seeds torch's RNG for reproducible construction."""
-    return torch.random.fork_rng(devices=[]) if seed is None else _Seeded(seed)
-
-
-class _Seeded:
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -289,7 +289,7 @@ class ModuleWriter:
                 continue
             seen_default = p.name
             default = self.value_exprs(plan, None)(p.default)
-            if _names_in(p.default):  # a default computed from other parameters
+            if p.default.find(ir.Name) is not None:  # a default computed from other parameters
                 params.append(f"{p.name}=None")
                 fills.append(
                     f"if {p.name} is None:\n"
@@ -528,18 +528,6 @@ def _ctor_params(plugin: type | None, func: str) -> list[str]:
     return accepts(cls)[0] if cls is not None else []
 
 
-def _names_in(e: Any) -> bool:
-    if isinstance(e, ir.Name):
-        return True
-    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        return any(_names_in(i) for i in e.items)
-    if isinstance(e, ir.BinOp):
-        return _names_in(e.left) or _names_in(e.right)
-    if isinstance(e, ir.Neg):
-        return _names_in(e.operand)
-    return False
-
-
 def _no_name(e: ir.Name) -> Doc:  # pragma: no cover - literals have no names
     raise SpecNameError(f"unexpected name `{e.id}`", loc(e.span))
 
@@ -550,38 +538,6 @@ def _no_hole(e: ir.Hole) -> Doc:
 
 def _no_ref(e: ir.Ref) -> Doc:  # pragma: no cover - only forward has values
     raise SpecTypeError("a forward value cannot be used here", loc(e.span))
-
-
-def _refs(e: Any) -> Iterator[ir.Ref]:
-    if isinstance(e, ir.Ref):
-        yield e
-    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        for i in e.items:
-            yield from _refs(i)
-    elif isinstance(e, ir.SliceExpr):
-        for p in (e.start, e.stop, e.step):
-            yield from _refs(p)
-    elif isinstance(e, ir.BinOp):
-        yield from _refs(e.left)
-        yield from _refs(e.right)
-    elif isinstance(e, ir.Neg):
-        yield from _refs(e.operand)
-
-
-def _names(e: Any) -> Iterator[ir.Name]:
-    if isinstance(e, ir.Name):
-        yield e
-    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        for i in e.items:
-            yield from _names(i)
-    elif isinstance(e, ir.SliceExpr):
-        for p in (e.start, e.stop, e.step):
-            yield from _names(p)
-    elif isinstance(e, ir.BinOp):
-        yield from _names(e.left)
-        yield from _names(e.right)
-    elif isinstance(e, ir.Neg):
-        yield from _names(e.operand)
 
 
 # ---- forward --------------------------------------------------------------------------
@@ -713,7 +669,7 @@ class _ForwardWriter:
             live.add(name)
             n = self.nodes[name]
             for e in [*n.args, *n.kwargs.values()]:
-                todo += [r.node for r in _refs(e)]
+                todo += [r.node for r in e.find_all(ir.Ref)]
         return live
 
     def comment(self, n: ir.FNode) -> str:

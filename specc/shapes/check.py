@@ -21,6 +21,7 @@ from torch import nn
 
 from specc import ir
 from specc.errors import SpecError, SpecNameError, SpecShapeError, SpecTypeError, did_you_mean
+from specc.lang.loader import source_texts
 from specc.registry import (
     DTYPES,
     HOLE_DIMS,
@@ -104,7 +105,7 @@ class Checker:
     def __init__(self, program: ir.Program, registry: Registry) -> None:
         self.program = program
         self.reg = registry
-        self.texts = {s.path: s.text for s in program.sources}
+        self.texts = source_texts(program)
         self.depth = 0
         # Meta ops run through Python decompositions (~1 ms each); the same op on the same
         # shapes gives the same result, so repeated blocks are inferred once.
@@ -123,7 +124,8 @@ class Checker:
             self._pure[name] = True  # a model that uses itself fails elsewhere
             mdef = self.program.model(name)
             nodes = mdef.forward.nodes if mdef is not None and mdef.forward else []
-            used = [c for layer in mdef.layers for c in _calls(layer.ctor)] if mdef else []
+            layers = mdef.layers if mdef else []
+            used = [c.func for layer in layers for c in layer.ctor.find_all(ir.Call)]
             self._pure[name] = not any(
                 n.op in ("method", "function") and n.target.endswith("_") for n in nodes
             ) and all(self.pure(c) for c in used if self.program.model(c) is not None)
@@ -323,23 +325,14 @@ class _Instance:
         """The node with parameter names replaced by their literal values."""
 
         def sub(e: ir.Expr) -> ir.Expr:
-            if isinstance(e, ir.Ref):
-                return e
-            if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-                return e.model_copy(update={"items": [sub(i) for i in e.items]})
-            if isinstance(e, ir.SliceExpr):
-                return e.model_copy(
-                    update={
-                        k: None if getattr(e, k) is None else sub(getattr(e, k))
-                        for k in ("start", "stop", "step")
-                    }
-                )
+            if isinstance(e, (ir.Ref, ir.ListExpr, ir.TupleExpr, ir.SliceExpr)):
+                return e  # its parts are folded already
             return to_expr(evaluate(e, self.names))
 
         return node.model_copy(
             update={
-                "args": [sub(a) for a in node.args],
-                "kwargs": {k: sub(v) for k, v in node.kwargs.items()},
+                "args": [a.map(sub) for a in node.args],
+                "kwargs": {k: v.map(sub) for k, v in node.kwargs.items()},
             }
         )
 
@@ -1333,13 +1326,6 @@ def _rebuild(d: Any) -> Any:
     return d[0](_rebuild(i) for i in d[1])
 
 
-def _calls(e: Any) -> list[str]:
-    """Constructor names in a layer expression, nested ones (Sequential, repeat) included."""
-    if not isinstance(e, ir.Call):
-        return []
-    return [e.func, *(c for a in [*e.args, *e.kwargs.values()] for c in _calls(a))]
-
-
 def _same_shapes(a: Any, b: Any) -> bool:
     return (
         isinstance(a, torch.Tensor)
@@ -1459,7 +1445,7 @@ def check_model(
     from specc.errors import UsageError
     from specc.lang.passes import _registry
 
-    texts = {s.path: s.text for s in program.sources}
+    texts = source_texts(program)
     try:
         mdef = program.model(name) if name else default_model(program)
         if mdef is None:
@@ -1488,7 +1474,3 @@ def standalone(mdef: ir.ModelDef) -> bool:
     return all(
         isinstance(d.value, int) or d.value in params for i in mdef.forward.inputs for d in i.shape
     )
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
