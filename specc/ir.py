@@ -56,7 +56,9 @@ class Node(BaseModel):
         update = {}
         for field in type(self).model_fields:
             value = getattr(self, field)
-            mapped = _map_in(value, fn)
+            # A node field maps directly: one stack frame per level of a deep expression.
+            direct = isinstance(value, Node) and not isinstance(value, Span)
+            mapped = value.map(fn) if direct else _map_in(value, fn)
             if mapped is not value:
                 update[field] = mapped
         return fn(self.model_copy(update=update) if update else self)
@@ -75,15 +77,22 @@ def _nodes_in(value: Any) -> Iterator[Node]:
 
 
 def _map_in(value: Any, fn: Callable[[Node], Any]) -> Any:
-    """`value` with the nodes in it mapped; `value` itself when it holds none."""
+    """`value` with the nodes in it mapped; `value` itself when it holds none. Plain loops,
+    not comprehensions: fewer stack frames per level of a deep expression."""
     if isinstance(value, Node):
         return value if isinstance(value, Span) else value.map(fn)
     if isinstance(value, (list, tuple)):
-        items = [_map_in(v, fn) for v in value]
+        items = []
+        for v in value:
+            items.append(
+                v.map(fn) if isinstance(v, Node) and not isinstance(v, Span) else _map_in(v, fn)
+            )
         changed = any(a is not b for a, b in zip(items, value, strict=True))
         return type(value)(items) if changed else value
     if isinstance(value, dict):
-        mapped = {k: _map_in(v, fn) for k, v in value.items()}
+        mapped = {}
+        for k, v in value.items():
+            mapped[k] = _map_in(v, fn)
         return mapped if any(mapped[k] is not v for k, v in value.items()) else value
     return value
 
