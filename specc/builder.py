@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from specc import ir
+from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.registry import function_by_qualname, nn_classes
 from specc.values import BINOPS, literal
 
@@ -68,65 +69,50 @@ class _Builder:
         return gm
 
     def graph(self, inst: ir.ModelInstance) -> fx.Graph:
-        g = fx.Graph()
-        env: dict[str, Any] = {}
-
-        def value(e: ir.Expr) -> Any:
-            if isinstance(e, ir.Ref):
-                v = env[e.node]
-                if e.index is None:
-                    return v
-                if isinstance(v, fx.Node):
-                    return g.call_function(operator.getitem, (v, e.index))
-                return v[e.index]
-            if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-                items = [value(i) for i in e.items]
-                return items if isinstance(e, ir.ListExpr) else tuple(items)
-            if isinstance(e, ir.SliceExpr):
-                return slice(*(None if p is None else value(p) for p in (e.start, e.stop, e.step)))
-            return literal(e)
-
-        for n in inst.nodes:
-            args = tuple(value(a) for a in n.args)
-            kwargs = {k: value(v) for k, v in n.kwargs.items()}
-            if n.op == "input":
-                out = g.placeholder(n.target)
-            elif n.op == "layer":
-                out = g.call_module(n.target, args, kwargs)
-            elif n.op == "function":
-                out = g.call_function(function_by_qualname(n.target), args, kwargs)
-            elif n.op == "method":
-                out = g.call_method(n.target, args, kwargs)
-            elif n.op == "operator":
-                fn = operator.neg if n.target == "neg" else BINOPS[n.target]
-                out = g.call_function(fn, args)
-            elif n.op == "getitem":
-                out = g.call_function(operator.getitem, args)
-            elif n.op == "attribute":
-                out = g.call_function(getattr, (args[0], n.target))
-            elif n.op == "alias":
-                out = args[0]
-            elif n.op == "output":
-                g.output(args[0] if len(args) == 1 else args)
-                continue
-            else:  # pragma: no cover
-                raise TypeError(f"unknown op {n.op}")
-            env[n.name] = out
+        g = _GraphBuilder().run(inst.nodes)
         g.lint()
         return g
 
 
-def seeded(seed: int | None) -> Any:
-    """Context that seeds torch's RNG for reproducible construction."""
-    return torch.random.fork_rng(devices=[]) if seed is None else _Seeded(seed)
+class _GraphBuilder(GraphInterpreter):
+    """Writes a checked forward into an ``fx.Graph``: values are ``fx.Node``s (or the
+    literals the checker folded), one graph node per op."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = fx.Graph()
 
-class _Seeded:
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    def run(self, nodes: Iterable[ir.FNode], inputs: Iterable[Any] = ()) -> fx.Graph:
+        super().run(nodes)
+        return self.g
 
-    def __enter__(self) -> None:
-        torch.manual_seed(self.seed)
+    def ref(self, r: ir.Ref) -> Any:
+        v = self.env[r.node]
+        if r.index is not None and isinstance(v, fx.Node):
+            return self.g.call_function(operator.getitem, (v, r.index))
+        return super().ref(r)
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def input(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.placeholder(n.target)
+
+    def layer(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.call_module(n.target, tuple(args), kwargs)
+
+    def function(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.call_function(function_by_qualname(n.target), tuple(args), kwargs)
+
+    def method(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.call_method(n.target, tuple(args), kwargs)
+
+    def operator(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        fn = operator.neg if n.target == "neg" else BINOPS[n.target]
+        return self.g.call_function(fn, tuple(args))
+
+    def getitem(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.call_function(operator.getitem, tuple(args))
+
+    def attribute(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.call_function(getattr, (args[0], n.target))
+
+    def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.output(args[0] if len(args) == 1 else tuple(args))

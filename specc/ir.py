@@ -6,21 +6,95 @@ Two layers live here:
   bodies lowered to SSA-like ``FNode`` lists. Names are still unresolved strings.
 * the *checked instance* (``ModelInstance``): one concrete use of a model after name
   resolution and shape inference, with every ``_`` filled in, every constructor argument a
-  literal, and every forward value's shape known. The builder and the code generator both
-  consume this, which is why they agree.
+  literal, and every forward value's shape known. The builder runs its folded ``nodes``.
+
+The code generator writes the ``ModelDef`` as the user wrote it (names, parameters and
+statements kept) and takes from the instances only what the definition lacks: the
+values of ``_`` and the shapes for comments. Nothing in the IR forces the two back-ends to
+agree; ``test_same_module_as_builder`` (tests/test_codegen.py) builds every spec both ways
+and compares state_dict keys, initial weights and outputs.
 
 Every node carries a ``Span``. ``Program.model_dump_json()`` round-trips losslessly.
+``Node.children``/``walk``/``find_all``/``map`` are the one generic walk over the tree.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+_N = TypeVar("_N", bound="Node")
 
 
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def children(self) -> Iterator[Node]:
+        """The nodes directly below this one, in field order (spans are not children)."""
+        for field in type(self).model_fields:
+            yield from _nodes_in(getattr(self, field))
+
+    def walk(self) -> Iterator[Node]:
+        """This node and every node below it, depth first, parents before children."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def find_all(self, *types: type[_N]) -> Iterator[_N]:
+        """Every node of one of `types`, in `walk()` order."""
+        return (n for n in self.walk() if isinstance(n, types))  # type: ignore[misc]
+
+    def find(self, *types: type[_N]) -> _N | None:
+        """The first node of one of `types` in `walk()` order, or None."""
+        return next(self.find_all(*types), None)
+
+    def map(self, fn: Callable[[Node], Any]) -> Any:
+        """Rebuild bottom-up: each child is mapped first, then `fn` gets this node with its
+        mapped children in place (sqlglot's `Expression.transform`, children first)."""
+        update = {}
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            # A node field maps directly: one stack frame per level of a deep expression.
+            direct = isinstance(value, Node) and not isinstance(value, Span)
+            mapped = value.map(fn) if direct else _map_in(value, fn)
+            if mapped is not value:
+                update[field] = mapped
+        return fn(self.model_copy(update=update) if update else self)
+
+
+def _nodes_in(value: Any) -> Iterator[Node]:
+    if isinstance(value, Node):
+        if not isinstance(value, Span):
+            yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _nodes_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _nodes_in(item)
+
+
+def _map_in(value: Any, fn: Callable[[Node], Any]) -> Any:
+    """`value` with the nodes in it mapped; `value` itself when it holds none. Plain loops,
+    not comprehensions: fewer stack frames per level of a deep expression."""
+    if isinstance(value, Node):
+        return value if isinstance(value, Span) else value.map(fn)
+    if isinstance(value, (list, tuple)):
+        items = []
+        for v in value:
+            items.append(
+                v.map(fn) if isinstance(v, Node) and not isinstance(v, Span) else _map_in(v, fn)
+            )
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return type(value)(items) if changed else value
+    if isinstance(value, dict):
+        mapped = {}
+        for k, v in value.items():
+            mapped[k] = _map_in(v, fn)
+        return mapped if any(mapped[k] is not v for k, v in value.items()) else value
+    return value
 
 
 class Span(Node):
@@ -107,6 +181,41 @@ class Call(Node):
     func_span: Span | None = None
 
 
+class MethodCall(Node):
+    """`receiver.method(args)`."""
+
+    kind: Literal["method_call"] = "method_call"
+    receiver: Expr
+    method: str
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
+    span: Span | None = None
+    method_span: Span | None = None
+
+
+class Attribute(Node):
+    """`value.attr`, e.g. `x.shape`."""
+
+    kind: Literal["attribute"] = "attribute"
+    value: Expr
+    attr: str
+    span: Span | None = None
+    attr_span: Span | None = None
+
+
+class Index(Node):
+    """`value[index]`; several subscripts (`x[:, 0]`) are one TupleExpr index."""
+
+    kind: Literal["index"] = "index"
+    value: Expr
+    index: Expr
+    span: Span | None = None
+
+
+# Everything that is written with call or subscript syntax: not a constant.
+CALL_LIKE = (Call, MethodCall, Attribute, Index)
+
+
 class Ref(Node):
     """A forward value: the output of SSA node `node` (element `index` if it is unpacked)."""
 
@@ -117,7 +226,20 @@ class Ref(Node):
 
 
 Expr = Annotated[
-    Const | Name | Hole | Ellipsis_ | ListExpr | TupleExpr | SliceExpr | BinOp | Neg | Call | Ref,
+    Const
+    | Name
+    | Hole
+    | Ellipsis_
+    | ListExpr
+    | TupleExpr
+    | SliceExpr
+    | BinOp
+    | Neg
+    | Call
+    | MethodCall
+    | Attribute
+    | Index
+    | Ref,
     Field(discriminator="kind"),
 ]
 

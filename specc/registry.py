@@ -46,20 +46,6 @@ HOLE_WORDS = {
     "d_model": "model features",
 }
 
-# Modules whose forward expects a channel-first batched input of a fixed rank.
-EXPECTED_RANK = {
-    "Conv1d": 3,
-    "Conv2d": 4,
-    "Conv3d": 5,
-    "ConvTranspose1d": 3,
-    "ConvTranspose2d": 4,
-    "ConvTranspose3d": 5,
-    "BatchNorm2d": 4,
-    "BatchNorm3d": 5,
-    "MaxPool2d": 4,
-    "AvgPool2d": 4,
-}
-
 
 @functools.cache
 def nn_classes() -> dict[str, type]:

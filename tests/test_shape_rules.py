@@ -1,4 +1,4 @@
-"""Shape rules (`_LAYER_RULES`, `_FUNCTION_RULES`, `_OPERATOR_RULES` in specc.shapes.check)
+"""Shape rules (`LAYER_RULES`, `FUNCTION_RULES`, `OPERATOR_RULES` in specc.shapes.rules)
 against torch.
 
 Each call is made twice on meta tensors: by torch, and through the hook `check` uses with the
@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from specc.cli import main
 from specc.registry import function_by_qualname
-from specc.shapes import check as shapes
+from specc.shapes import rules as shapes
 from specc.values import BINOPS
 
 RULES = settings(
@@ -53,16 +53,16 @@ def meta(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Te
 
 
 def compare(real: Any, hooked: Any, *args: Any, **kwargs: Any) -> str:
-    """Run `real` (torch) and `hooked` (a `_ShapeRule`, as check builds it) on the same
+    """Run `real` (torch) and `hooked` (a `ShapeRule`, as check builds it) on the same
     arguments; fail on any difference. Returns "covered", "torch refuses" or "declined"."""
-    assert isinstance(hooked, shapes._ShapeRule), f"no rule for {real}"
+    assert isinstance(hooked, shapes.ShapeRule), f"no rule for {real}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             want, refused = real(*args, **kwargs), None
         except Exception as exc:  # torch refuses calls with several exception types
             want, refused = None, exc
-    rule = shapes._ShapeRule(_decline, hooked.rule)
+    rule = shapes.ShapeRule(_decline, hooked.rule)
     try:
         got = rule(*args, **kwargs)
     except _NotCovered:
@@ -103,7 +103,7 @@ def layer(cls: type, *args: Any, **kwargs: Any) -> nn.Module | None:
 def function(name: str) -> tuple[Any, Any]:
     qualname = f"torch.nn.functional.{name}" if name != "cat" else "torch.cat"
     real = function_by_qualname(qualname)
-    return real, shapes._meta_function(qualname, real)
+    return real, shapes.meta_function(qualname, real)
 
 
 def size_or_sizes(lo: int, hi: int, n: int) -> st.SearchStrategy:
@@ -128,7 +128,7 @@ def check_conv(
     if conv is None:
         return "torch refuses"
     x = meta(((2,) if batched else ()) + (channels, *spatial), dtype)
-    status = compare(conv, shapes._meta_forward(conv), x)
+    status = compare(conv, shapes.meta_forward(conv), x)
     expect(status, ordinary(x) and dtype == layer_dtype)
     return status
 
@@ -202,7 +202,7 @@ def test_conv_cases(nd, in_ch, out_ch, kernel, stride, padding, dilation, groups
 def test_linear_matches_torch(rank, width, in_f, out_f, dtype, layer_dtype):
     fc = layer(nn.Linear, in_f, out_f, dtype=layer_dtype)
     x = meta((2, 3, 1)[: max(rank - 1, 0)] + ((in_f if width else 4),) * (rank > 0), dtype)
-    status = compare(fc, shapes._meta_forward(fc), x)
+    status = compare(fc, shapes.meta_forward(fc), x)
     expect(status, ordinary(x) and dtype == layer_dtype)
 
 
@@ -224,7 +224,7 @@ def check_pool(kind, nd, kernel, stride, padding, dilation, ceil, spatial, how, 
         pool = layer(getattr(nn, f"{kind.title()}Pool{nd}d"), kernel, **kw)
         if pool is None:
             return "torch refuses"
-        status = compare(pool, shapes._meta_forward(pool), x)
+        status = compare(pool, shapes.meta_forward(pool), x)
     plain = not extra.get("return_indices") and extra.get("divisor_override") != 0
     # torch lets max_pool1d pad by half the dilated kernel; the rules stop at half the kernel
     halves = all(p <= k // 2 for p, k in zip(_seq(padding, nd), _seq(kernel, nd), strict=True))
@@ -300,7 +300,7 @@ def test_adaptive_pooling_matches_torch(data):
         status = compare(real, hooked, x, size, **extra)
     else:
         pool = layer(getattr(nn, f"Adaptive{kind.title()}Pool{nd}d"), size, **extra)
-        status = compare(pool, shapes._meta_forward(pool), x) if pool else "torch refuses"
+        status = compare(pool, shapes.meta_forward(pool), x) if pool else "torch refuses"
     sizes = [size] if isinstance(size, int) else size
     plain = not indices and 0 not in sizes and (nd > 1 or None not in sizes)
     expect(status, ordinary(x) and plain)
@@ -337,7 +337,7 @@ def test_batch_norm_matches_torch(data):
     if not data.draw(st.integers(0, 3)):
         bn.eval()
     x = meta(shape, data.draw(dtypes))
-    status = compare(bn, shapes._meta_forward(bn), x)
+    status = compare(bn, shapes.meta_forward(bn), x)
     plain = rank > 1 and shape[1] == features and kwargs["momentum"] and kwargs["eps"]
     expect(status, ordinary(x) and x.dtype == torch.float32 and bool(plain))
 
@@ -365,7 +365,7 @@ def test_batch_norm_matches_torch(data):
 )
 def test_norm_cases(cls, args, kwargs, train, shape, status):
     norm = layer(cls, *args, **kwargs).train(train)
-    assert compare(norm, shapes._meta_forward(norm), meta(shape)) == status
+    assert compare(norm, shapes.meta_forward(norm), meta(shape)) == status
 
 
 @RULES
@@ -389,7 +389,7 @@ def test_layer_and_group_norm_match_torch(data):
         channels_match = rank > 1 and shape[1] == channels
     if norm is None:
         return
-    status = compare(norm, shapes._meta_forward(norm), x)
+    status = compare(norm, shapes.meta_forward(norm), x)
     expect(status, ordinary(x) and x.dtype == torch.float32 and channels_match)
 
 
@@ -410,7 +410,7 @@ def test_dropout_matches_torch(name, p, training, inplace, shape, dtype):
     else:
         drop = layer(getattr(nn, name), p, inplace=inplace)
         drop.train(training)
-        status = compare(drop, shapes._meta_forward(drop), x)
+        status = compare(drop, shapes.meta_forward(drop), x)
     ranks = {"Dropout1d": (2, 3), "Dropout2d": (4,), "Dropout3d": (4, 5)}.get(name)
     plain = p > 0 and training and not inplace and (ranks is None or x.dim() in ranks)
     expect(status, ordinary(x) and plain)
@@ -457,7 +457,7 @@ def test_activations_match_torch(cls, name, kwargs, shape, dtype):
     odd = odd or "bogus" in kwargs.values() or kwargs.get("negative_slope") == "steep"
     act = layer(cls, **kwargs)
     if act is not None:
-        expect(compare(act, shapes._meta_forward(act), x), x.is_floating_point() and not odd)
+        expect(compare(act, shapes.meta_forward(act), x), x.is_floating_point() and not odd)
     real, hooked = function(name)
     status = compare(real, hooked, x, **kwargs)
     expect(status, x.is_floating_point() and not odd)
@@ -515,7 +515,7 @@ def test_binary_operators_match_torch(op, shapes_ab, dtype_a, dtype_b, swap):
     a, b = meta(shapes_ab[0], dtype_a), meta(shapes_ab[1], dtype_b)
     a, b = (b, a) if swap else (a, b)
     fn = BINOPS[op]
-    expect(compare(fn, shapes._meta_operator(op, fn), a, b), dtype_a == dtype_b and ordinary(a))
+    expect(compare(fn, shapes.meta_operator(op, fn), a, b), dtype_a == dtype_b and ordinary(a))
 
 
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
@@ -523,7 +523,7 @@ def test_binary_operators_match_torch(op, shapes_ab, dtype_a, dtype_b, swap):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_operators_with_a_python_number(op, scalar, dtype):
     fn = BINOPS[op]
-    hooked = shapes._meta_operator(op, fn)
+    hooked = shapes.meta_operator(op, fn)
     x = meta((2, 3), dtype)
     plain = not isinstance(scalar, (bool, complex)) and abs(scalar) < 2**63
     expect(compare(fn, hooked, x, scalar), plain)
@@ -532,14 +532,14 @@ def test_operators_with_a_python_number(op, scalar, dtype):
 
 def test_operator_cases():
     fn = BINOPS["add"]
-    add = shapes._meta_operator("add", fn)
+    add = shapes.meta_operator("add", fn)
     assert compare(fn, add, meta((2, 16, 16, 16)), meta((2, 16, 16, 16))) == "covered"  # tower
     assert compare(fn, add, meta((2, 6, 28, 28)), meta((2, 3, 32, 32))) == "torch refuses"
     assert compare(fn, add, meta((2, 0, 3)), meta((1, 3))) == "covered"
     assert compare(fn, add, meta((0,)), meta((2,))) == "torch refuses"
     assert compare(fn, add, meta(()), meta((2, 1, 3))) == "covered"
     matmul = BINOPS["matmul"]
-    assert shapes._meta_operator("matmul", matmul) is matmul
+    assert shapes.meta_operator("matmul", matmul) is matmul
 
 
 # ---- cat -----------------------------------------------------------------------------------
@@ -582,38 +582,38 @@ def test_unusual_tensors_run_the_real_op():
         torch.zeros(2, 4),  # a real tensor (a plugin's fallback)
         meta((2, 4)).to(memory_format=torch.contiguous_format)[:, None, :].expand(2, 3, 4),
     ):
-        assert compare(fc, shapes._meta_forward(fc), x) != "covered"
+        assert compare(fc, shapes.meta_forward(fc), x) != "covered"
     assert compare(*function("relu"), 3.0, meta((2, 4))) == "torch refuses"  # rule can't read
     assert compare(*function("softmax"), dim=1, input=meta((2, 4))) == "covered"
     relu = layer(nn.ReLU, inplace=True)
     x = meta((2, 4))
-    assert shapes._meta_forward(relu)(x) is x  # in place: torch's own result
+    assert shapes.meta_forward(relu)(x) is x  # in place: torch's own result
 
 
 def test_contiguous_inputs_with_odd_strides_give_torch_strides():
     x = meta((2, 1, 8)).transpose(0, 1)  # contiguous, strides (8, 8, 1) where 16 would do
     assert x.is_contiguous() and x.stride() != meta((1, 2, 8)).stride()
     fc, relu = layer(nn.Linear, 8, 4), function("relu")
-    assert compare(fc, shapes._meta_forward(fc), x) == "covered"
+    assert compare(fc, shapes.meta_forward(fc), x) == "covered"
     assert compare(*relu, x) == "covered"
     add = BINOPS["add"]
-    assert compare(add, shapes._meta_operator("add", add), x, x) == "covered"
+    assert compare(add, shapes.meta_operator("add", add), x, x) == "covered"
 
 
 def test_layers_without_rules_are_left_alone():
     for module in (nn.Identity(), nn.Flatten(), layer(nn.PReLU), layer(nn.LSTM, 4, 4)):
-        assert shapes._meta_forward(module) is module
+        assert shapes.meta_forward(module) is module
     fn = function_by_qualname("torch.flatten")
-    assert shapes._meta_function("torch.flatten", fn) is fn
+    assert shapes.meta_function("torch.flatten", fn) is fn
 
 
 def test_switch_turns_every_rule_off(monkeypatch):
     monkeypatch.setattr(shapes, "SHAPE_RULES", False)
     fc = layer(nn.Linear, 4, 3)
-    assert shapes._meta_forward(fc) is fc
+    assert shapes.meta_forward(fc) is fc
     relu = function_by_qualname("torch.nn.functional.relu")
-    assert shapes._meta_function("torch.nn.functional.relu", relu) is relu
-    assert shapes._meta_operator("add", BINOPS["add"]) is BINOPS["add"]
+    assert shapes.meta_function("torch.nn.functional.relu", relu) is relu
+    assert shapes.meta_operator("add", BINOPS["add"]) is BINOPS["add"]
 
 
 # ---- real specs ----------------------------------------------------------------------------
@@ -652,6 +652,6 @@ def test_check_prints_the_same_with_rules_on_and_off(spec, capsys, monkeypatch):
 
 def test_functional_forms_exist():
     """Every function a rule names is one a forward may call."""
-    for qualname in shapes._FUNCTION_RULES:
+    for qualname in shapes.FUNCTION_RULES:
         function_by_qualname(qualname)
     assert F.max_pool2d is function_by_qualname("torch.nn.functional.max_pool2d")

@@ -1,9 +1,13 @@
 """Stage 4b: checked IR -> readable standalone PyTorch source (the code-generator back-end).
 
-The generator reads the same checked ``ModelInstance`` tree as the builder, so the two back-ends
-agree: one ``nn.Module`` class per model (the models the chosen one uses first), layers
-constructed in declaration order (same seed, same weights), and a ``forward`` that mirrors
-the spec's statements with the spec's own variable names.
+The generator writes each model's *definition* (``ModelDef``), taking from the checked
+``ModelInstance`` tree only the values of ``_`` and the shapes for comments; the builder runs
+the instances. Only a test keeps the two in step:
+``test_same_module_as_builder`` (tests/test_codegen.py) builds every spec both ways and
+compares the modules. The output has one ``nn.Module`` class per model (the
+models the chosen one uses first), layers constructed in declaration order (same seed, same
+weights), and a ``forward`` that mirrors the spec's statements with the spec's own variable
+names.
 
 Layer arguments are written from the model *definition*, so parameters keep their names
 (``nn.Linear(84, num_classes)``); every ``_`` is replaced by the literal it resolved to. A

@@ -39,6 +39,7 @@ from specc.errors import (
     SpecNameError,
     SpecTypeError,
 )
+from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.lang.plugins import load_plugins, plugin_module_for
 from specc.values import loc
 
@@ -289,7 +290,7 @@ class ModuleWriter:
                 continue
             seen_default = p.name
             default = self.value_exprs(plan, None)(p.default)
-            if _names_in(p.default):  # a default computed from other parameters
+            if p.default.find(ir.Name) is not None:  # a default computed from other parameters
                 params.append(f"{p.name}=None")
                 fills.append(
                     f"if {p.name} is None:\n"
@@ -528,18 +529,6 @@ def _ctor_params(plugin: type | None, func: str) -> list[str]:
     return accepts(cls)[0] if cls is not None else []
 
 
-def _names_in(e: Any) -> bool:
-    if isinstance(e, ir.Name):
-        return True
-    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        return any(_names_in(i) for i in e.items)
-    if isinstance(e, ir.BinOp):
-        return _names_in(e.left) or _names_in(e.right)
-    if isinstance(e, ir.Neg):
-        return _names_in(e.operand)
-    return False
-
-
 def _no_name(e: ir.Name) -> Doc:  # pragma: no cover - literals have no names
     raise SpecNameError(f"unexpected name `{e.id}`", loc(e.span))
 
@@ -550,38 +539,6 @@ def _no_hole(e: ir.Hole) -> Doc:
 
 def _no_ref(e: ir.Ref) -> Doc:  # pragma: no cover - only forward has values
     raise SpecTypeError("a forward value cannot be used here", loc(e.span))
-
-
-def _refs(e: Any) -> Iterator[ir.Ref]:
-    if isinstance(e, ir.Ref):
-        yield e
-    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        for i in e.items:
-            yield from _refs(i)
-    elif isinstance(e, ir.SliceExpr):
-        for p in (e.start, e.stop, e.step):
-            yield from _refs(p)
-    elif isinstance(e, ir.BinOp):
-        yield from _refs(e.left)
-        yield from _refs(e.right)
-    elif isinstance(e, ir.Neg):
-        yield from _refs(e.operand)
-
-
-def _names(e: Any) -> Iterator[ir.Name]:
-    if isinstance(e, ir.Name):
-        yield e
-    elif isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        for i in e.items:
-            yield from _names(i)
-    elif isinstance(e, ir.SliceExpr):
-        for p in (e.start, e.stop, e.step):
-            yield from _names(p)
-    elif isinstance(e, ir.BinOp):
-        yield from _names(e.left)
-        yield from _names(e.right)
-    elif isinstance(e, ir.Neg):
-        yield from _names(e.operand)
 
 
 # ---- forward --------------------------------------------------------------------------
@@ -607,12 +564,14 @@ class _Stmt:
     comment: str = ""
 
 
-class _ForwardWriter:
+class _ForwardWriter(GraphInterpreter):
     """Writes a forward from the SSA nodes: named nodes become statements, unnamed ones are
     inlined where they are used; a multi-value assignment whose parts read each other's old
-    values (`a, b = b, a`) is written back as one tuple assignment."""
+    values (`a, b = b, a`) is written back as one tuple assignment. As a graph interpreter,
+    its value of a node is the source expression computing it."""
 
     def __init__(self, gen: ModuleWriter, plan: _Plan) -> None:
+        super().__init__()
         self.gen = gen
         self.plan = plan
         fwd = plan.mdef.forward
@@ -643,7 +602,8 @@ class _ForwardWriter:
     def ref(self, e: ir.Ref) -> Doc:
         node = self.nodes[e.node]
         if not node.vars:
-            return self.node_doc(node)
+            # run_node, inlined: one stack frame less per level of a deeply nested forward
+            return getattr(self, node.op)(node, *self.fetch_args(node))
         var = node.vars[e.index] if e.index is not None and len(node.vars) > 1 else node.vars[0]
         self.reads.append((var, node.name))
         return Text(var, simple="name")
@@ -656,50 +616,65 @@ class _ForwardWriter:
         ]
         return tuple(items)
 
-    def node_doc(self, n: ir.FNode) -> Doc:
-        """The expression computing node `n` (its unnamed inputs inlined)."""
-        if n.op == "layer":
-            check_attribute(n.target, n.span, "layer")
-            return Brackets(f"self.{n.target}", self.call_items(n.args, n.kwargs))
-        if n.op == "function":
-            module, _, fname = n.target.rpartition(".")
-            if module not in FUNCTION_MODULES:
-                raise SpecNameError(f"cannot write function `{n.target}`", loc(n.span))
-            alias = FUNCTION_MODULES[module]
-            self.gen.uses[alias] = True
-            check_attribute(fname, n.span, "function")
-            return Brackets(f"{alias}.{fname}", self.call_items(n.args, n.kwargs))
-        if n.op == "method":
-            recv = self.exprs(n.args[0])
-            head = attribute_of(recv, check_attribute(n.target, n.span, "method"))
-            return Brackets(head, self.call_items(n.args[1:], n.kwargs))
-        if n.op == "attribute":
-            recv = self.exprs(n.args[0])
-            name = check_attribute(n.target, n.span, "attribute")
-            simple = (
-                "attr"
-                if isinstance(recv, Text)
-                and recv.simple in ("name", "attr")
-                and recv.prec >= PREC_PRIMARY
-                else ""
-            )
-            return Text(attribute_of(recv, name), PREC_PRIMARY, simple)
-        if n.op == "operator":
-            if n.target == "neg":
-                return negate(self.exprs(n.args[0]))
-            return binop(n.target, self.exprs(n.args[0]), self.exprs(n.args[1]))
-        if n.op == "getitem":
-            value = self.exprs(n.args[0])
-            head = flat(value) if value.prec >= PREC_PRIMARY else f"({flat(value)})"
-            index = n.args[1]
-            if isinstance(index, ir.TupleExpr) and len(index.items) > 1:
-                items = tuple(self.exprs.index(i) for i in index.items)
-            else:
-                items = (self.exprs.index(index),)
-            return Brackets(head, items, "[", "]", subscript=True)
-        if n.op == "alias":
-            return self.exprs(n.args[0])
-        raise SpecTypeError(f"cannot write `{n.op}` nodes", loc(n.span))  # pragma: no cover
+    def fetch_args(self, n: ir.FNode) -> tuple[Args, Kwargs]:
+        """Arguments stay expressions: each op renders them where it places them (a subscript
+        is written differently from a call argument), in source order."""
+        return list(n.args), dict(n.kwargs)
+
+    def layer(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        check_attribute(n.target, n.span, "layer")
+        return Brackets(f"self.{n.target}", self.call_items(args, kwargs))
+
+    def function(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        module, _, fname = n.target.rpartition(".")
+        if module not in FUNCTION_MODULES:
+            raise SpecNameError(f"cannot write function `{n.target}`", loc(n.span))
+        alias = FUNCTION_MODULES[module]
+        self.gen.uses[alias] = True
+        check_attribute(fname, n.span, "function")
+        return Brackets(f"{alias}.{fname}", self.call_items(args, kwargs))
+
+    def method(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        recv = self.exprs(args[0])
+        head = attribute_of(recv, check_attribute(n.target, n.span, "method"))
+        return Brackets(head, self.call_items(args[1:], kwargs))
+
+    def attribute(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        recv = self.exprs(args[0])
+        name = check_attribute(n.target, n.span, "attribute")
+        simple = (
+            "attr"
+            if isinstance(recv, Text)
+            and recv.simple in ("name", "attr")
+            and recv.prec >= PREC_PRIMARY
+            else ""
+        )
+        return Text(attribute_of(recv, name), PREC_PRIMARY, simple)
+
+    def operator(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        if n.target == "neg":
+            return negate(self.exprs(args[0]))
+        return binop(n.target, self.exprs(args[0]), self.exprs(args[1]))
+
+    def getitem(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        value = self.exprs(args[0])
+        head = flat(value) if value.prec >= PREC_PRIMARY else f"({flat(value)})"
+        index = args[1]
+        if isinstance(index, ir.TupleExpr) and len(index.items) > 1:
+            items = tuple(self.exprs.index(i) for i in index.items)
+        else:
+            items = (self.exprs.index(index),)
+        return Brackets(head, items, "[", "]", subscript=True)
+
+    def alias(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        return self.exprs(args[0])
+
+    def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        returns = [self.exprs(a) for a in args]
+        return returns[0] if len(returns) == 1 else Brackets("", tuple(returns), bare=True)
+
+    def unsupported(self, n: ir.FNode) -> Doc:  # pragma: no cover
+        raise SpecTypeError(f"cannot write `{n.op}` nodes", loc(n.span))
 
     # ---- statements -------------------------------------------------------------------
     def live(self) -> set[str]:
@@ -713,7 +688,7 @@ class _ForwardWriter:
             live.add(name)
             n = self.nodes[name]
             for e in [*n.args, *n.kwargs.values()]:
-                todo += [r.node for r in _refs(e)]
+                todo += [r.node for r in e.find_all(ir.Ref)]
         return live
 
     def comment(self, n: ir.FNode) -> str:
@@ -737,7 +712,7 @@ class _ForwardWriter:
             for v in n.vars:
                 check_identifier(v, n.span, "variable")
             self.reads = []
-            doc = self.node_doc(n)
+            doc = self.run_node(n)
             comment = self.comment(n) if len(n.vars) == 1 else ""
             raw.append(
                 _Stmt([list(n.vars)], [doc], self.reads, [(v, n.name) for v in n.vars], comment)
@@ -749,8 +724,7 @@ class _ForwardWriter:
                 s.comment = ""
         assignments = [self.assignment(s) for s in grouped]
         assert output is not None
-        returns = [self.exprs(a) for a in output.args]
-        value = returns[0] if len(returns) == 1 else Brackets("", tuple(returns), bare=True)
+        value = self.run_node(output)
         # named dimensions (`x: [T, C]`) are read from the input before anything else
         body = [self.dim_line(d) for d in self.used_dims]
         body += [*assignments, statement(value, "return ", BODY_INDENT)]

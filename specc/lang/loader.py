@@ -133,4 +133,5 @@ def _display_path(p: Path) -> str:
 
 
 def source_texts(program: ir.Program) -> dict[str, str]:
+    """Each source file's text by path, for rendering errors with their source line."""
     return {s.path: s.text for s in program.sources}

@@ -123,13 +123,6 @@ def resolve_names(program: ir.Program) -> ir.Program:
 
 def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
     if isinstance(e, ir.Call):
-        if e.func.startswith((".", "@", "[]")):
-            errors.add(
-                SpecTypeError(
-                    "a layer must be a constructor call like `Linear(64, 10)`", loc(e.span)
-                )
-            )
-            return
         if reg.layer(e.func) is None:
             errors.add(
                 SpecNameError(
@@ -167,7 +160,7 @@ def _check_value(e: ir.Expr, params: set[str], errors: _Errors) -> None:
                     hint=did_you_mean(e.id, [*params, *_LITERALS]),
                 )
             )
-    elif isinstance(e, ir.Call):
+    elif isinstance(e, ir.CALL_LIKE):
         errors.add(
             SpecTypeError(
                 "a call is not allowed in a layer argument",
@@ -175,7 +168,8 @@ def _check_value(e: ir.Expr, params: set[str], errors: _Errors) -> None:
                 hint="layer arguments are constants, model parameters and arithmetic",
             )
         )
-    for child in _children(e):
+        return
+    for child in e.children():
         _check_value(child, params, errors)
 
 
@@ -193,20 +187,8 @@ def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _
             )
     elif isinstance(e, ir.Hole):
         errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
-    for child in _children(e):
+    for child in e.children():
         _check_forward_expr(child, names, layers, errors)
-
-
-def _children(e: ir.Expr) -> list[ir.Expr]:
-    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        return list(e.items)
-    if isinstance(e, ir.BinOp):
-        return [e.left, e.right]
-    if isinstance(e, ir.Neg):
-        return [e.operand]
-    if isinstance(e, ir.SliceExpr):
-        return [p for p in (e.start, e.stop, e.step) if p is not None]
-    return []
 
 
 PASSES: tuple[Callable[[ir.Program], ir.Program], ...] = (check_param_types, resolve_names)

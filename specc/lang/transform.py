@@ -117,26 +117,24 @@ class _Exprs:
         if data == "method_call":
             recv, name, arguments = kids
             args, kwargs = self.arguments(arguments)
-            return ir.Call(
-                func="." + str(name),
-                args=[self.expr(recv), *args],
+            return ir.MethodCall(
+                receiver=self.expr(recv),
+                method=str(name),
+                args=args,
                 kwargs=kwargs,
                 span=self.sp(t),
-                func_span=self.sp(name),
+                method_span=self.sp(name),
             )
         if data == "attribute":
             recv, name = kids
-            return ir.Call(
-                func="@" + str(name),
-                args=[self.expr(recv)],
-                span=self.sp(t),
-                func_span=self.sp(name),
+            return ir.Attribute(
+                value=self.expr(recv), attr=str(name), span=self.sp(t), attr_span=self.sp(name)
             )
         if data == "index":
             value, *subs = kids
             items = [self.expr(s) for s in subs]
             index = items[0] if len(items) == 1 else ir.TupleExpr(items=items, span=self.sp(t))
-            return ir.Call(func="[]", args=[self.expr(value), index], span=self.sp(t))
+            return ir.Index(value=self.expr(value), index=index, span=self.sp(t))
         if data == "slice":
             parts = [None if k is None else self.expr(k) for k in kids]
             parts += [None] * (3 - len(parts))
@@ -196,7 +194,7 @@ class _ForwardLowering:
             self.env[inp.name] = ir.Ref(node=name, span=inp.span)
 
     def fresh(self, base: str) -> str:
-        base = base.lstrip("._@[]") or "t"
+        base = base or "t"
         k = self.counters.get(base, 0)
         name = base if k == 0 else f"{base}_{k}"
         while name in self.used:  # e.g. base "x_1" after "x" was used twice
@@ -222,38 +220,26 @@ class _ForwardLowering:
         return ir.Ref(node=name, span=span)
 
     def lower(self, e: ir.Expr) -> ir.Expr:
-        """Lower an expression; tensor-valued parts become nodes, constants stay Exprs."""
+        """Lower an expression; tensor-valued parts become nodes, constants stay Exprs.
+        Children are lowered first, left to right, so nodes are numbered in source order."""
+        return e.map(self._lower_one)
+
+    def _lower_one(self, e: ir.Expr) -> ir.Expr:
         if isinstance(e, ir.Name):
             return self.env.get(e.id, e)
         if isinstance(e, ir.Call):
-            args = [self.lower(a) for a in e.args]
-            kwargs = {k: self.lower(v) for k, v in e.kwargs.items()}
-            if e.func == "[]":
-                return self.add("getitem", "getitem", args, {}, e.span, "getitem")
-            if e.func.startswith("."):
-                return self.add("method", e.func[1:], args, kwargs, e.span, e.func[1:])
-            if e.func.startswith("@"):
-                return self.add("attribute", e.func[1:], args, {}, e.span, e.func[1:])
-            return self.add("call", e.func, args, kwargs, e.span, e.func)
-        if isinstance(e, ir.BinOp):
-            left, right = self.lower(e.left), self.lower(e.right)
-            if _has_ref(left) or _has_ref(right):
-                return self.add("operator", e.op, [left, right], {}, e.span, e.op)
-            return e.model_copy(update={"left": left, "right": right})
-        if isinstance(e, ir.Neg):
-            inner = self.lower(e.operand)
-            if _has_ref(inner):
-                return self.add("operator", "neg", [inner], {}, e.span, "neg")
-            return e
-        if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-            return e.model_copy(update={"items": [self.lower(i) for i in e.items]})
-        if isinstance(e, ir.SliceExpr):
-            return e.model_copy(
-                update={
-                    k: None if getattr(e, k) is None else self.lower(getattr(e, k))
-                    for k in ("start", "stop", "step")
-                }
-            )
+            return self.add("call", e.func, e.args, e.kwargs, e.span, e.func)
+        if isinstance(e, ir.MethodCall):
+            args = [e.receiver, *e.args]
+            return self.add("method", e.method, args, e.kwargs, e.span, e.method)
+        if isinstance(e, ir.Attribute):
+            return self.add("attribute", e.attr, [e.value], {}, e.span, e.attr)
+        if isinstance(e, ir.Index):
+            return self.add("getitem", "getitem", [e.value, e.index], {}, e.span, "getitem")
+        if isinstance(e, ir.BinOp) and _has_ref(e):
+            return self.add("operator", e.op, [e.left, e.right], {}, e.span, e.op)
+        if isinstance(e, ir.Neg) and _has_ref(e):
+            return self.add("operator", "neg", [e.operand], {}, e.span, "neg")
         return e
 
     def assign(self, targets: list[Token], values: list[ir.Expr], span: ir.Span) -> None:
@@ -307,16 +293,9 @@ class _ForwardLowering:
         return [ir.FNode(**n) for n in self.nodes]
 
 
-def _has_ref(e: Any) -> bool:
-    if isinstance(e, ir.Ref):
-        return True
-    if isinstance(e, (ir.ListExpr, ir.TupleExpr)):
-        return any(_has_ref(i) for i in e.items)
-    if isinstance(e, ir.BinOp):
-        return _has_ref(e.left) or _has_ref(e.right)
-    if isinstance(e, ir.Neg):
-        return _has_ref(e.operand)
-    return False
+def _has_ref(e: ir.Expr) -> bool:
+    """Does `e` read a forward value (so that it must become a node)?"""
+    return e.find(ir.Ref) is not None
 
 
 class Transformer:

@@ -1,1 +1,17 @@
-"""Stage 3b: shape checking. The IR run on meta tensors -> checked ``ModelInstance``s."""
+"""Stage 3b: shape checking. The IR run on meta tensors -> checked ``ModelInstance``s.
+
+The modules, in the order a check runs:
+
+* ``check``: the entry points (`check_model`, `default_model`, `standalone`) and the
+  `Checker`, the state one program's check shares (registry, caches, checked sub-models);
+* ``inputs``: model arguments bound like a call, input tensors from declared shapes;
+* ``instance``: one use of a model: runs its forward, builds its layers, assembles the
+  checked ``ir.ModelInstance``;
+* ``interpreter``: the forward on meta tensors, one method per op kind;
+* ``layers``: layer expressions built on meta, `_` filled from the incoming shape;
+* ``rules``: fast shape rules for common layers and functions (torch's meta kernels are
+  slow the first time);
+* ``memo``: call signatures and rebuildable results for the shape caches;
+* ``meta``: the batch size, size limits, and how shapes are written;
+* ``report``: the table `specc check` prints.
+"""

@@ -33,7 +33,7 @@ def ctor_text(c: Any) -> str:
 
 
 def shape_of(v: ir.Value | None) -> str:
-    from specc.shapes.check import value_text
+    from specc.shapes.meta import value_text
 
     return "-" if v is None else value_text(v)
 

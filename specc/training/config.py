@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
 
 def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:
     """Fold a field expression. Calls become CallSpec; bare names become strings."""
-    if isinstance(e, ir.Call) and not e.func.startswith((".", "@", "[]")):
+    if isinstance(e, ir.Call):
         return CallSpec(
             name=e.func,
             args=[_value(a) for a in e.args],
