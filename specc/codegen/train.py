@@ -57,20 +57,20 @@ from specc.values import loc
 TRAIN_NAMES = frozenset(
     {
         # imports and helpers
-        "torchvision", "v2", "DataLoader", "Dataset", "TensorDataset", "fnmatch",
+        "torchvision", "v2", "DataLoader", "Dataset", "TensorDataset", "Subset", "fnmatch",
         "math", "np", "load_file", "evaluate", "main", "digits_dataset", "load_tensor_file",
         "TransformedDataset", "UnverifiedCIFAR10", "UnverifiedCIFAR100", "as_tensors",
-        "default_collate", "Subset",
+        "default_collate",
         # builtins the script calls
         "print", "len", "round", "max", "sorted", "isinstance", "dict", "tuple", "list",
         "enumerate", "any", "zip", "range", "float", "int",
         # locals of main()
         "device", "transform", "train_transform", "train_augment", "train_set", "val_set",
         "test_set", "train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "n_val",
-        "generator", "perm", "order", "batch", "batches", "loader", "model", "state", "own",
-        "name", "param", "loss_fn", "optimizer", "scheduler", "warmup", "steps_per_epoch",
-        "scaler", "step", "epoch", "running_loss", "i", "inputs", "labels", "outputs", "loss",
-        "bad_epochs", "best_state", "k", "v", "p", "x", "other_params",
+        "generator", "perm", "val_idx", "train_idx", "order", "batch", "batches", "model",
+        "state", "own", "name", "param", "loss_fn", "optimizer", "scheduler", "warmup",
+        "steps_per_epoch", "scaler", "step", "epoch", "running_loss", "i", "inputs", "labels",
+        "outputs", "loss", "bad_epochs", "best_state", "k", "v", "p", "x", "other_params",
         *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in ("loss", "accuracy", "top5")),
     }
 )  # fmt: skip
@@ -307,9 +307,10 @@ class TrainScript:
         ]
         if data.in_memory:
             out += [
-                "val, train = perm[:n_val].sort().values, perm[n_val:].sort().values",
-                "val_x, val_y = train_x[val.to(device)], train_y[val.to(device)]",
-                "train_x, train_y = train_x[train.to(device)], train_y[train.to(device)]",
+                "val_idx = perm[:n_val].sort().values.to(device)",
+                "train_idx = perm[n_val:].sort().values.to(device)",
+                "val_x, val_y = train_x[val_idx], train_y[val_idx]",
+                "train_x, train_y = train_x[train_idx], train_y[train_idx]",
             ]
             return "val_x"
         self.dataset_names.add("Subset")
@@ -578,7 +579,9 @@ class TrainScript:
             y = held[:-2] + "_y"
             batches = Text(f"zip({held}.split({size}), {y}.split({size}))", PREC_PRIMARY)
         else:
-            batches = Text(f"DataLoader({held}, batch_size={size})", PREC_PRIMARY)
+            # a new generator: the loader's seed is not drawn from torch's global one
+            batches = Text(f"DataLoader({held}, batch_size={size}, generator=torch.Generator())",
+                           PREC_PRIMARY)  # fmt: skip
         names = [f"{split}_{m}" for m in ["loss", *metrics]]
         args = (Text("model"), batches, Text("loss_fn"), Text("device"))
         call = statement(Brackets("evaluate", args), ", ".join(names) + " = ", base)
@@ -603,12 +606,12 @@ class TrainScript:
         if plan.scheduler.interval == "step" and (plan.scheduler.ctor or plan.scheduler.warmup):
             step.append("scheduler.step()")
         window = plan.log_every * plan.accumulate
-        step += [
-            "step += 1",
-            f"if step % {plan.log_every} == 0:",
-            f'    print(f"epoch {{epoch}}  step {{step}}  loss {{running_loss / {window}:.4f}}")',
-            "    running_loss = 0.0",
-        ]
+        report = f'print(f"epoch {{epoch}}  step {{step}}  loss {{running_loss / {window}:.4f}}")'
+        step.append("step += 1")
+        if plan.log_every == 1:
+            step += [report, "running_loss = 0.0"]
+        else:
+            step += [f"if step % {plan.log_every} == 0:", f"    {report}", "    running_loss = 0.0"]
         if plan.max_steps:
             step.append(f"if step == {plan.max_steps}:\n    break")
         return step

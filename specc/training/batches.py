@@ -94,8 +94,12 @@ def batches(
     augment: bool = False,
     rank: int = 0,
     world: int = 1,
+    generator: torch.Generator | None = None,
 ):
-    """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives."""
+    """Yield (inputs, labels) from batch index `start` on, in the order `perm` gives.
+    A DataLoader draws its workers' base seed from `generator` (a new one when None), never
+    from torch's global generator: the model's random ops then see the same numbers
+    whether the data comes from memory or from a loader."""
     n = len(split)
     count = batches_per_epoch(n, batch_size, drop_last, world)
     if world > 1:
@@ -124,6 +128,7 @@ def batches(
         num_workers=workers,
         drop_last=drop_last,
         pin_memory=device.type == "cuda",
+        generator=generator if generator is not None else torch.Generator(),
     )
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -132,6 +132,10 @@ class DataPlan:
     workers: int
     val_split: float
     drop_last: bool
+    # The splits are kept as tensors on the device: the spec allows it and every split's
+    # deterministic transforms give tensors (a torchvision set without ToTensor gives PIL
+    # images, which are streamed through a DataLoader). The runner also streams a set too
+    # large for memory; the batches are the same either way.
     in_memory: bool
 
     def splits(self) -> list[DatasetPlan]:
@@ -561,10 +565,16 @@ def _data(program: ir.Program, data: DataConfig) -> DataPlan:
         spec = getattr(data, split)
         return resolve_dataset(split, spec) if spec is not None else None
 
+    splits = [resolve_dataset("train", data.train), dataset("val"), dataset("test")]
+    tensors = all(
+        ds is None or ds.kind != "torchvision"
+        or _gives_tensors(train_tf if ds.split == "train" else common)
+        for ds in splits
+    )  # fmt: skip
     return DataPlan(
-        train=resolve_dataset("train", data.train),
-        val=dataset("val"),
-        test=dataset("test"),
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
         transform=common,
         train_transform=train_tf,
         batch_size=data.batch_size,
@@ -573,8 +583,18 @@ def _data(program: ir.Program, data: DataConfig) -> DataPlan:
         workers=data.workers,
         val_split=data.val_split if data.val is None else 0.0,
         drop_last=data.drop_last,
-        in_memory=data.in_memory,
+        in_memory=data.in_memory and tensors,
     )
+
+
+def _gives_tensors(steps: tuple[TransformPlan, ...]) -> bool:
+    """Whether the transforms before the first random one turn an image into a tensor."""
+    for t in steps:
+        if t.random:
+            return False
+        if t.name in ("ToTensor", "ToImage", "PILToTensor"):
+            return True
+    return False
 
 
 def _kernels(cfg: TrainConfig, meta: Any, instance: ir.ModelInstance, batch: int) -> Kernels:

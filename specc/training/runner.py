@@ -295,7 +295,8 @@ class Trainer:
         perm = torch.randperm(len(self.train), generator=gen) if data.shuffle else None
         return B.batches(self.train, data.batch_size, perm=perm, start=self.state.batch,
                          workers=data.workers, drop_last=data.drop_last, device=self.device,
-                         augment=True, rank=self.ctx.rank, world=self.ctx.world)  # fmt: skip
+                         augment=True, rank=self.ctx.rank, world=self.ctx.world,
+                         generator=gen)  # fmt: skip
 
     def forward_backward(self, x: Any, y: torch.Tensor, epoch: int) -> float | None:
         """The loss of one batch and its gradients; None when it was not finite and the

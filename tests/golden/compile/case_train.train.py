@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import TensorDataset, default_collate
 from torchvision.transforms import v2
 
 
@@ -37,27 +37,19 @@ def load_tensor_file(path, x="x", y="y"):
     return TensorDataset(inputs, labels)
 
 
-class TransformedDataset(Dataset):
-    """Another dataset with `transform` applied to each input."""
-
-    def __init__(self, dataset, transform):
-        self.dataset = dataset
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        inputs, label = self.dataset[index]
-        return self.transform(inputs), label
+def as_tensors(dataset, device):
+    """Every sample of `dataset`, transformed once, as (inputs, labels) on `device`.
+    (A DataLoader would do it too, but it draws a seed from torch's global generator.)"""
+    inputs, labels = default_collate([dataset[i] for i in range(len(dataset))])
+    return inputs.to(device), labels.to(device)
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device):
-    """The mean loss, accuracy and top-5 accuracy of `model` on `loader`."""
+def evaluate(model, batches, loss_fn, device):
+    """The mean loss, accuracy and top-5 accuracy of `model` over `batches` of (inputs, labels)."""
     model.eval()
     total_loss, correct, correct_top5, total = 0.0, 0, 0, 0
-    for inputs, labels in loader:
+    for inputs, labels in batches:
         inputs, labels = inputs.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             outputs = model(inputs)
@@ -74,23 +66,7 @@ def main():
     torch.manual_seed(3)
     device = torch.device("cpu")
 
-    # Data
-    train_transform = v2.Compose([v2.GaussianNoise(sigma=0.01, clip=False)])
-
-    train_set = TransformedDataset(load_tensor_file("data.pt"), train_transform)
-    # hold out a seeded random 25% of the training set for validation
-    n_val = max(1, round(len(train_set) * 0.25))
-    generator = torch.Generator().manual_seed(3)
-    perm = torch.randperm(len(train_set), generator=generator).tolist()
-    val_set = Subset(load_tensor_file("data.pt"), sorted(perm[:n_val]))
-    train_set = Subset(train_set, sorted(perm[n_val:]))
-    test_set = load_tensor_file("data.npz", x="x", y="y")
-
-    train_loader = DataLoader(train_set, batch_size=8, shuffle=True, drop_last=True)
-    val_loader = DataLoader(val_set, batch_size=16)
-    test_loader = DataLoader(test_set, batch_size=16)
-
-    # Model, loss and optimizer
+    # Model
     model = Small(32).to(device)
 
     # init the model
@@ -104,6 +80,21 @@ def main():
         if fnmatch.fnmatchcase(name, "bn.*"):
             param.requires_grad_(False)
 
+    # Data
+    # random transforms: drawn per sample, for each batch
+    train_augment = v2.Compose([v2.GaussianNoise(sigma=0.01, clip=False)])
+
+    train_x, train_y = as_tensors(load_tensor_file("data.pt"), device)
+    test_x, test_y = as_tensors(load_tensor_file("data.npz", x="x", y="y"), device)
+    # hold out a seeded random 25% of the training set for validation
+    n_val = max(1, round(len(train_y) * 0.25))
+    perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(3))
+    val_idx = perm[:n_val].sort().values.to(device)
+    train_idx = perm[n_val:].sort().values.to(device)
+    val_x, val_y = train_x[val_idx], train_y[val_idx]
+    train_x, train_y = train_x[train_idx], train_y[train_idx]
+
+    # Loss, optimizer and schedule
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     fc1_params, other_params = [], []
     for name, param in model.named_parameters():
@@ -113,10 +104,12 @@ def main():
             fc1_params.append(param)
         else:
             other_params.append(param)
+    # torch's fused step on CPU: one kernel for every tensor, as `specc run`
     optimizer = torch.optim.SGD(
         [{"params": fc1_params, "lr": 0.01}, {"params": other_params}],
         lr=0.05,
         momentum=0.9,
+        fused=device.type == "cpu",
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=20)
     # linear warmup over the first 3 optimizer steps, then the scheduler
@@ -127,17 +120,22 @@ def main():
         optimizer, [warmup, scheduler], milestones=[3]
     )
 
-    # Training
+    # Training: the sample order, batches and steps of `specc run`
     step = 0
     best_accuracy = float("-inf")
     bad_epochs = 0
-    for epoch in range(4):
+    for epoch in range(1, 5):
         model.train()
         # frozen BatchNorm layers keep their running statistics
         model.bn.eval()
+        generator = torch.Generator().manual_seed(3000009 + epoch)  # one per epoch
+        order = torch.randperm(len(train_y), generator=generator)
+        batches = order.to(device).split(8)
+        batches = batches[: len(train_y) // 8]  # drop_last
         running_loss = 0.0
-        for i, (inputs, labels) in enumerate(train_loader, start=1):
-            inputs, labels = inputs.to(device), labels.to(device)
+        for i, batch in enumerate(batches, start=1):
+            inputs, labels = train_x[batch], train_y[batch]
+            inputs = torch.stack([train_augment(x) for x in inputs])
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 outputs = model(inputs)
                 loss = loss_fn(outputs, labels)
@@ -145,41 +143,46 @@ def main():
                 optimizer.zero_grad()
                 continue
             (loss / 2).backward()  # gradients add up over 2 batches
-            if i % 2 == 0 or i == len(train_loader):
+            running_loss += loss.item()
+            if i % 2 == 0 or i == len(batches):
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
                 scheduler.step()
                 step += 1
+                print(f"epoch {epoch}  step {step}  loss {running_loss / 2:.4f}")
+                running_loss = 0.0
                 if step == 9:
                     break
-
-            running_loss += loss.item()
-            if i % 2 == 0:
-                print(f"[{epoch + 1}, {i:5d}] loss: {running_loss / 2:.3f}")
-                running_loss = 0.0
-        if step == 9:  # max_steps
+        if step == 9:  # max_steps: stop mid-epoch, as `specc run` does
             break
 
-        val_loss, val_accuracy, val_top5 = evaluate(model, val_loader, loss_fn, device)
+        val_loss, val_accuracy, val_top5 = evaluate(
+            model, zip(val_x.split(16), val_y.split(16)), loss_fn, device
+        )
         print(
-            f"epoch {epoch + 1}: val loss {val_loss:.4f}, accuracy {val_accuracy:.4f}, top5 {val_top5:.4f}"
+            f"epoch {epoch}: val loss {val_loss:.4f}, accuracy {val_accuracy:.4f}, top5 {val_top5:.4f}"
         )
         if val_accuracy > best_accuracy:
-            best_accuracy, bad_epochs = val_accuracy, 0
+            best_accuracy = val_accuracy
+            bad_epochs = 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs == 2:  # early_stop
                 print("early stop: no improvement in 2 epochs")
                 break
 
-    test_loss, test_accuracy, test_top5 = evaluate(model, test_loader, loss_fn, device)
+    torch.save(model.state_dict(), "case_train.pt")
+    print("saved the weights to case_train.pt")
+    model.load_state_dict(best_state)  # the best epoch's weights, as `specc run` tests
+
+    test_loss, test_accuracy, test_top5 = evaluate(
+        model, zip(test_x.split(16), test_y.split(16)), loss_fn, device
+    )
     print(
         f"test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}, top5 {test_top5:.4f}"
     )
-
-    torch.save(model.state_dict(), "case_train.pt")
-    print("saved the weights to case_train.pt")
 
 
 if __name__ == "__main__":

@@ -43,11 +43,11 @@ class UnverifiedCIFAR100(torchvision.datasets.CIFAR100):
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device):
-    """The mean loss of `model` on `loader`."""
+def evaluate(model, batches, loss_fn, device):
+    """The mean loss of `model` over `batches` of (inputs, labels)."""
     model.eval()
     total_loss, total = 0.0, 0
-    for inputs, labels in loader:
+    for inputs, labels in batches:
         inputs, labels = inputs.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.float16):
             outputs = model(inputs)
@@ -60,6 +60,22 @@ def evaluate(model, loader, loss_fn, device):
 def main():
     torch.manual_seed(0)
     device = torch.device("cuda")
+
+    # Model
+    model = Classifier().to(device)
+
+    # init backbone
+    state = torch.load("encoder.pt", map_location=device, weights_only=True)
+    state = state.get("model", state)  # the weights of a specc checkpoint
+    state = {
+        k.removeprefix("encoder."): v
+        for k, v in state.items()
+        if k.startswith("encoder.")
+    }
+    model.backbone.load_state_dict(state)
+
+    model.backbone.conv.requires_grad_(False)
+    model.compile()
 
     # Data
     transform = v2.Compose(
@@ -82,41 +98,16 @@ def main():
     train_set = UnverifiedCIFAR100(
         root="data", train=True, download=False, transform=train_transform
     )
-    # hold out a seeded random 10% of the training set for validation
-    n_val = max(1, round(len(train_set) * 0.1))
-    generator = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(train_set), generator=generator).tolist()
-    val_set = Subset(
-        UnverifiedCIFAR100(
-            root="data", train=True, download=False, transform=transform
-        ),
-        sorted(perm[:n_val]),
-    )
-    train_set = Subset(train_set, sorted(perm[n_val:]))
     test_set = UnverifiedCIFAR100(
         root="data", train=False, download=False, transform=transform
     )
+    # hold out a seeded random 10% of the training set for validation
+    n_val = max(1, round(len(train_set) * 0.1))
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+    val_set = Subset(train_set, perm[:n_val].sort().values.tolist())
+    train_set = Subset(train_set, perm[n_val:].sort().values.tolist())
 
-    train_loader = DataLoader(train_set, batch_size=128, shuffle=True, num_workers=4)
-    val_loader = DataLoader(val_set, batch_size=256, num_workers=4)
-    test_loader = DataLoader(test_set, batch_size=256, num_workers=4)
-
-    # Model, loss and optimizer
-    model = Classifier().to(device)
-
-    # init backbone
-    state = torch.load("encoder.pt", map_location=device, weights_only=True)
-    state = state.get("model", state)  # the weights of a specc checkpoint
-    state = {
-        k.removeprefix("encoder."): v
-        for k, v in state.items()
-        if k.startswith("encoder.")
-    }
-    model.backbone.load_state_dict(state)
-
-    model.backbone.conv.requires_grad_(False)
-    model.compile()
-
+    # Loss, optimizer and schedule
     loss_fn = nn.CrossEntropyLoss()
     backbone_params, other_params = [], []
     for name, param in model.named_parameters():
@@ -128,6 +119,7 @@ def main():
             backbone_params.append(param)
         else:
             other_params.append(param)
+    # torch's fused step on CPU: one kernel for every tensor, as `specc run`
     optimizer = torch.optim.AdamW(
         [
             {"params": backbone_params, "lr": 0.01, "weight_decay": 0.0},
@@ -135,55 +127,78 @@ def main():
         ],
         lr=0.001,
         weight_decay=0.05,
+        fused=device.type == "cpu",
     )
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / 128) / 4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=0.01,
-        epochs=30,
-        steps_per_epoch=math.ceil(len(train_loader) / 4),
+        optimizer, max_lr=0.01, total_steps=steps_per_epoch * 30
     )
     scaler = torch.amp.GradScaler(device.type)
 
-    # Training
+    # Training: the sample order, batches and steps of `specc run`
+    step = 0
     best_loss = float("inf")
     bad_epochs = 0
-    for epoch in range(30):
+    for epoch in range(1, 31):
         model.train()
+        generator = torch.Generator().manual_seed(epoch)  # one per epoch
+        order = torch.randperm(len(train_set), generator=generator)
+        # the loader draws its workers' seed from `generator`, not from torch's own
+        batches = DataLoader(
+            train_set,
+            batch_size=128,
+            sampler=order.tolist(),
+            num_workers=4,
+            generator=generator,
+        )
         running_loss = 0.0
-        for i, (inputs, labels) in enumerate(train_loader, start=1):
+        for i, (inputs, labels) in enumerate(batches, start=1):
             inputs, labels = inputs.to(device), labels.to(device)
             with torch.autocast(device.type, dtype=torch.float16):
                 outputs = model(inputs)
                 loss = loss_fn(outputs, labels)
             scaler.scale(loss / 4).backward()  # gradients add up over 4 batches
-            if i % 4 == 0 or i == len(train_loader):
+            running_loss += loss.item()
+            if i % 4 == 0 or i == len(batches):
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
                 scheduler.step()
+                step += 1
+                if step % 100 == 0:
+                    print(f"epoch {epoch}  step {step}  loss {running_loss / 400:.4f}")
+                    running_loss = 0.0
 
-            running_loss += loss.item()
-            if i % 400 == 0:
-                print(f"[{epoch + 1}, {i:5d}] loss: {running_loss / 400:.3f}")
-                running_loss = 0.0
-
-        val_loss = evaluate(model, val_loader, loss_fn, device)
-        print(f"epoch {epoch + 1}: val loss {val_loss:.4f}")
+        val_loss = evaluate(
+            model,
+            DataLoader(val_set, batch_size=256, generator=torch.Generator()),
+            loss_fn,
+            device,
+        )
+        print(f"epoch {epoch}: val loss {val_loss:.4f}")
         if val_loss < best_loss:
-            best_loss, bad_epochs = val_loss, 0
+            best_loss = val_loss
+            bad_epochs = 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
             if bad_epochs == 3:  # early_stop
                 print("early stop: no improvement in 3 epochs")
                 break
 
-    test_loss = evaluate(model, test_loader, loss_fn, device)
-    print(f"test loss {test_loss:.4f}")
-
     torch.save(model.state_dict(), "case_train_images.pt")
     print("saved the weights to case_train_images.pt")
+    model.load_state_dict(best_state)  # the best epoch's weights, as `specc run` tests
+
+    test_loss = evaluate(
+        model,
+        DataLoader(test_set, batch_size=256, generator=torch.Generator()),
+        loss_fn,
+        device,
+    )
+    print(f"test loss {test_loss:.4f}")
 
 
 if __name__ == "__main__":

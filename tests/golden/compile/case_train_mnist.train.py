@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_collate
 from torchvision.transforms import v2
 
 
@@ -47,12 +47,19 @@ class TransformedDataset(Dataset):
         return self.transform(inputs), label
 
 
+def as_tensors(dataset, device):
+    """Every sample of `dataset`, transformed once, as (inputs, labels) on `device`.
+    (A DataLoader would do it too, but it draws a seed from torch's global generator.)"""
+    inputs, labels = default_collate([dataset[i] for i in range(len(dataset))])
+    return inputs.to(device), labels.to(device)
+
+
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device):
-    """The mean loss and accuracy of `model` on `loader`."""
+def evaluate(model, batches, loss_fn, device):
+    """The mean loss and accuracy of `model` over `batches` of (inputs, labels)."""
     model.eval()
     total_loss, correct, total = 0.0, 0, 0
-    for inputs, labels in loader:
+    for inputs, labels in batches:
         inputs, labels = inputs.to(device), labels.to(device)
         outputs = model(inputs)
         loss = loss_fn(outputs, labels)
@@ -66,20 +73,7 @@ def main():
     torch.manual_seed(1)
     device = torch.device("cuda:0")
 
-    # Data
-    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-
-    train_set = torchvision.datasets.MNIST(
-        root="data", train=True, download=True, transform=transform
-    )
-    test_set = TransformedDataset(
-        load_tensor_file("mnist_test.safetensors", x="images", y="targets"), transform
-    )
-
-    train_loader = DataLoader(train_set, batch_size=64)
-    test_loader = DataLoader(test_set, batch_size=256)
-
-    # Model, loss and optimizer
+    # Model
     model = Net().to(device)
 
     model.conv.weight.requires_grad_(False)
@@ -87,48 +81,72 @@ def main():
         if fnmatch.fnmatchcase(name, "bn.*"):
             param.requires_grad_(False)
 
+    # Data
+    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    train_x, train_y = as_tensors(
+        torchvision.datasets.MNIST(
+            root="data", train=True, download=True, transform=transform
+        ),
+        device,
+    )
+    test_x, test_y = as_tensors(
+        TransformedDataset(
+            load_tensor_file("mnist_test.safetensors", x="images", y="targets"),
+            transform,
+        ),
+        device,
+    )
+
+    # Loss, optimizer and schedule
     loss_fn = nn.CrossEntropyLoss()
+    # torch's fused step on CPU: one kernel for every tensor, as `specc run`
     optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=0.001
+        [p for p in model.parameters() if p.requires_grad],
+        lr=0.001,
+        fused=device.type == "cpu",
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
 
-    # Training
+    # Training: the sample order, batches and steps of `specc run`
     step = 0
-    for epoch in range(3):
+    for epoch in range(1, 4):
         model.train()
         # frozen BatchNorm layers keep their running statistics
         model.bn.eval()
+        order = torch.arange(len(train_y))
+        batches = order.to(device).split(64)
         running_loss = 0.0
-        for i, (inputs, labels) in enumerate(train_loader, start=1):
-            inputs, labels = inputs.to(device), labels.to(device)
+        for i, batch in enumerate(batches, start=1):
+            inputs, labels = train_x[batch], train_y[batch]
             outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             loss.backward()
+            running_loss += loss.item()
             optimizer.step()
             optimizer.zero_grad()
             step += 1
+            if step % 50 == 0:
+                print(f"epoch {epoch}  step {step}  loss {running_loss / 50:.4f}")
+                running_loss = 0.0
             if step == 500:
                 break
-
-            running_loss += loss.item()
-            if i % 50 == 0:
-                print(f"[{epoch + 1}, {i:5d}] loss: {running_loss / 50:.3f}")
-                running_loss = 0.0
-        if step == 500:  # max_steps
+        if step == 500:  # max_steps: stop mid-epoch, as `specc run` does
             break
         scheduler.step()
 
-        test_loss, test_accuracy = evaluate(model, test_loader, loss_fn, device)
-        print(
-            f"epoch {epoch + 1}: test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}"
+        test_loss, test_accuracy = evaluate(
+            model, zip(test_x.split(256), test_y.split(256)), loss_fn, device
         )
-
-    test_loss, test_accuracy = evaluate(model, test_loader, loss_fn, device)
-    print(f"test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}")
+        print(f"epoch {epoch}: test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}")
 
     torch.save(model.state_dict(), "case_train_mnist.pt")
     print("saved the weights to case_train_mnist.pt")
+
+    test_loss, test_accuracy = evaluate(
+        model, zip(test_x.split(256), test_y.split(256)), loss_fn, device
+    )
+    print(f"test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset, default_collate
 
 
 class ConvNet(nn.Module):
@@ -45,12 +45,19 @@ def digits_dataset(train=True):
     return TensorDataset(images[idx], labels[idx])
 
 
+def as_tensors(dataset, device):
+    """Every sample of `dataset`, transformed once, as (inputs, labels) on `device`.
+    (A DataLoader would do it too, but it draws a seed from torch's global generator.)"""
+    inputs, labels = default_collate([dataset[i] for i in range(len(dataset))])
+    return inputs.to(device), labels.to(device)
+
+
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device):
-    """The mean loss and accuracy of `model` on `loader`."""
+def evaluate(model, batches, loss_fn, device):
+    """The mean loss and accuracy of `model` over `batches` of (inputs, labels)."""
     model.eval()
     total_loss, correct, total = 0.0, 0, 0
-    for inputs, labels in loader:
+    for inputs, labels in batches:
         inputs, labels = inputs.to(device), labels.to(device)
         outputs = model(inputs)
         loss = loss_fn(outputs, labels)
@@ -64,39 +71,45 @@ def main():
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    # Data
-    train_set = digits_dataset(train=True)
-    test_set = digits_dataset(train=False)
-
-    train_loader = DataLoader(train_set, batch_size=32, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=256)
-
-    # Model, loss and optimizer
+    # Model
     model = Classifier().to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.002)
 
-    # Training
-    for epoch in range(5):
+    # Data
+    train_x, train_y = as_tensors(digits_dataset(train=True), device)
+    test_x, test_y = as_tensors(digits_dataset(train=False), device)
+
+    # Loss, optimizer and schedule
+    loss_fn = nn.CrossEntropyLoss()
+    # torch's fused step on CPU: one kernel for every tensor, as `specc run`
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=0.002, fused=device.type == "cpu"
+    )
+
+    # Training: the sample order, batches and steps of `specc run`
+    step = 0
+    for epoch in range(1, 6):
         model.train()
+        generator = torch.Generator().manual_seed(epoch)  # one per epoch
+        order = torch.randperm(len(train_y), generator=generator)
+        batches = order.to(device).split(32)
         running_loss = 0.0
-        for i, (inputs, labels) in enumerate(train_loader, start=1):
-            inputs, labels = inputs.to(device), labels.to(device)
+        for i, batch in enumerate(batches, start=1):
+            inputs, labels = train_x[batch], train_y[batch]
             outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             loss.backward()
+            running_loss += loss.item()
             optimizer.step()
             optimizer.zero_grad()
-
-            running_loss += loss.item()
-            if i % 20 == 0:
-                print(f"[{epoch + 1}, {i:5d}] loss: {running_loss / 20:.3f}")
+            step += 1
+            if step % 20 == 0:
+                print(f"epoch {epoch}  step {step}  loss {running_loss / 20:.4f}")
                 running_loss = 0.0
 
-        test_loss, test_accuracy = evaluate(model, test_loader, loss_fn, device)
-        print(
-            f"epoch {epoch + 1}: test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}"
+        test_loss, test_accuracy = evaluate(
+            model, zip(test_x.split(256), test_y.split(256)), loss_fn, device
         )
+        print(f"epoch {epoch}: test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}")
 
     torch.save(model.state_dict(), "digits_pretrain.pt")
     print("saved the weights to digits_pretrain.pt")
