@@ -605,13 +605,8 @@ class TrainScript:
         step.append("optimizer.zero_grad()")
         if plan.scheduler.interval == "step" and (plan.scheduler.ctor or plan.scheduler.warmup):
             step.append("scheduler.step()")
-        window = plan.log_every * plan.accumulate
-        report = f'print(f"epoch {{epoch}}  step {{step}}  loss {{running_loss / {window}:.4f}}")'
-        step.append("step += 1")
-        if plan.log_every == 1:
-            step += [report, "running_loss = 0.0"]
-        else:
-            step += [f"if step % {plan.log_every} == 0:", f"    {report}", "    running_loss = 0.0"]
+        if plan.max_steps:
+            step.append("step += 1")
         if plan.max_steps:
             step.append(f"if step == {plan.max_steps}:\n    break")
         return step
@@ -716,6 +711,7 @@ class TrainScript:
             "accumulate": plan.accumulate,
             "backward": backward,
             "step": self.step_statements(),
+            "log_every": plan.log_every * plan.accumulate,
             "max_steps": plan.max_steps,
             "epoch_scheduler": plan.scheduler.interval == "epoch" and plan.scheduler.ctor,
             "epoch_eval": epoch_eval,

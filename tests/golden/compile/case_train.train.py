@@ -143,17 +143,19 @@ def main():
                 optimizer.zero_grad()
                 continue
             (loss / 2).backward()  # gradients add up over 2 batches
-            running_loss += loss.item()
             if i % 2 == 0 or i == len(batches):
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
                 scheduler.step()
                 step += 1
-                print(f"epoch {epoch}  step {step}  loss {running_loss / 2:.4f}")
-                running_loss = 0.0
                 if step == 9:
                     break
+
+            running_loss += loss.item()
+            if i % 2 == 0:
+                print(f"[{epoch}, {i:5d}] loss: {running_loss / 2:.3f}")
+                running_loss = 0.0
         if step == 9:  # max_steps: stop mid-epoch, as `specc run` does
             break
 

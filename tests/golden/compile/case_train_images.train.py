@@ -136,7 +136,6 @@ def main():
     scaler = torch.amp.GradScaler(device.type)
 
     # Training: the sample order, batches and steps of `specc run`
-    step = 0
     best_loss = float("inf")
     bad_epochs = 0
     for epoch in range(1, 31):
@@ -158,7 +157,6 @@ def main():
                 outputs = model(inputs)
                 loss = loss_fn(outputs, labels)
             scaler.scale(loss / 4).backward()  # gradients add up over 4 batches
-            running_loss += loss.item()
             if i % 4 == 0 or i == len(batches):
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -166,10 +164,11 @@ def main():
                 scaler.update()
                 optimizer.zero_grad()
                 scheduler.step()
-                step += 1
-                if step % 100 == 0:
-                    print(f"epoch {epoch}  step {step}  loss {running_loss / 400:.4f}")
-                    running_loss = 0.0
+
+            running_loss += loss.item()
+            if i % 400 == 0:
+                print(f"[{epoch}, {i:5d}] loss: {running_loss / 400:.3f}")
+                running_loss = 0.0
 
         val_loss = evaluate(
             model,

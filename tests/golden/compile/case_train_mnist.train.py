@@ -122,15 +122,16 @@ def main():
             outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             loss.backward()
-            running_loss += loss.item()
             optimizer.step()
             optimizer.zero_grad()
             step += 1
-            if step % 50 == 0:
-                print(f"epoch {epoch}  step {step}  loss {running_loss / 50:.4f}")
-                running_loss = 0.0
             if step == 500:
                 break
+
+            running_loss += loss.item()
+            if i % 50 == 0:
+                print(f"[{epoch}, {i:5d}] loss: {running_loss / 50:.3f}")
+                running_loss = 0.0
         if step == 500:  # max_steps: stop mid-epoch, as `specc run` does
             break
         scheduler.step()

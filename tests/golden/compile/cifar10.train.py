@@ -90,7 +90,6 @@ def main():
     )
 
     # Training: the sample order, batches and steps of `specc run`
-    step = 0
     for epoch in range(1, 3):
         model.train()
         generator = torch.Generator().manual_seed(epoch)  # one per epoch
@@ -102,12 +101,12 @@ def main():
             outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             loss.backward()
-            running_loss += loss.item()
             optimizer.step()
             optimizer.zero_grad()
-            step += 1
-            if step % 2000 == 0:
-                print(f"epoch {epoch}  step {step}  loss {running_loss / 2000:.4f}")
+
+            running_loss += loss.item()
+            if i % 2000 == 0:
+                print(f"[{epoch}, {i:5d}] loss: {running_loss / 2000:.3f}")
                 running_loss = 0.0
 
         test_loss, test_accuracy = evaluate(

@@ -89,7 +89,6 @@ def main():
     )
 
     # Training: the sample order, batches and steps of `specc run`
-    step = 0
     for epoch in range(1, 7):
         model.train()
         generator = torch.Generator().manual_seed(epoch)  # one per epoch
@@ -101,12 +100,12 @@ def main():
             outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             loss.backward()
-            running_loss += loss.item()
             optimizer.step()
             optimizer.zero_grad()
-            step += 1
-            if step % 20 == 0:
-                print(f"epoch {epoch}  step {step}  loss {running_loss / 20:.4f}")
+
+            running_loss += loss.item()
+            if i % 20 == 0:
+                print(f"[{epoch}, {i:5d}] loss: {running_loss / 20:.3f}")
                 running_loss = 0.0
 
         test_loss, test_accuracy = evaluate(
