@@ -36,7 +36,7 @@ from specc.codegen.layout import (
     string_literal,
     with_prefix,
 )
-from specc.codegen.models import ModuleWriter
+from specc.codegen.models import ModuleWriter, environment
 from specc.codegen.naming import check_attribute, check_identifier
 from specc.errors import SpecTypeError
 from specc.lang.plugins import load_plugins
@@ -80,23 +80,21 @@ TENSOR_FILE_IMPORTS = {
     "npz": {"import numpy as np"},
     "safetensors": {"from safetensors.torch import load_file"},
 }
-# How load_tensor_file reads each kind of file (the `data` dict it fills), in branch order.
-TENSOR_FILE_LOADS = {
-    "npz": ('path.endswith(".npz")', "data = dict(np.load(path))"),
-    "safetensors": ('path.endswith(".safetensors")', "data = load_file(path)"),
-    "pt": (
-        'path.endswith((".pt", ".pth"))',
-        "data = torch.load(path, weights_only=True)\n"
-        "if isinstance(data, (tuple, list)):  # saved as a pair (inputs, labels)\n"
-        "    data = {x: data[0], y: data[1]}",
-    ),
-}
+# The kinds of tensor file load_tensor_file tells apart, in the order of its branches.
+TENSOR_FILE_ORDER = ("npz", "safetensors", "pt")
 # Why the script sets each kernel choice of the plan (specc.training.kernels).
 KERNEL_REASONS = {
     "threads": "every op of this model is small: a second thread's wake-up costs more than "
     "it saves",
     "conv": "small convolutions: torch's native kernels beat oneDNN's fixed cost per call",
 }
+
+
+def block_of(macro: str, *args: Any) -> str:
+    """A macro of templates/train_blocks.j2 (the fixed control flow of statements) called
+    with already-formatted expressions: one statement for a list at `main()`'s indent."""
+    module = environment().get_template("train_blocks.j2").module
+    return str(getattr(module, macro)(*args)).rstrip("\n")
 
 
 def _paragraphs(*groups: list[str]) -> list[str]:
@@ -358,11 +356,8 @@ class TrainScript:
             add = flat(literal_doc(init.add_prefix))
             out.append(statement(self.dict_comp(f"{add} + k: v"), "state = ", MAIN))
         if init.target and not (init.strip_prefix or init.add_prefix):
-            out += [
-                f"if not state.keys() & {target}.state_dict().keys():",
-                f"    # a whole model's checkpoint: take its {init.target}.* weights",
-                "    " + self.strip_prefix(init.target + ".", MAIN + 4).replace("\n", "\n    "),
-            ]
+            strip = self.strip_prefix(init.target + ".", MAIN + 4)
+            out.append(block_of("take_submodule_weights", target, init.target, strip))
         if init.skip_mismatched:
             keep = "k not in own or v.shape == own[k].shape"
             out += [
@@ -409,21 +404,20 @@ class TrainScript:
                for p in patterns if not is_glob(p)]  # fmt: skip
         globs = tuple(p for p in patterns if is_glob(p))
         if globs:
-            out += [
-                "for name, param in model.named_parameters():",
-                "    " + self.condition(self.name_test(globs), MAIN + 4),
-                "        param.requires_grad_(False)",
-            ]
+            out.append(block_of("freeze_matching", self.condition(self.name_test(globs))))
         return out
 
     def getter(self, pattern: str) -> str:
         return "get_parameter" if pattern in self.parameters else "get_submodule"
 
     @staticmethod
-    def condition(test: Doc, base: int) -> str:
-        """`if test:` at indent `base`, as one string for a statement list at `base - 4`."""
-        lines = layout(test, " " * base, "if ", ":")
-        return block(lines, base).replace("\n", "\n    ")
+    def condition(test: Doc, keyword: str = "if") -> str:
+        """`test` laid out as the condition of an `if` (or `elif`) in a loop in `main()`:
+        what goes between the keyword and `:`, continuation lines relative to the keyword."""
+        base = MAIN + 4
+        lines = layout(test, " " * base, f"{keyword} ", ":")
+        text = block(lines, base).removeprefix(f"{keyword} ").removesuffix(":")
+        return text.replace("\n" + " " * base, "\n")
 
     # ---- loss, optimizer, scheduler -----------------------------------------------------
     def loss_statements(self) -> list[str]:
@@ -469,15 +463,9 @@ class TrainScript:
             names.append(self.gen.modules.fresh(f"{base}_params", "parameter group"))
         if rest:
             names.append("other_params")
-        out.append(", ".join(names) + " = " + ", ".join("[]" for _ in names))
-        out.append("for name, param in model.named_parameters():")
-        if self.plan.frozen:
-            out += ["    if not param.requires_grad:", "        continue"]
-        for i, (g, var) in enumerate(zip(groups, names, strict=False)):
-            test = self.condition(self.name_test(g.patterns), MAIN + 4)
-            out += ["    " + (test if i == 0 else "el" + test), f"        {var}.append(param)"]
-        if rest:
-            out += ["    else:", "        other_params.append(param)"]
+        conditions = [self.condition(self.name_test(g.patterns), "elif" if i else "if")
+                      for i, g in enumerate(groups)]  # fmt: skip
+        out.append(block_of("fill_groups", names, conditions, bool(self.plan.frozen)))
         dicts = []
         for g, var in zip(groups, names, strict=False):
             items = [Text(f'"params": {var}')]
@@ -671,20 +659,12 @@ class TrainScript:
             self.dataset_names.add("DataLoader")
         names = ", ".join(sorted(self.dataset_names, key=lambda n: (n[0].islower(), n)))
         self.imports.add(f"from torch.utils.data import {names}")
-        # load_tensor_file: one way of reading per kind of file the spec names
-        kinds = sorted(self.tensor_kinds, key=list(TENSOR_FILE_LOADS).index)
-        branches = [
-            {
-                "branch": "else" if k == len(kinds) - 1 else f"{'el' if k else ''}if {test}",
-                "load": load,
-            }
-            for k, (test, load) in enumerate(TENSOR_FILE_LOADS[kind] for kind in kinds)
-        ]
         data = plan.data
         context = {
             "unverified": [{"name": n, "base": b} for n, b in sorted(self.unverified.items())],
             "digits": self.digits,
-            "tensor_file": branches,
+            # load_tensor_file: one way of reading per kind of file the spec names
+            "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
             "transformed": self.transformed,
             "in_memory": data.in_memory,
             "evaluate": self.evaluate_context() if eval_split else None,
