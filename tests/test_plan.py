@@ -256,10 +256,10 @@ def test_runner_and_compile_resolve_the_same_plan(name, weights, plans):
 # Each is found by `resolve`, so `specc compile --train` and `specc run` say the same.
 MISTAKES = {
     "best_metric_unknown": (spec_text('    best_metric = "acc"'), 'best_metric = "acc"',
-                            "best_metric `acc` is not computed: the metrics are loss, accuracy",
+                            "unknown best_metric `acc`",
                             "known metrics: accuracy, top5, loss"),
     "best_metric_misspelt": (spec_text('    best_metric = "acuracy"'),
-                             'best_metric = "acuracy"', "best_metric `acuracy` is not computed",
+                             'best_metric = "acuracy"', "unknown best_metric `acuracy`",
                              "did you mean `accuracy`?"),
     "best_metric_not_computed": (spec_text('    best_metric = "top5"'), 'best_metric = "top5"',
                                  "best_metric `top5` is not computed: the metrics are loss, "

@@ -280,15 +280,19 @@ def _metrics(cfg: TrainConfig, spans: dict[str, ir.Span]) -> tuple[tuple[str, ..
             )
     metrics = tuple(m for m in dict.fromkeys(cfg.metrics) if m != "loss")
     best = cfg.best_metric or next(iter(metrics), "loss")
-    if best not in (*metrics, "loss"):
-        computed = ["loss", *metrics]
+    computed = ["loss", *metrics]
+    if best not in METRICS:
+        raise SpecNameError(
+            f"unknown best_metric `{best}`",
+            loc(spans.get("best_metric")),
+            hint=did_you_mean(best, METRICS) or f"known metrics: {', '.join(METRICS)}",
+        )
+    if best not in computed:
         raise SpecNameError(
             f"best_metric `{best}` is not computed: the metrics are {', '.join(computed)}",
             loc(spans.get("best_metric")),
-            hint=did_you_mean(best, computed)
-            or (f"add it to `metrics`, or use one of {', '.join(computed)}"
-                if best in METRICS else f"known metrics: {', '.join(METRICS)}"),
-        )  # fmt: skip
+            hint=f"add it to `metrics`, or use one of {', '.join(computed)}",
+        )
     return metrics, best, best != "loss"
 
 
