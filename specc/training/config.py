@@ -203,8 +203,11 @@ def _validate(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span, wh
         raise SpecTypeError(f"{what}: `{key}`: {msg}", where) from None
 
 
-def train_config(program: ir.Program, name: str | None = None) -> tuple[TrainConfig, DataConfig]:
-    """The validated train block (the first, or the one named) and its data block."""
+def train_config(
+    program: ir.Program, name: str | None = None
+) -> tuple[ir.TrainDef, TrainConfig, DataConfig]:
+    """The train block (the first, or the one named), its validated settings and those of
+    its data block."""
     if not program.trains:
         raise UsageError(
             "the spec has no `train` block",
@@ -221,4 +224,4 @@ def train_config(program: ir.Program, name: str | None = None) -> tuple[TrainCon
             hint=did_you_mean(cfg.data, [d.name for d in program.data]),
         )
     data = _validate(DataConfig, block.fields, block.span, f"data {block.name}")
-    return cfg, data
+    return train, cfg, data

@@ -1,10 +1,10 @@
-"""Fine-tuning statements of a train block: `init ... from`, `freeze`, `group`.
+"""A train plan's fine-tuning applied to a built model: `init` and `freeze`.
 
 `init [target] from "file" (options)` loads a specc checkpoint, a plain state_dict or a
 .safetensors file into the whole model or a sub-module, always through
-``torch.load(weights_only=True)`` / safetensors. `freeze` takes parameter or module names
-and globs; frozen BatchNorm layers stay in eval mode and frozen parameters stay out of the
-optimizer. `group "pattern" (lr=...)` gives matching parameters their own hyper-parameters.
+``torch.load(weights_only=True)`` / safetensors. Frozen parameters stop needing gradients
+and frozen BatchNorm layers stay in eval mode. Which names a pattern matches, and the
+`group` options, are settled in the plan (specc.training.plan).
 """
 
 from __future__ import annotations
@@ -29,18 +29,14 @@ def apply_train_setup(plan: TrainPlan, model: nn.Module, *, quiet: bool = False)
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
-    if frozen:
-        keep_frozen_norms_in_eval(model)
+    for path in plan.frozen_norms:
+        keep_in_eval(model.get_submodule(path))
 
 
-def keep_frozen_norms_in_eval(model: nn.Module) -> None:
-    """Frozen BatchNorm layers must not update running stats: pin them to eval mode."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                module.train = _stay_eval.__get__(module)  # type: ignore[method-assign]
-                module.eval()
+def keep_in_eval(module: nn.Module) -> None:
+    """A frozen BatchNorm layer must not update its running stats: pin it to eval mode."""
+    module.train = _stay_eval.__get__(module)  # type: ignore[method-assign]
+    module.eval()
 
 
 def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:

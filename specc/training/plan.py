@@ -163,7 +163,6 @@ class Kernels:
 class TrainPlan:
     """Everything `specc run` and `specc compile --train` need, resolved."""
 
-    source: str  # the spec's path: names the run folder and the saved weights
     model: ModelPlan
     data: DataPlan
     loss: LossPlan
@@ -199,15 +198,13 @@ class TrainPlan:
 def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     """The plan of the program's train block (the first, or the one named), with every
     mistake a located SpecError. `--set` overrides are applied to `program` before."""
-    cfg, data = train_config(program, name)
-    train = next((t for t in program.trains if t.name == name), program.trains[0])
+    train, cfg, data = train_config(program, name)
     spans = {f.key: f.span for f in train.fields}
     model = _model(program, cfg.model)
     meta = _meta_module(program, model.instance)
     frozen = frozen_names(train, meta)
     metrics, best, higher = _metrics(cfg, spans)
     return TrainPlan(
-        source=program.sources[0].path,
         model=model,
         data=_data(program, data),
         loss=_loss(program, cfg.loss),
