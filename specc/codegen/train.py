@@ -616,77 +616,35 @@ class TrainScript:
             "keep": keep,
         }
 
-    def source(self) -> str:
-        plan = self.plan
-        if plan.device == "auto":
-            device = 'device = torch.device("cuda" if torch.cuda.is_available() else "cpu")'
-        else:
-            device = statement(
-                Brackets("torch.device", (literal_doc(plan.device),)), "device = ", MAIN
-            )
-        always_kernels, cpu_kernels = self.kernel_statements()
-        model_groups = self.model_section()
-        data_stmts, held = self.data_section()
-        n_train = "len(train_y)" if plan.data.in_memory else "len(train_set)"
+    def device_statement(self) -> str:
+        if self.plan.device == "auto":
+            return 'device = torch.device("cuda" if torch.cuda.is_available() else "cpu")'
+        return statement(
+            Brackets("torch.device", (literal_doc(self.plan.device),)), "device = ", MAIN
+        )
+
+    def setup_section(self, n_train: str) -> list[str]:
+        """Loss, optimizer, scheduler and the fp16 gradient scaler."""
         setup = [*self.loss_statements(), *self.optimizer_statements(),
                  *self.scheduler_statements(n_train)]  # fmt: skip
+        if self.plan.precision == "fp16":
+            setup.append("scaler = torch.amp.GradScaler(device.type)")
+        return setup
+
+    def step_context(self) -> dict[str, Any]:
+        """Forward, backward and optimizer step of one batch."""
+        plan = self.plan
         autocast = ""
         if plan.precision != "fp32":
             dtype = "bfloat16" if plan.precision == "bf16" else "float16"
             autocast = f"torch.autocast(device.type, dtype=torch.{dtype})"
-        if plan.precision == "fp16":
-            setup.append("scaler = torch.amp.GradScaler(device.type)")
         scaled = "loss" if plan.accumulate == 1 else f"loss / {plan.accumulate}"
         if plan.precision == "fp16":
             backward = f"scaler.scale({scaled}).backward()"
         else:
             backward = "loss.backward()" if plan.accumulate == 1 else f"({scaled}).backward()"
-
-        # evaluation: the val (else test) set after each epoch, the test set at the end
-        eval_split = "val" if "val" in held else "test" if "test" in held else None
-        epoch_eval = final_eval = None
-        if eval_split is not None:
-            epoch_eval = self.evaluation(eval_split, held[eval_split], 8, True)
-        if "test" in held and (eval_split == "val" or plan.max_steps):
-            final_eval = self.evaluation("test", held["test"], MAIN, False)
-        best = self.best_context(eval_split, final_eval is not None)
-
-        stem = Path(self.program.sources[0].path).stem
-        weights = f"{stem}.pt" if re.fullmatch(r"[A-Za-z0-9_.-]+", stem) else "model.pt"
-        if plan.data.in_memory:
-            self.dataset_names.add("default_collate")
-        else:
-            self.dataset_names.add("DataLoader")
-        names = ", ".join(sorted(self.dataset_names, key=lambda n: (n[0].islower(), n)))
-        self.imports.add(f"from torch.utils.data import {names}")
-        data = plan.data
-        context = {
-            "unverified": [{"name": n, "base": b} for n, b in sorted(self.unverified.items())],
-            "digits": self.digits,
-            # load_tensor_file: one way of reading per kind of file the spec names
-            "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
-            "transformed": self.transformed,
-            "in_memory": data.in_memory,
-            "evaluate": self.evaluate_context() if eval_split else None,
+        return {
             "autocast": autocast,
-            "seed": repr(plan.seed),
-            # `specc run`'s seed of each epoch's order: seed * 1000003 + epoch
-            "epoch_seed": f"{plan.seed * 1000003} + epoch" if plan.seed else "epoch",
-            "device": device,
-            "always_kernels": always_kernels,
-            "cpu_kernels": cpu_kernels,
-            # blank lines around init and freeze statements only
-            "model": _paragraphs(*model_groups) if len(model_groups) > 1 else model_groups[0],
-            "data": data_stmts,
-            "setup": setup,
-            "epochs": plan.epochs,
-            "n_train": n_train,
-            "batch_size": data.batch_size,
-            "shuffle": data.shuffle,
-            "drop_last": data.drop_last,
-            "workers": data.workers,
-            "augment": any(t.random for t in data.train_transform) and data.in_memory,
-            "frozen_norms": [_module_path("model", p) for p in plan.frozen_norms],
             "skip_nan": plan.on_nan == "skip",
             "accumulate": plan.accumulate,
             "backward": backward,
@@ -694,11 +652,77 @@ class TrainScript:
             "log_every": plan.log_every * plan.accumulate,
             "max_steps": plan.max_steps,
             "epoch_scheduler": plan.scheduler.interval == "epoch" and plan.scheduler.ctor,
+        }
+
+    def epochs_context(self, n_train: str) -> dict[str, Any]:
+        """The epoch loop: its length and each epoch's sample order and batches."""
+        plan, data = self.plan, self.plan.data
+        return {
+            "epochs": plan.epochs,
+            # `specc run`'s seed of each epoch's order: seed * 1000003 + epoch
+            "epoch_seed": f"{plan.seed * 1000003} + epoch" if plan.seed else "epoch",
+            "n_train": n_train,
+            "batch_size": data.batch_size,
+            "shuffle": data.shuffle,
+            "drop_last": data.drop_last,
+            "workers": data.workers,
+            "in_memory": data.in_memory,
+            "augment": any(t.random for t in data.train_transform) and data.in_memory,
+            "frozen_norms": [_module_path("model", p) for p in plan.frozen_norms],
+        }
+
+    def evaluation_context(self, held: dict[str, str]) -> dict[str, Any]:
+        """The val (else test) set after each epoch, the test set at the end."""
+        eval_split = "val" if "val" in held else "test" if "test" in held else None
+        epoch_eval = final_eval = None
+        if eval_split is not None:
+            epoch_eval = self.evaluation(eval_split, held[eval_split], 8, True)
+        if "test" in held and (eval_split == "val" or self.plan.max_steps):
+            final_eval = self.evaluation("test", held["test"], MAIN, False)
+        return {
+            "evaluate": self.evaluate_context() if eval_split else None,
             "epoch_eval": epoch_eval,
-            "best": best,
+            "best": self.best_context(eval_split, final_eval is not None),
             "final_eval": final_eval,
+        }
+
+    def helpers_context(self) -> dict[str, Any]:
+        """The helpers and imports the sections written so far need."""
+        self.dataset_names.add("default_collate" if self.plan.data.in_memory else "DataLoader")
+        names = ", ".join(sorted(self.dataset_names, key=lambda n: (n[0].islower(), n)))
+        self.imports.add(f"from torch.utils.data import {names}")
+        return {
+            "unverified": [{"name": n, "base": b} for n, b in sorted(self.unverified.items())],
+            "digits": self.digits,
+            # load_tensor_file: one way of reading per kind of file the spec names
+            "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
+            "transformed": self.transformed,
+        }
+
+    def source(self) -> str:
+        """The script: `train.py.j2` filled with the plan's sections."""
+        plan = self.plan
+        always_kernels, cpu_kernels = self.kernel_statements()
+        model_groups = self.model_section()
+        data_stmts, held = self.data_section()
+        n_train = "len(train_y)" if plan.data.in_memory else "len(train_set)"
+        stem = Path(self.program.sources[0].path).stem
+        weights = f"{stem}.pt" if re.fullmatch(r"[A-Za-z0-9_.-]+", stem) else "model.pt"
+        context = {
+            "seed": repr(plan.seed),
+            "device": self.device_statement(),
+            "always_kernels": always_kernels,
+            "cpu_kernels": cpu_kernels,
+            # blank lines around init and freeze statements only
+            "model": _paragraphs(*model_groups) if len(model_groups) > 1 else model_groups[0],
+            "data": data_stmts,
+            "setup": self.setup_section(n_train),
+            **self.epochs_context(n_train),
+            **self.step_context(),
+            **self.evaluation_context(held),
             "weights": string_literal(weights),
             "saved": string_literal(f"saved the weights to {weights}"),
+            **self.helpers_context(),  # last: the sections above decide which are needed
         }
         self.gen.uses["torch"] = True
         return self.gen.module("train.py.j2", context, sorted(self.imports))
