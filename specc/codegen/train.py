@@ -10,7 +10,6 @@ laid out here.
 
 from __future__ import annotations
 
-import dataclasses
 import keyword
 import re
 from pathlib import Path
@@ -38,19 +37,16 @@ from specc.codegen.layout import (
 )
 from specc.codegen.models import ModuleWriter, environment
 from specc.codegen.naming import check_attribute, check_identifier
-from specc.errors import SpecTypeError
+from specc.codegen.train_data import MAIN, DataWriter, call_doc, paragraphs, value_doc
 from specc.lang.plugins import load_plugins
 from specc.training.plan import (
     Ctor,
-    DatasetPlan,
     GroupPlan,
     InitPlan,
     TrainPlan,
-    TransformPlan,
     is_glob,
     spec_loss_instance,
 )
-from specc.values import loc
 
 # Names the training script binds or calls at module level or in `main()`: a model or plugin
 # class of the same name would shadow them.
@@ -74,14 +70,6 @@ TRAIN_NAMES = frozenset(
         *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in ("loss", "accuracy", "top5")),
     }
 )  # fmt: skip
-MAIN = 4  # indent of main()'s statements
-TENSOR_FILE_KINDS = {".pt": "pt", ".pth": "pt", ".npz": "npz", ".safetensors": "safetensors"}
-TENSOR_FILE_IMPORTS = {
-    "npz": {"import numpy as np"},
-    "safetensors": {"from safetensors.torch import load_file"},
-}
-# The kinds of tensor file load_tensor_file tells apart, in the order of its branches.
-TENSOR_FILE_ORDER = ("npz", "safetensors", "pt")
 # Why the script sets each kernel choice of the plan (specc.training.kernels).
 KERNEL_REASONS = {
     "threads": "every op of this model is small: a second thread's wake-up costs more than "
@@ -95,17 +83,6 @@ def block_of(macro: str, *args: Any) -> str:
     with already-formatted expressions: one statement for a list at `main()`'s indent."""
     module = environment().get_template("train_blocks.j2").module
     return str(getattr(module, macro)(*args)).rstrip("\n")
-
-
-def _paragraphs(*groups: list[str]) -> list[str]:
-    """Statement groups with a blank line between them (the template indents each line;
-    `indent` leaves the empty one empty)."""
-    out: list[str] = []
-    for group in groups:
-        if group and out:
-            out[-1] += "\n"
-        out += group
-    return out
 
 
 def _module_path(root: str, path: str, getter: str = "get_submodule") -> str:
@@ -143,47 +120,11 @@ class TrainScript:
         reserved = {n: f"`{n}`, which the generated training script uses" for n in TRAIN_NAMES}
         self.gen = ModuleWriter(program, tops, reserved)
         self.imports = {"import torch"}
-        self.dataset_names: set[str] = set()  # what the script imports from torch.utils.data
-        # the helpers the data needs
-        self.unverified: dict[str, str] = {}  # class name -> the torchvision class it extends
-        self.digits = False  # digits_dataset()
-        self.tensor_kinds: set[str] = set()  # load_tensor_file() for these kinds of file
-        self.transformed = False  # TransformedDataset
+        self.data = DataWriter(plan.data, plan.seed)
         self.parameters = set(plan.parameters)
 
-    # ---- values -------------------------------------------------------------------------
-    def value(self, v: Any, span: ir.Span | None) -> Doc:
-        """A constant from the spec as code (literals through `repr`)."""
-        import torch
-
-        if isinstance(v, (Text, Brackets)):  # already code
-            return v
-        if isinstance(v, torch.dtype):  # a transform's dtype
-            return Text(f"torch.{check_attribute(str(v).removeprefix('torch.'), span, 'dtype')}")
-        if isinstance(v, list):
-            items = tuple(self.value(i, span) for i in v)
-            return Brackets("", items, "[", "]", PREC_ATOM, display=True)
-        if isinstance(v, tuple):
-            if not v:
-                return Text("()")
-            items = tuple(self.value(i, span) for i in v)
-            return Brackets("", items, prec=PREC_ATOM, one_tuple=len(items) == 1, display=True)
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return literal_doc(v)
-        raise SpecTypeError(f"cannot write {v!r} as Python source", loc(span))
-
-    def call(self, head: str, args: tuple | list, kwargs: dict[str, Any], span: ir.Span | None,
-             lead: tuple[Doc, ...] = ()) -> Doc:  # fmt: skip
-        """`head(*lead, *args, **kwargs)` with the spec's values."""
-        items = [*lead, *(self.value(a, span) for a in args)]
-        for k, v in kwargs.items():
-            items.append(
-                with_prefix(f"{check_attribute(k, span, 'keyword')}=", self.value(v, span))
-            )
-        return Brackets(head, tuple(items))
-
     def ctor_call(self, ctor: Ctor, head: str, lead: tuple[Doc, ...] = (), **extra: Any) -> Doc:
-        return self.call(head, ctor.args, ctor.kwargs | extra, ctor.span, lead)
+        return call_doc(head, ctor.args, ctor.kwargs | extra, ctor.span, lead)
 
     def class_head(self, ctor: Ctor, module: str) -> str:
         """How the script names the class: `module.Name`, or a plugin class's import."""
@@ -191,140 +132,13 @@ class TrainScript:
             return self.gen.plugin_class(ctor.name, ctor.span)
         return f"{module}.{check_attribute(ctor.name, ctor.span, module)}"
 
-    # ---- data ---------------------------------------------------------------------------
-    def transform_doc(self, steps: tuple[TransformPlan, ...]) -> Doc | None:
-        """`v2.Compose([...])`; None when there are no steps. ToTensor is the classic one:
-        `ToImage()` then `ToDtype(torch.float32, scale=True)`."""
-        docs: list[Doc] = []
-        for t in steps:
-            if t.cls is None:
-                docs += [Text("v2.ToImage()"), Text("v2.ToDtype(torch.float32, scale=True)")]
-            else:
-                head = f"v2.{check_attribute(t.name, t.span, 'transform')}"
-                docs.append(self.call(head, t.args, t.kwargs, t.span))
-        if not docs:
-            return None
-        self.imports.add("from torchvision.transforms import v2")
-        return Brackets(
-            "v2.Compose", (Brackets("", tuple(docs), "[", "]", PREC_ATOM, display=True),)
-        )
-
-    def dataset_doc(self, ds: DatasetPlan, transform: str | None) -> Doc:
-        """One dataset: a torchvision class, or a helper for Digits / TensorFile."""
-        if ds.kind != "torchvision":
-            doc = self.builtin_dataset(ds)
-            if transform is None:
-                return doc
-            self.transformed = True
-            self.dataset_names.add("Dataset")
-            return Brackets("TransformedDataset", (doc, Text(transform)))
-        import torchvision
-
-        head = f"torchvision.datasets.{check_attribute(ds.name, ds.span, 'dataset')}"
-        if not ds.verify and ds.cls in (
-            torchvision.datasets.CIFAR10,
-            torchvision.datasets.CIFAR100,
-        ):
-            # torchvision checks these files' MD5 sums; a small subclass checks only that
-            # they exist. (MNIST-family files are never checksummed: verify=False is left out.)
-            head = f"Unverified{ds.name}"
-            self.unverified[head] = ds.name
-        self.imports.add("import torchvision")
-        doc = self.call(head, ds.args, ds.kwargs, ds.span)
-        assert isinstance(doc, Brackets)
-        if transform is not None:
-            doc = dataclasses.replace(doc, items=(*doc.items, Text(f"transform={transform}")))
-        return doc
-
-    def builtin_dataset(self, ds: DatasetPlan) -> Doc:
-        self.dataset_names.add("TensorDataset")
-        if ds.kind == "digits":
-            self.digits = True
-            return self.call("digits_dataset", ds.args, ds.kwargs, ds.span)
-        path = (ds.args or (ds.kwargs.get("path"),))[0]
-        kind = TENSOR_FILE_KINDS[Path(path).suffix.lower()]
-        self.tensor_kinds.add(kind)
-        self.imports |= TENSOR_FILE_IMPORTS.get(kind, set())
-        return self.call("load_tensor_file", ds.args, ds.kwargs, ds.span)
-
-    def data_section(self) -> tuple[list[str], dict[str, str]]:
-        """Transforms, datasets and the val split; returns the statements and, per split,
-        how the script holds it (`train_x` in memory, `train_set` streamed)."""
-        data = self.plan.data
-        transforms: list[str] = []
-        first_random = next((i for i, t in enumerate(data.train_transform) if t.random),
-                            len(data.train_transform))  # fmt: skip
-        if not data.in_memory:
-            first_random = len(data.train_transform)  # streamed: all in the dataset
-        common = self.transform_doc(data.transform)
-        if common is not None:
-            transforms.append(statement(common, "transform = ", MAIN))
-        train_tf = self.transform_doc(data.train_transform[:first_random])
-        augment = self.transform_doc(data.train_transform[first_random:])
-        train_name: str | None = None
-        if train_tf is not None:
-            train_name = "transform" if common is not None and flat(train_tf) == flat(common) \
-                else "train_transform"  # fmt: skip
-            if train_name == "train_transform":
-                transforms.append(statement(train_tf, "train_transform = ", MAIN))
-        if augment is not None:
-            transforms += [
-                "# random transforms: drawn per sample, for each batch",
-                statement(augment, "train_augment = ", MAIN),
-            ]
-        eval_name = "transform" if common is not None else None
-        sets: list[str] = []
-        held: dict[str, str] = {}
-        for ds in data.splits():
-            tf = train_name if ds.split == "train" else eval_name
-            held[ds.split] = self.hold(ds, tf, sets)
-        if data.val_split:
-            held["val"] = self.carve_val(sets)
-        return _paragraphs(transforms, sets), held
-
-    def hold(self, ds: DatasetPlan, transform: str | None, out: list[str]) -> str:
-        """`train_x, train_y = as_tensors(...)` (in memory) or `train_set = ...`."""
-        doc = self.dataset_doc(ds, transform)
-        if self.plan.data.in_memory:
-            out.append(statement(Brackets("as_tensors", (doc, Text("device"))),
-                                 f"{ds.split}_x, {ds.split}_y = ", MAIN))  # fmt: skip
-            return f"{ds.split}_x"
-        out.append(statement(doc, f"{ds.split}_set = ", MAIN))
-        return f"{ds.split}_set"
-
-    def carve_val(self, out: list[str]) -> str:
-        """A seeded random part of the training set held out for validation, as `specc run`
-        holds it out (sorted indices, so both parts keep the data's order)."""
-        data, seed = self.plan.data, self.plan.seed
-        percent = f"{data.val_split * 100:g}%"
-        n = "len(train_y)" if data.in_memory else "len(train_set)"
-        out += [
-            f"# hold out a seeded random {percent} of the training set for validation",
-            statement(Text(f"max(1, round({n} * {data.val_split!r}))"), "n_val = ", MAIN),
-            f"perm = torch.randperm({n}, generator=torch.Generator().manual_seed({seed!r}))",
-        ]
-        if data.in_memory:
-            out += [
-                "val_idx = perm[:n_val].sort().values.to(device)",
-                "train_idx = perm[n_val:].sort().values.to(device)",
-                "val_x, val_y = train_x[val_idx], train_y[val_idx]",
-                "train_x, train_y = train_x[train_idx], train_y[train_idx]",
-            ]
-            return "val_x"
-        self.dataset_names.add("Subset")
-        out += [
-            "val_set = Subset(train_set, perm[:n_val].sort().values.tolist())",
-            "train_set = Subset(train_set, perm[n_val:].sort().values.tolist())",
-        ]
-        return "val_set"
-
     # ---- model and fine-tuning ----------------------------------------------------------
     def model_section(self) -> list[list[str]]:
         """Model, init and freeze statements (a group each)."""
         plan = self.plan
         call = plan.model.call
         check_identifier(call.name, call.span, "model name")
-        model = self.call(call.name, call.args, call.kwargs, call.span)
+        model = call_doc(call.name, call.args, call.kwargs, call.span)
         groups = [_on_device("model", model)]
         groups += [self.init_statements(init) for init in plan.inits]
         if plan.frozen:
@@ -469,7 +283,7 @@ class TrainScript:
         dicts = []
         for g, var in zip(groups, names, strict=False):
             items = [Text(f'"params": {var}')]
-            items += [with_prefix(f"{literal_doc(k).text}: ", self.value(v, g.span))
+            items += [with_prefix(f"{literal_doc(k).text}: ", value_doc(v, g.span))
                       for k, v in g.options.items()]  # fmt: skip
             dicts.append(Brackets("", tuple(items), "{", "}", PREC_ATOM, display=True))
         if rest:
@@ -686,25 +500,12 @@ class TrainScript:
             "final_eval": final_eval,
         }
 
-    def helpers_context(self) -> dict[str, Any]:
-        """The helpers and imports the sections written so far need."""
-        self.dataset_names.add("default_collate" if self.plan.data.in_memory else "DataLoader")
-        names = ", ".join(sorted(self.dataset_names, key=lambda n: (n[0].islower(), n)))
-        self.imports.add(f"from torch.utils.data import {names}")
-        return {
-            "unverified": [{"name": n, "base": b} for n, b in sorted(self.unverified.items())],
-            "digits": self.digits,
-            # load_tensor_file: one way of reading per kind of file the spec names
-            "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
-            "transformed": self.transformed,
-        }
-
     def source(self) -> str:
         """The script: `train.py.j2` filled with the plan's sections."""
         plan = self.plan
         always_kernels, cpu_kernels = self.kernel_statements()
         model_groups = self.model_section()
-        data_stmts, held = self.data_section()
+        data_stmts, held = self.data.section()
         n_train = "len(train_y)" if plan.data.in_memory else "len(train_set)"
         stem = Path(self.program.sources[0].path).stem
         weights = f"{stem}.pt" if re.fullmatch(r"[A-Za-z0-9_.-]+", stem) else "model.pt"
@@ -714,7 +515,7 @@ class TrainScript:
             "always_kernels": always_kernels,
             "cpu_kernels": cpu_kernels,
             # blank lines around init and freeze statements only
-            "model": _paragraphs(*model_groups) if len(model_groups) > 1 else model_groups[0],
+            "model": paragraphs(*model_groups) if len(model_groups) > 1 else model_groups[0],
             "data": data_stmts,
             "setup": self.setup_section(n_train),
             **self.epochs_context(n_train),
@@ -722,7 +523,7 @@ class TrainScript:
             **self.evaluation_context(held),
             "weights": string_literal(weights),
             "saved": string_literal(f"saved the weights to {weights}"),
-            **self.helpers_context(),  # last: the sections above decide which are needed
+            **self.data.helpers(),  # last: the sections above decide which are needed
         }
         self.gen.uses["torch"] = True
-        return self.gen.module("train.py.j2", context, sorted(self.imports))
+        return self.gen.module("train.py.j2", context, sorted(self.imports | self.data.imports))
