@@ -2,7 +2,7 @@
 
     python -m benchmarks.step_kernels [--seconds 60] [--timeline]
 
-Not part of the suite: the tool behind the runner's kernel choices (`specc/train/kernels.py`) and
+Not part of the suite: the tool behind the runner's kernel choices (`specc/training/kernels.py`) and
 behind the README's account of this host's quiet and slow states. Every variant trains
 its own copy of the net from the same weights on the same batches; they take turns in
 chunks of `--chunk` steps, so a change of the machine's state hits all of them alike.

@@ -3,7 +3,7 @@
     python -m benchmarks.thread_rule [--nets Net:2,Net:4,Net:6,ConvNet:1,digits:4,digits:8]
                                      [--seconds 60] [--chunk 0.2] [--procs 4]
 
-Not part of the suite: the measurement behind `ONE_THREAD_MAX_FLOPS` in `specc/train/kernels.py`.
+Not part of the suite: the measurement behind `ONE_THREAD_MAX_FLOPS` in `specc/training/kernels.py`.
 A thread count is fixed per process (libgomp's pool), so each variant is its own worker
 process (`--procs` of them per variant); the workers take turns running `--chunk` seconds
 of forward + backward + step while the others wait on a pipe, so a change of the host's
