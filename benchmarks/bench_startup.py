@@ -3,11 +3,11 @@ against a bare `import torch, torchvision`.
 
 Both are whole processes, timed wall to wall from this process, alternating round by
 round; each round gives one difference A − B. A is `python -m benchmarks.first_step run
-specs/cifar10.spec --set ...`: specc's own console entry point, ended by torch's global
-optimizer-step pre-hook right before the first `optimizer.step()` (after the first batch's
-forward and backward), see `benchmarks/first_step.py`. B is `python -c "import torch,
-torchvision, os; os._exit(0)"`: A also ends with `os._exit`, so neither pays interpreter
-teardown; C, the same import ending normally, shows what that teardown costs.
+specs/cifar10.spec --set ...`: specc's own console entry point, ended by a global torch
+module hook as the first training forward begins (`benchmarks/first_step.py`). B is
+`python -c "import torch, torchvision, os; os._exit(0)"`: A also ends with `os._exit`, so
+neither pays interpreter teardown; C, the same import ending normally, shows what that
+teardown costs.
 
 The data are 5,000 training and 1,000 test images in CIFAR-10's own file format, written
 by `tests/datafiles.py` (no download); the spec is the shipped tutorial spec, pointed at

@@ -1,13 +1,15 @@
-"""`specc ARGS` that ends the process at its first training step:
+"""`specc ARGS` that ends the process as its first training step begins:
 ``python -m benchmarks.first_step run SPEC ...``.
 
 The start-up section times this as a whole process. It runs specc's own console entry
-point (``specc.cli.main``) unchanged; the only addition is torch's global optimizer
-step pre-hook (``torch.optim.optimizer.register_optimizer_step_pre_hook``), which fires
-right before the first ``optimizer.step()`` of the run, after the first batch's forward
-and backward. The hook writes ``first-step`` to stdout and ends the process with
-``os._exit(0)``, so nothing after that point (the rest of the epoch, checkpoints, the
-summary, interpreter teardown) is timed. Nothing in specc is patched.
+point (``specc.cli.main``) unchanged; the only addition is one of torch's global module
+forward pre-hooks (``torch.nn.modules.module.register_module_forward_pre_hook``). It
+fires before every module call and acts on the first one that is a training step's: a
+module with trainable parameters, in training mode, with autograd on. (Transforms are
+modules too, but have no parameters; the runner's kernel probe runs the model in eval
+mode without grad.) The hook writes ``first-step`` to stdout and ends the process with
+``os._exit(0)``, so neither the step itself (its kernels' first-call costs are training
+time, paid by any loop) nor anything after it is timed. Nothing in specc is patched.
 
 torch is imported here, before specc, to register the hook; `specc run` imports torch
 anyway, so the process does the same work in a different order.
@@ -21,19 +23,26 @@ import sys
 MARKER = b"first-step\n"
 
 
-def _stop(optimizer, args, kwargs) -> None:
-    os.write(1, MARKER)
-    os._exit(0)
+def _stop_at_training_forward(module, args) -> None:
+    import torch
+
+    if (
+        module.training
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in module.parameters())
+    ):
+        os.write(1, MARKER)
+        os._exit(0)
 
 
 def main(argv: list[str]) -> int:
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
+    from torch.nn.modules.module import register_module_forward_pre_hook
 
-    register_optimizer_step_pre_hook(_stop)
+    register_module_forward_pre_hook(_stop_at_training_forward)
     from specc.cli import main as specc_main
 
     rc = specc_main(argv)
-    print(f"the run ended (exit {rc}) without an optimizer step", file=sys.stderr)
+    print(f"the run ended (exit {rc}) without a training step", file=sys.stderr)
     return rc or 1
 
 
