@@ -11,12 +11,15 @@ mode without grad.) The hook writes ``first-step`` to stdout and ends the proces
 ``os._exit(0)``, so neither the step itself (its kernels' first-call costs are training
 time, paid by any loop) nor anything after it is timed. Nothing in specc is patched.
 
-torch is imported here, before specc, to register the hook; `specc run` imports torch
-anyway, so the process does the same work in a different order.
+The hook is registered the moment torch defines it (an import hook waits for
+`torch.nn.modules.module`), so torch is imported when specc imports it, as in `specc run`:
+importing it first would change more than the order, since the collector's passes would
+then scan torch's objects from the start.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
 
@@ -35,10 +38,28 @@ def _stop_at_training_forward(module, args) -> None:
         os._exit(0)
 
 
-def main(argv: list[str]) -> int:
-    from torch.nn.modules.module import register_module_forward_pre_hook
+class _HookOnImport:
+    """A meta path finder that registers the hook once torch's Module module is loaded."""
 
-    register_module_forward_pre_hook(_stop_at_training_forward)
+    name = "torch.nn.modules.module"
+
+    def find_spec(self, name, path, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            run_module(module)
+            module.register_module_forward_pre_hook(_stop_at_training_forward)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def main(argv: list[str]) -> int:
+    sys.meta_path.insert(0, _HookOnImport())
     from specc.cli import main as specc_main
 
     rc = specc_main(argv)
