@@ -1,6 +1,6 @@
 """specc's benchmark suite: ``python -m benchmarks [--quick] [--only NAME] [--out PATH]``.
 
-Four sections, each a module with one ``run(ctx) -> list[Row]`` function:
+Five sections, each a module with one ``run(ctx) -> list[Row]`` function:
 
 - ``modules``: forward+backward+optimizer step of the tutorial CIFAR ``Net`` and the MNIST
   ``ConvNet``, interpreted (``specc.build``) vs generated (``specc.compile``) vs hand-written,
@@ -9,7 +9,9 @@ Four sections, each a module with one ``run(ctx) -> list[Row]`` function:
   same generated CIFAR-format files, images per second over whole epochs;
 - ``compiler``: ``check`` / ``build`` / ``compile`` wall time for generated specs of 10 to
   10,000 layers and for a 20-billion-parameter spec;
-- ``cli``: ``specc --help`` / ``--version`` / ``check`` start-up against ``import torch``.
+- ``cli``: ``specc --help`` / ``--version`` / ``check`` start-up against ``import torch``;
+- ``startup``: ``specc run specs/cifar10.spec`` up to its first training step (as a whole
+  process, ended there by ``benchmarks/first_step.py``) against ``import torch, torchvision``.
 
 Outside the suite, ``python -m benchmarks.step_kernels`` times the CIFAR net's batch-4 step
 under each of the runner's kernel choices, alternating in chunks (``--timeline`` shows this

@@ -20,15 +20,15 @@ from benchmarks.timing import Background
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-SECTIONS = ("cli", "compiler", "modules", "e2e")  # cheapest first
+SECTIONS = ("cli", "startup", "compiler", "modules", "e2e")  # cheapest first
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="specc's benchmark suite (module overhead, end-to-end training, "
-        "compiler scaling, CLI start-up). Prints a markdown table of target, measured "
-        "ratio and PASS/FAIL per row.",
+        "compiler scaling, CLI start-up, `specc run` start-up). Prints a markdown table of "
+        "target, measured ratio and PASS/FAIL per row.",
     )
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, one round, no torch.compile (< 60 s)"

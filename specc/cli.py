@@ -7,7 +7,10 @@ traceback. torch is imported only inside the commands that need it, so `specc --
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -256,28 +259,47 @@ def run(
     """Train and evaluate the spec's `train` block."""
     import os
 
-    from specc.lang.loader import load
-    from specc.training.runner import run as run_training
+    with gc_paused():  # as `check` and `compile` do; this block also imports torch
+        from specc.lang.loader import load
+        from specc.training.runner import run as run_training
 
-    program = load(spec, plugins=not no_plugins)  # fail fast, before starting workers
-    if nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
-        from specc.training.distributed import launch
+        program = load(spec, plugins=not no_plugins)  # fail fast, before starting workers
+    with _frozen():
+        if nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
+            from specc.training.distributed import launch
 
-        args = [str(spec), *(a for s in set_ for a in ("--set", s)), "--runs-dir", str(runs_dir),
-                "--name", name or spec.stem]  # fmt: skip
-        args += ["--resume"] if resume else []
-        args += ["--no-plugins"] if no_plugins else []
-        code = launch(args, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
-                      rdzv_endpoint=rdzv_endpoint, master_addr=master_addr,
-                      master_port=master_port)  # fmt: skip
-        if code:
-            raise typer.Exit(code)
-        return
-    summary = run_training(
-        program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir
-    )
+            args = [str(spec), *(a for s in set_ for a in ("--set", s)),
+                    "--runs-dir", str(runs_dir), "--name", name or spec.stem]  # fmt: skip
+            args += ["--resume"] if resume else []
+            args += ["--no-plugins"] if no_plugins else []
+            code = launch(args, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                          node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                          master_addr=master_addr, master_port=master_port)  # fmt: skip
+            if code:
+                raise typer.Exit(code)
+            return
+        summary = run_training(
+            program, overrides=set_, resume=resume, name=name or spec.stem, runs_dir=runs_dir
+        )
     if summary.get("interrupted"):
         raise typer.Exit(130)  # stopped by Ctrl-C after saving; the message says how to resume
+
+
+@contextlib.contextmanager
+def _frozen() -> Iterator[None]:
+    """Run the block with every object that exists as it starts (torch, specc, the spec's
+    IR: alive until the command ends) left out of the collector's passes, and put them back
+    after. Up to the first training step of specs/cifar10.spec, three full passes otherwise
+    rescanned all of them (0.3-0.5 s each on a busy 2-core host); frozen, two passes over
+    the new objects took 0.05-0.2 s in all. A caller's own freeze is left alone."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @app.command("eval")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -30,16 +35,79 @@ def grammar_text() -> str:
         return path.read_text("utf-8")
 
 
+# Building the LALR tables took about a third of `specc run`'s own start-up (0.06-0.1 s on a
+# quiet machine), so they are cached per user as JSON, keyed by the grammar, the options
+# and Lark's version. JSON, not Lark's own pickle cache: specc loads no pickles. The tables'
+# only non-JSON parts are integer dict keys (the LALR states and tokens, the memo), which
+# `_int_keys` restores, and tuples, which Lark only unpacks or iterates; `_save_tables`
+# writes them only if they read back equal, so a Lark with another layout is never cached.
+_OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True}
+
+
 @functools.cache
 def parser() -> lark.Lark:
-    # Built at each start (~0.1 s): a cached parser would be a pickle loaded from the user's
-    # cache folder, and specc loads no pickles.
-    return lark.Lark(
-        grammar_text(),
-        parser="lalr",
-        propagate_positions=True,
-        maybe_placeholders=True,
-    )
+    """The LALR parser, from its cached tables when they match this grammar and Lark."""
+    text = grammar_text()
+    key = hashlib.sha256(
+        "\0".join((text, repr(sorted(_OPTIONS.items())), lark.__version__)).encode()
+    ).hexdigest()[:24]
+    try:
+        path = _cache_dir() / f"parser-{key}.json"
+        tables = _int_keys(json.loads(path.read_text("utf-8")))
+        return lark.Lark._load_from_dict(tables["data"], tables["memo"])
+    except Exception:  # missing, unreadable or not Lark's tables: build them (and cache them)
+        pass
+    built = lark.Lark(text, **_OPTIONS)
+    _save_tables(built, key)
+    return built
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "specc"
+
+
+def _int_keys(tables: dict) -> dict:
+    """The tables as Lark wrote them: JSON turned their integer keys into strings."""
+    table = tables["data"]["parser"]["parser"]
+    table["tokens"] = {int(k): v for k, v in table["tokens"].items()}
+    table["states"] = {
+        int(k): {int(t): a for t, a in acts.items()} for k, acts in table["states"].items()
+    }
+    tables["memo"] = {int(k): v for k, v in tables["memo"].items()}
+    return tables
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
+
+
+def _save_tables(built: lark.Lark, key: str) -> None:
+    """Write the parser's tables where `parser()` looks for them; never fails the caller."""
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    try:
+        path = _cache_dir() / f"parser-{key}.json"
+        data, memo = built.memo_serialize([TerminalDef, Rule])
+        tables = {"data": data, "memo": memo}
+        text = json.dumps(tables, separators=(",", ":"))
+        if _int_keys(json.loads(text)) != _as_json(tables):
+            return  # something JSON cannot hold: keep building at each start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except Exception:  # a read-only home, ...: the parser works without the cache
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # whole or absent, even with several specc processes at once
+    except OSError:  # a full disk, ...
+        Path(tmp).unlink(missing_ok=True)
 
 
 def parse(text: str, file: str) -> lark.Tree:
