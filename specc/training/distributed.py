@@ -160,6 +160,16 @@ def barrier(ctx: Dist) -> None:
 
 
 def shutdown(ctx: Dist, *, failed: bool = False) -> None:
+    """Leave the process group together, and tear gloo down here rather than at exit.
+
+    gloo has no shutdown: `destroy_process_group` only unregisters the group, and its backend
+    (worker threads, the TCP loop thread, the connections to the peers) lives while anything
+    holds the group. Under FSDP2 the sharded modules and their DeviceMesh (which DTensor's
+    caches keep alive) do, so the backend lived on into process exit, where the peer's exit
+    closed the connection while this worker was exiting too (unlike DDP's, freed with the
+    model): the likely source of the intermittent abort at teardown. The caller drops the
+    model and optimizer first; `_release_groups` does the rest.
+    (No collective is pending here: gloo's barrier waits for all earlier work.)"""
     if ctx.enabled:
         import torch.distributed as dist
 
@@ -172,6 +182,23 @@ def shutdown(ctx: Dist, *, failed: bool = False) -> None:
                 dist.barrier()
             finally:
                 dist.destroy_process_group()
+                _release_groups()
+
+
+def _release_groups() -> None:
+    """Drop what still holds the destroyed groups, so that gloo's backend is torn down here.
+
+    The sharded modules (dropped by the caller) sit in reference cycles: collect them. Their
+    DeviceMesh outlives them, kept by DTensor's sharding caches, and it holds the group in
+    its registry: empty that (the mesh is unusable once its group is destroyed anyway)."""
+    import gc
+
+    gc.collect()
+    from torch.distributed.device_mesh import DeviceMesh
+
+    for obj in gc.get_objects():
+        if isinstance(obj, DeviceMesh) and isinstance(getattr(obj, "_pg_registry", None), dict):
+            obj._pg_registry.clear()
 
 
 def unwrap(model: Any) -> nn.Module:

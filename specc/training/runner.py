@@ -452,14 +452,20 @@ class Trainer:
         self._stop_showing()
         if self.interrupted:
             self.log.close()
-            distributed.shutdown(self.ctx)
+            self._shutdown()
             return self._interrupted()
         summary = self._summary()
         self.log.close()
-        distributed.shutdown(self.ctx)
+        self._shutdown()
         if not self.quiet:
             print_summary(summary)
         return summary
+
+    def _shutdown(self) -> None:
+        """Leave the process group. What holds it goes first (FSDP2's sharded modules do), so
+        that `distributed.shutdown` tears gloo down now rather than at interpreter exit."""
+        del self.model, self.step_model, self.base_model, self.opt, self.sched
+        distributed.shutdown(self.ctx)
 
     def _stop_showing(self) -> None:
         self.progress.close()
