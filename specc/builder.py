@@ -31,21 +31,39 @@ class _Builder:
     def __init__(self, plugins: dict[str, type]) -> None:
         self.plugins = plugins
 
-    def ctor(self, c: Any) -> nn.Module:
+    def ctor(self, c: Any) -> nn.Module | None:
         if isinstance(c, ir.TorchCtor):
             cls = self.cls(c.cls)
             return cls(*map(literal, c.args), **{k: literal(v) for k, v in c.kwargs.items()})
         if isinstance(c, ir.SequentialCtor):
-            mods = [self.ctor(i) for i in c.items]
-            if c.names:
-                return nn.Sequential(OrderedDict(zip(c.names, mods, strict=False)))
-            return nn.Sequential(*mods)
+            return self.sequential(c)
         if isinstance(c, ir.RepeatCtor):
-            last = len(c.items) - 1
-            return nn.Sequential(*(self.ctor(c.items[min(i, last)]) for i in range(c.count)))
+            return nn.Sequential(OrderedDict(self.repeated(c)))
         if isinstance(c, ir.ModelCtor):
             return self.instance(c.instance)
+        if isinstance(c, ir.CondCtor):
+            return self.ctor(c.ctor)
+        if isinstance(c, ir.NoneCtor):
+            return None
         raise TypeError(f"unknown constructor {c!r}")  # pragma: no cover
+
+    def sequential(self, c: ir.SequentialCtor) -> nn.Sequential:
+        """Entries in order; a `None` entry is left out and a splatted repeat spliced in,
+        numbered on (torchvision's `nn.Sequential(*layers)`)."""
+        if c.names:
+            named = ((k, self.ctor(i)) for k, i in zip(c.names, c.items, strict=True))
+            return nn.Sequential(OrderedDict((k, m) for k, m in named if m is not None))
+        mods: list[nn.Module] = []
+        for item in c.items:
+            if isinstance(item, ir.RepeatCtor) and item.splat:
+                mods += [m for _, m in self.repeated(item)]
+            elif (m := self.ctor(item)) is not None:
+                mods.append(m)
+        return nn.Sequential(*mods)
+
+    def repeated(self, c: ir.RepeatCtor) -> list[tuple[str, nn.Module]]:
+        last = len(c.items) - 1
+        return [(f"{c.prefix}{i}", self.ctor(c.items[min(i, last)])) for i in range(c.count)]
 
     def cls(self, name: str) -> type:
         if name.startswith("torch.nn."):
@@ -57,7 +75,10 @@ class _Builder:
         if inst.kind == "sequential":
             # A `sequential` spec is an nn.Sequential subclass, as one would write it by hand.
             cls = type(inst.model, (nn.Sequential,), {"__module__": "specc.models"})
-            return cls(OrderedDict((layer.name, self.ctor(layer.ctor)) for layer in inst.layers))
+            mods = [(layer.name, self.ctor(layer.ctor)) for layer in inst.layers]
+            if all(layer.name.isdigit() for layer, _ in zip(inst.layers, mods, strict=True)):
+                return cls(*(m for _, m in mods if m is not None))  # numbered on, as torch does
+            return cls(OrderedDict((k, m) for k, m in mods if m is not None))
         root = nn.Module()
         for layer in inst.layers:  # declaration order = parameter order = RNG order
             root.add_module(layer.name, self.ctor(layer.ctor))

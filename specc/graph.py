@@ -17,7 +17,7 @@ from typing import Any
 
 from specc import ir
 from specc.errors import SpecTypeError
-from specc.values import evaluate, loc
+from specc.values import evaluate, loc, truth
 
 Args = list[Any]
 Kwargs = dict[str, Any]
@@ -31,18 +31,40 @@ class GraphInterpreter:
         self.env: dict[str, Any] = {}
         self.names: Mapping[str, Any] = {} if names is None else names
         self.inputs: Iterator[Any] = iter(())
+        self.taken: dict[str, bool] = {}  # if node -> whether its condition held
 
     def run(self, nodes: Iterable[ir.FNode], inputs: Iterable[Any] = ()) -> Any:
-        """Every node in order; the value of the `output` node."""
+        """Every node in order, skipping the part of each `if` block its condition rules
+        out; the value of the `output` node."""
         self.inputs = iter(inputs)
+        skipping: str | None = None  # the if block whose untaken part is being passed over
         for n in nodes:
+            if skipping is not None:
+                if n.target == skipping and n.op in ("else", "endif"):
+                    skipping = None  # at "else" the untaken then-part ends
+                continue
+            if n.op == "if":
+                self.taken[n.name] = self.condition(n)
+                skipping = None if self.taken[n.name] else n.name
+                continue
+            if n.op in ("else", "endif"):
+                if n.op == "else" and self.taken[n.target]:
+                    skipping = n.target
+                continue
             out = self.run_node(n)
             if n.op == "output":
                 return out
             self.env[n.name] = out
         raise SpecTypeError("forward has no `return` statement")  # pragma: no cover
 
+    def condition(self, n: ir.FNode) -> bool:
+        """An if block's condition, decided now: a constant, never a tensor."""
+        return truth(self.expr(n.args[0]), n.args[0])
+
     def run_node(self, n: ir.FNode) -> Any:
+        if n.op == "phi":  # only the branch that ran has a value
+            chosen = n.args[0] if self.taken[n.target] else n.args[1]
+            return self.phi(n, [self.expr(chosen)], {})
         args, kwargs = self.fetch_args(n)
         return getattr(self, n.op)(n, args, kwargs)
 
@@ -57,6 +79,8 @@ class GraphInterpreter:
     def _other(self, e: ir.Expr) -> Any:
         if isinstance(e, ir.Ref):
             return self.ref(e)
+        if isinstance(e, ir.Name):
+            return self.layer_present(e)
         raise SpecTypeError("unexpected expression here", loc(getattr(e, "span", None)))
 
     def ref(self, r: ir.Ref) -> Any:
@@ -88,6 +112,14 @@ class GraphInterpreter:
 
     def alias(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         return args[0]
+
+    def phi(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
+        """After an if block: the value from the branch that ran (`args` holds only it)."""
+        return args[0]
+
+    def layer_present(self, e: ir.Name) -> bool:
+        """`if downsample`: does the layer exist (a conditional layer may be `None`)?"""
+        raise SpecTypeError(f"unknown name `{e.id}`", loc(e.span))  # pragma: no cover
 
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         return args[0] if len(args) == 1 else tuple(args)

@@ -154,7 +154,11 @@ class SliceExpr(Node):
     span: Span | None = None
 
 
-BinOpName = Literal["add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"]
+BinOpName = Literal[
+    "add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow",
+    # comparisons: one per expression (no chains), Python's meaning
+    "eq", "ne", "lt", "le", "gt", "ge", "is", "is_not", "in", "not_in",
+]  # fmt: skip
 
 
 class BinOp(Node):
@@ -168,6 +172,49 @@ class BinOp(Node):
 class Neg(Node):
     kind: Literal["neg"] = "neg"
     operand: Expr
+    span: Span | None = None
+
+
+class BoolOp(Node):
+    """`left and right`, `left or right`: Python's short-circuit, on constants."""
+
+    kind: Literal["boolop"] = "boolop"
+    op: Literal["and", "or"]
+    left: Expr
+    right: Expr
+    span: Span | None = None
+
+
+class Not(Node):
+    kind: Literal["not"] = "not"
+    operand: Expr
+    span: Span | None = None
+
+
+class IfExp(Node):
+    """`body if test else orelse`; `test` is decided when the model is built."""
+
+    kind: Literal["ifexp"] = "ifexp"
+    test: Expr
+    body: Expr
+    orelse: Expr
+    span: Span | None = None
+
+
+class Lambda(Node):
+    """`i -> expr`: the layer of `repeat(n, i -> ...)` as a function of its index."""
+
+    kind: Literal["lambda"] = "lambda"
+    param: str
+    body: Expr
+    span: Span | None = None
+
+
+class Starred(Node):
+    """`*repeat(...)` among `Sequential`'s layers: its instances spliced in place."""
+
+    kind: Literal["starred"] = "starred"
+    value: Expr
     span: Span | None = None
 
 
@@ -235,6 +282,11 @@ Expr = Annotated[
     | SliceExpr
     | BinOp
     | Neg
+    | BoolOp
+    | Not
+    | IfExp
+    | Lambda
+    | Starred
     | Call
     | MethodCall
     | Attribute
@@ -256,6 +308,13 @@ FOp = Literal[
     "getitem",  # indexing/slicing; args = [value, index]
     "attribute",  # x.shape, x.T, ...
     "alias",  # `y = x`: a new name for an existing value
+    # A static `if`: "if" (args = [condition]) opens the block, "else" and "endif" (target =
+    # the if node's name) mark its parts; "phi" after "endif" (target = the if node) is the
+    # value of a variable the block may rebind: args = [its value if taken, if not].
+    "if",
+    "else",
+    "endif",
+    "phi",
     "output",  # the return statement; args are the returned values
 ]
 
@@ -433,11 +492,32 @@ class SequentialCtor(Node):
 
 class RepeatCtor(Node):
     """`repeat(n, X)`: n independent instances of X applied in order. `items` are the
-    distinct leading instances; the rest equal the last one (shapes reached a fixed point)."""
+    distinct leading instances; the rest equal the last one (shapes reached a fixed point).
+    An indexed repeat (`i -> X`) keeps one item per index. `prefix` names the children
+    (`prefix + str(i)`, else `str(i)`); `splat`: spliced into the enclosing Sequential."""
 
     kind: Literal["repeat"] = "repeat"
     count: int
     items: list[Ctor]
+    prefix: str = ""
+    splat: bool = False
+    span: Span | None = None
+
+
+class CondCtor(Node):
+    """A conditional layer `A if test else B`, as decided for this instance: `taken` is
+    True when `test` held; `ctor` is the branch built (a NoneCtor when that is `None`)."""
+
+    kind: Literal["cond"] = "cond"
+    taken: bool
+    ctor: Ctor
+    span: Span | None = None
+
+
+class NoneCtor(Node):
+    """An absent layer: `None` (`self.downsample = None`, as torchvision writes it)."""
+
+    kind: Literal["none"] = "none"
     span: Span | None = None
 
 
@@ -447,7 +527,10 @@ class ModelCtor(Node):
     span: Span | None = None
 
 
-Ctor = Annotated[TorchCtor | SequentialCtor | RepeatCtor | ModelCtor, Field(discriminator="kind")]
+Ctor = Annotated[
+    TorchCtor | SequentialCtor | RepeatCtor | ModelCtor | CondCtor | NoneCtor,
+    Field(discriminator="kind"),
+]
 
 
 class LayerInstance(Node):

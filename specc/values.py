@@ -19,7 +19,18 @@ BINOPS: dict[str, Callable[[Any, Any], Any]] = {
     "mod": operator.mod,
     "matmul": operator.matmul,
     "pow": operator.pow,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "is": operator.is_,
+    "is_not": operator.is_not,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
 }
+COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "is", "is_not", "in", "not_in"})
 BINOP_SYMBOLS = {
     "add": "+",
     "sub": "-",
@@ -29,7 +40,29 @@ BINOP_SYMBOLS = {
     "mod": "%",
     "matmul": "@",
     "pow": "**",
+    "eq": "==",
+    "ne": "!=",
+    "lt": "<",
+    "le": "<=",
+    "gt": ">",
+    "ge": ">=",
+    "is": "is",
+    "is_not": "is not",
+    "in": "in",
+    "not_in": "not in",
 }
+
+# Functions a constant expression may call (`len(widths)`, `sqrt(2 * n_layer)`), and how
+# generated code spells them.
+CONST_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "len": len,
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "round": round,
+    "sqrt": math.sqrt,
+}
+CONST_FUNCTION_CODE = {"sqrt": "math.sqrt"}
 
 # Integers past this are almost surely mistakes, and huge powers would hang the checker.
 _MAX_INT = 10**18
@@ -77,11 +110,43 @@ def evaluate(
         if isinstance(e, ir.BinOp):
             left, right = ev(e.left), ev(e.right)
             return _arith(BINOPS[e.op], e, left, right)
+        if isinstance(e, ir.BoolOp):
+            left = truth(ev(e.left), e.left)
+            if left == (e.op == "or"):
+                return left
+            return truth(ev(e.right), e.right)
+        if isinstance(e, ir.Not):
+            return not truth(ev(e.operand), e.operand)
+        if isinstance(e, ir.IfExp):
+            return ev(e.body) if truth(ev(e.test), e.test) else ev(e.orelse)
+        if isinstance(e, ir.Index) and on_other is None:
+            return _arith(operator.getitem, e, ev(e.value), ev(e.index))
+        if isinstance(e, ir.Call) and e.func in CONST_FUNCTIONS and not e.kwargs:
+            if e.func not in names:  # a model parameter may shadow it
+                return _arith(CONST_FUNCTIONS[e.func], e, *(ev(a) for a in e.args))
         if on_other is not None:
             return on_other(e)
         raise SpecTypeError("expected a constant here", loc(getattr(e, "span", None)))
 
     return ev(expr)
+
+
+def _is_tensor(*values: Any) -> bool:
+    return any(type(v).__name__ in ("Tensor", "Parameter") for v in values)
+
+
+def truth(value: Any, e: Any) -> bool:
+    """A condition's value, which must be known when the model is built: a constant, never a
+    tensor (whose values exist only when the model runs)."""
+    if value is None or isinstance(value, (bool, int, float, str, list, tuple)):
+        return bool(value)
+    what = "tensor values" if _is_tensor(value) else f"a {type(value).__name__}"
+    raise SpecTypeError(
+        f"this condition depends on {what}, which are known only when the model runs",
+        loc(getattr(e, "span", None)),
+        hint="conditions are decided when the model is built: use model parameters, "
+        "sizes (`x.shape[1]`) and constants; for a per-element choice use `where(c, a, b)`",
+    )
 
 
 def _arith(fn: Callable, e: Any, *args: Any) -> Any:
@@ -91,7 +156,7 @@ def _arith(fn: Callable, e: Any, *args: Any) -> Any:
         out = fn(*args)
     except ZeroDivisionError:
         raise SpecTypeError("division by zero", loc(e.span)) from None
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:
         raise SpecTypeError(f"cannot compute this: {exc}", loc(e.span)) from None
     if isinstance(out, int) and abs(out) > _MAX_INT:
         raise SpecTypeError(f"number too large ({out:.3g})", loc(e.span))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from specc import ir
 from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
-from specc.values import PARAM_TYPES, loc
+from specc.values import CONST_FUNCTIONS, PARAM_TYPES, loc
 
 MAX_ERRORS = 20
 _LITERALS = ("True", "False", "None")
@@ -112,8 +112,10 @@ def resolve_names(program: ir.Program) -> ir.Program:
                             hint=did_you_mean(n.target, tensor_methods()),
                         )
                     )
+            # `if downsample { ... }`: a layer's name in a condition asks if it exists
+            names = params | dims | (layer_names if n.op == "if" else set())
             for arg in [*n.args, *n.kwargs.values()]:
-                _check_forward_expr(arg, params | dims, layer_names, errors)
+                _check_forward_expr(arg, names, layer_names - names, errors)
             nodes.append(n)
         fwd = m.forward.model_copy(update={"nodes": nodes})
         models.append(m.model_copy(update={"forward": fwd}))
@@ -122,7 +124,14 @@ def resolve_names(program: ir.Program) -> ir.Program:
 
 
 def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
-    if isinstance(e, ir.Call):
+    """A layer expression: a constructor call, a model parameter, or a conditional of two
+    (one may be `None`: the layer is then absent)."""
+    if isinstance(e, ir.IfExp):
+        _check_value(e.test, params, errors)
+        for branch in (e.body, e.orelse):
+            if not (isinstance(branch, ir.Const) and branch.value is None):
+                _check_ctor(branch, reg, params, errors)
+    elif isinstance(e, ir.Call):
         if reg.layer(e.func) is None:
             errors.add(
                 SpecNameError(
@@ -131,9 +140,14 @@ def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
                     hint=did_you_mean(e.func, reg.layer_names()),
                 )
             )
-        inner_ctor = e.func in ("Sequential",)
+        if e.func == "Sequential":
+            for a in [*e.args, *e.kwargs.values()]:
+                _check_ctor(a.value if isinstance(a, ir.Starred) else a, reg, params, errors)
+            return
         for i, a in enumerate(e.args):
-            if inner_ctor or (e.func == "repeat" and i == 1):
+            if e.func == "repeat" and i == 1 and isinstance(a, ir.Lambda):
+                _check_ctor(a.body, reg, params | {a.param}, errors)
+            elif e.func == "repeat" and i == 1:
                 _check_ctor(a, reg, params, errors)
             else:
                 _check_value(a, params, errors)
@@ -160,12 +174,23 @@ def _check_value(e: ir.Expr, params: set[str], errors: _Errors) -> None:
                     hint=did_you_mean(e.id, [*params, *_LITERALS]),
                 )
             )
-    elif isinstance(e, ir.CALL_LIKE):
+    elif isinstance(e, ir.Call) and e.func in CONST_FUNCTIONS and not e.kwargs:
+        pass  # `len(widths)`, `sqrt(d)`: arithmetic on constants
+    elif isinstance(e, (ir.Lambda, ir.Starred)):
+        errors.add(
+            SpecTypeError(
+                "`->` and `*` are only allowed in `repeat(n, i -> ...)` and `Sequential(...)`",
+                loc(e.span),
+            )
+        )
+        return
+    elif isinstance(e, ir.CALL_LIKE) and not isinstance(e, ir.Index):
         errors.add(
             SpecTypeError(
                 "a call is not allowed in a layer argument",
                 loc(e.span),
-                hint="layer arguments are constants, model parameters and arithmetic",
+                hint="layer arguments are constants, model parameters, arithmetic, "
+                f"comparisons, `a if c else b`, indexing and {', '.join(CONST_FUNCTIONS)}",
             )
         )
         return
@@ -187,6 +212,13 @@ def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _
             )
     elif isinstance(e, ir.Hole):
         errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
+    elif isinstance(e, (ir.Lambda, ir.Starred)):
+        errors.add(
+            SpecTypeError(
+                "`->` and `*` are only allowed in `repeat(n, i -> ...)` and `Sequential(...)`",
+                loc(e.span),
+            )
+        )
     for child in e.children():
         _check_forward_expr(child, names, layers, errors)
 

@@ -32,6 +32,11 @@ def int_literal(tok: Token, file: str, text: str) -> int:
 
 
 _BINOPS = {"add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow"}
+# grammar alias -> comparison operator (`is`, `in` are keywords, so their aliases differ)
+_COMPARISONS = {
+    "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
+    "is_": "is", "is_not": "is_not", "in_": "in", "not_in": "not_in",
+}  # fmt: skip
 
 
 def span_of(node: Tree | Token, file: str) -> ir.Span:
@@ -100,6 +105,29 @@ class _Exprs:
             return ir.BinOp(
                 op=data, left=self.expr(kids[0]), right=self.expr(kids[1]), span=self.sp(t)
             )
+        if data in _COMPARISONS:
+            return ir.BinOp(
+                op=_COMPARISONS[data],
+                left=self.expr(kids[0]),
+                right=self.expr(kids[1]),
+                span=self.sp(t),
+            )
+        if data in ("and_", "or_"):
+            return ir.BoolOp(
+                op=data[:-1], left=self.expr(kids[0]), right=self.expr(kids[1]), span=self.sp(t)
+            )
+        if data == "not_":
+            return ir.Not(operand=self.expr(kids[0]), span=self.sp(t))
+        if data == "if_expr":
+            body, test, orelse = kids
+            return ir.IfExp(
+                test=self.expr(test), body=self.expr(body), orelse=self.expr(orelse), span=self.sp(t)
+            )
+        if data == "lambda_":
+            param, body = kids
+            return ir.Lambda(param=str(param), body=self.expr(body), span=self.sp(t))
+        if data == "starred":
+            return ir.Starred(value=self.expr(kids[0]), span=self.sp(t))
         if data == "neg":
             inner = self.expr(kids[0])
             if isinstance(inner, ir.Const) and isinstance(inner.value, (int, float)):
@@ -204,7 +232,7 @@ class _ForwardLowering:
         self.used.add(name)
         return name
 
-    def add(self, op: str, target: str, args, kwargs, span: ir.Span, base: str) -> ir.Ref:
+    def add(self, op: str, target: str, args, kwargs, span: ir.Span | None, base: str) -> ir.Ref:
         name = self.fresh(base)
         self.nodes.append(
             {
@@ -222,11 +250,62 @@ class _ForwardLowering:
     def lower(self, e: ir.Expr) -> ir.Expr:
         """Lower an expression; tensor-valued parts become nodes, constants stay Exprs.
         Children are lowered first, left to right, so nodes are numbered in source order."""
-        return e.map(self._lower_one)
+        if e.find(ir.IfExp) is None:
+            return e.map(self._lower_one)
+        return self._lower_tree(e)
+
+    def _lower_tree(self, e: Any) -> Any:
+        """`lower` for an expression holding `a if c else b`: only the branch the condition
+        picks may run, so each branch is lowered inside an if block of its own."""
+        if isinstance(e, ir.IfExp):
+            test = self._lower_tree(e.test)
+            block = self.open_if(test, e.span)
+            body = self._lower_tree(e.body)
+            self.mark("else", block, e.span)
+            orelse = self._lower_tree(e.orelse)
+            self.mark("endif", block, e.span)
+            return self.add("phi", block, [body, orelse], {}, e.span, "phi")
+        if isinstance(e, (list, tuple)):
+            return type(e)(self._lower_tree(i) for i in e)
+        if isinstance(e, dict):
+            return {k: self._lower_tree(v) for k, v in e.items()}
+        if not isinstance(e, ir.Node) or isinstance(e, ir.Span):
+            return e
+        fields = {f: self._lower_tree(getattr(e, f)) for f in type(e).model_fields}
+        return self._lower_one(e.model_copy(update=fields))
+
+    # ---- static if blocks ---------------------------------------------------------------
+    def open_if(self, test: ir.Expr, span: ir.Span | None) -> str:
+        """Open an if block on `test`; its name marks the block's else/endif/phi nodes."""
+        return self.add("if", "", [test], {}, span, "if").node
+
+    def mark(self, op: str, block: str, span: ir.Span | None) -> None:
+        self.add(op, block, [], {}, span, op)
+
+    def merge(
+        self, block: str, before: dict[str, Any], taken: dict[str, Any], not_taken: dict[str, Any]
+    ) -> None:
+        """Variables after the block: one the branches bind differently becomes a `phi`;
+        one only a branch binds, with no value before, is unusable after (`Unbound`)."""
+        env: dict[str, Any] = {}
+        for var in dict.fromkeys([*taken, *not_taken]):
+            a, b = taken.get(var), not_taken.get(var)
+            if a is not None and a == b:
+                env[var] = a
+            elif a is None or b is None or isinstance(a, Unbound) or isinstance(b, Unbound):
+                env[var] = Unbound(var, (a or b).span if var not in before else None)
+            else:
+                ref = self.add("phi", block, [a, b], {}, a.span, var)
+                self._node(ref.node)["vars"] = [var]
+                env[var] = ref
+        self.env = env
 
     def _lower_one(self, e: ir.Expr) -> ir.Expr:
         if isinstance(e, ir.Name):
-            return self.env.get(e.id, e)
+            bound = self.env.get(e.id, e)
+            if isinstance(bound, Unbound):
+                raise bound.error(e, self.x)
+            return bound
         if isinstance(e, ir.Call):
             return self.add("call", e.func, e.args, e.kwargs, e.span, e.func)
         if isinstance(e, ir.MethodCall):
@@ -291,6 +370,25 @@ class _ForwardLowering:
                 }
             )
         return [ir.FNode(**n) for n in self.nodes]
+
+
+class Unbound:
+    """A variable only one branch of an `if` binds (`span`: where), or that a branch
+    rebinds when nothing bound it before (`span` None is never the case for those)."""
+
+    def __init__(self, var: str, span: ir.Span | None) -> None:
+        self.var = var
+        self.span = span
+
+    def error(self, use: ir.Name, x: _Exprs) -> SpecTypeError:
+        where = f" (line {self.span.line})" if self.span is not None else ""
+        return SpecTypeError(
+            f"`{self.var}` is assigned in only one branch of an `if`{where}, so it has no "
+            "value after the block when the other branch is taken",
+            loc(use.span),
+            hint=f"assign `{self.var}` before the `if` or in both branches",
+            source=x.text,
+        )
 
 
 def _has_ref(e: ir.Expr) -> bool:
@@ -422,22 +520,51 @@ class Transformer:
         for s in stmts:
             if returns is not None:
                 raise x.error("statement after `return`", s)
-            if s.data == "assign":
-                targets_tree, *values = s.children
-                targets = (
-                    list(targets_tree.children)
-                    if isinstance(targets_tree, Tree)
-                    else [targets_tree]
-                )
-                low.assign(targets, [x.expr(v) for v in values], span_of(s, self.file))
-            else:
+            if s.data == "return_stmt":
                 returns = [x.expr(v) for v in s.children]
                 ret_span = span_of(s, self.file)
+            else:
+                self.statement(x, low, s)
         if returns is None:
             raise x.error("forward has no `return` statement", t, SpecTypeError)
         return ir.Forward(
             inputs=inputs, nodes=low.finish(returns, ret_span), span=span_of(t, self.file)
         )
+
+    def statement(self, x: _Exprs, low: _ForwardLowering, s: Tree) -> None:
+        """An assignment or an `if` block (a `return` is only allowed last, at the top)."""
+        if s.data == "assign":
+            targets_tree, *values = s.children
+            targets = (
+                list(targets_tree.children) if isinstance(targets_tree, Tree) else [targets_tree]
+            )
+            low.assign(targets, [x.expr(v) for v in values], span_of(s, self.file))
+        elif s.data == "if_stmt":
+            self.if_stmt(x, low, s)
+        else:
+            raise SpecTypeError(
+                "`return` inside an `if` block",
+                loc(span_of(s, self.file)),
+                hint="assign the value to a variable and return it after the block",
+                source=self.text,
+            )
+
+    def if_stmt(self, x: _Exprs, low: _ForwardLowering, t: Tree) -> None:
+        cond, *body, else_part = t.children
+        span = span_of(t, self.file)
+        block = low.open_if(low.lower(x.expr(cond)), span)
+        before = dict(low.env)
+        for s in body:
+            self.statement(x, low, s)
+        taken, low.env = low.env, dict(before)
+        low.mark("else", block, span)
+        if else_part is not None and else_part.data == "if_stmt":  # else if
+            self.if_stmt(x, low, else_part)
+        elif else_part is not None:
+            for s in else_part.children:
+                self.statement(x, low, s)
+        low.mark("endif", block, span)
+        low.merge(block, before, taken, low.env)
 
     def sequential(self, t: Tree) -> ir.ModelDef:
         x = _Exprs(self.file, self.text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from specc import ir
-from specc.errors import SpecShapeError
+from specc.errors import SpecShapeError, SpecTypeError
 from specc.shapes.inputs import bind_inputs
 from specc.shapes.interpreter import ShapeInterpreter
 from specc.shapes.layers import Built, LayerMaker
@@ -59,7 +59,21 @@ class Instance:
         if name not in self.built:
             layer = self.decl[name]
             self.built[name] = self.layers.make(layer.ctor, args, node.span, layer)
-        return self.built[name]
+        built = self.built[name]
+        if built.module is None:
+            layer = self.decl[name]
+            raise SpecTypeError(
+                f"`{name}` is None in this use of `{self.mdef.name}` (its condition chose "
+                "`None`), but forward calls it",
+                loc(node.span),
+                hint=f"call it only when it exists: `if {name} {{ ... }}`",
+                notes=[("declared here", loc(layer.span))],
+            )
+        return built
+
+    def present(self, name: str) -> bool:
+        """Does layer `name` exist in this instance (a conditional may make it None)?"""
+        return self.layers.present(self.decl[name].ctor)
 
     # ---- assembly ---------------------------------------------------------------------
     def finish(

@@ -43,8 +43,14 @@ class ShapeInterpreter(GraphInterpreter):
         if self.record:
             if n.op != "output":
                 self.values[n.name] = value_of(out)
+            if n.op == "phi":  # the builder runs the branch taken: a plain alias of it
+                chosen = n.args[0] if self.taken[n.target] else n.args[1]
+                n = n.model_copy(update={"op": "alias", "target": "", "args": [chosen]})
             self.resolved.append(self.fold(n))
         return out
+
+    def layer_present(self, e: ir.Name) -> bool:
+        return self.inst.present(e.id)
 
     def ref(self, r: ir.Ref) -> Any:
         v = self.env[r.node]
@@ -74,6 +80,8 @@ class ShapeInterpreter(GraphInterpreter):
 
     # ---- op kinds -----------------------------------------------------------------------
     def layer(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
+        if self.inst.mdef.kind == "sequential" and not self.inst.present(n.target):
+            return args[0]  # a `sequential` model's absent (None) entry passes x through
         built = self.inst.layer(n, args)
         self.inst.layers.verify(n, built, args)
         key = None if built.key is None else ("layer", built.key, sig(args), sig(kwargs))

@@ -16,7 +16,7 @@ from specc.shapes.inputs import bind_model_args
 from specc.shapes.memo import sig
 from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line, shape_text
 from specc.shapes.rules import meta_forward
-from specc.values import evaluate, loc, to_expr
+from specc.values import evaluate, loc, to_expr, truth
 
 if TYPE_CHECKING:
     from specc.shapes.check import Checker
@@ -44,6 +44,18 @@ class LayerMaker:
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         self.ck: Checker = inst.ck
+        self.scope: dict[str, Any] = {}  # the index of `repeat(n, i -> ...)` being built
+
+    @property
+    def names(self) -> dict[str, Any]:
+        """The constants a layer expression may use: model arguments, repeat indices."""
+        return {**self.inst.names, **self.scope} if self.scope else self.inst.names
+
+    def present(self, e: ir.Expr) -> bool:
+        """Is the layer `e` declares there at all (a conditional may choose `None`)?"""
+        while isinstance(e, ir.IfExp):
+            e = e.body if truth(evaluate(e.test, self.names), e.test) else e.orelse
+        return not _is_none(e)
 
     def make(
         self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
@@ -64,6 +76,10 @@ class LayerMaker:
     def _make(
         self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
     ) -> Built:
+        if isinstance(e, ir.IfExp):
+            return self.conditional(e, incoming, use, layer)
+        if _is_none(e):
+            return Built(ir.NoneCtor(span=e.span), None, 0, "None", [])
         if not isinstance(e, ir.Call):
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
         kind, obj = self.ck.reg.layer(e.func) or (None, None)
@@ -76,6 +92,11 @@ class LayerMaker:
         return self.torch_layer(e, obj, incoming, plugin=kind == "plugin")
 
     def call_built(self, b: Built, inputs: list[Any], e: ir.Expr) -> Any:
+        if b.module is None:
+            raise SpecTypeError(
+                f"`{self.ck.snippet(e.span)}` is None here, so it cannot be applied",
+                loc(e.span),
+            )
         try:
             return b.module(*inputs)
         except SpecError:
@@ -88,24 +109,55 @@ class LayerMaker:
             ) from None
 
     # ---- containers -------------------------------------------------------------------
+    def conditional(self, e: ir.IfExp, incoming, use, layer) -> Built:
+        """`A if test else B`: the branch the model's arguments choose (`None`: absent)."""
+        taken = truth(evaluate(e.test, self.names), e.test)
+        b = self.make(e.body if taken else e.orelse, incoming, use, layer)
+        ctor = ir.CondCtor(taken=taken, ctor=b.ctor, span=e.span)
+        return Built(ctor, b.module, b.params, b.type_name, b.checks, b.key)
+
     def sequential(self, e: ir.Call, incoming, use, layer) -> Built:
-        if e.kwargs:
-            raise SpecTypeError("Sequential takes only layers", loc(e.span))
+        """`Sequential(a, b, *repeat(n, ...), c)`, or with named entries `Sequential(head=a)`;
+        an entry that is `None` (a conditional) is left out, as torchvision's lists do."""
+        if e.kwargs and e.args:
+            raise SpecTypeError(
+                "Sequential takes layers, or named layers (`Sequential(head=Linear(...))`), "
+                "not both",
+                loc(e.span),
+            )
+        entries = [*e.args, *e.kwargs.values()]
         items, mods, params = [], [], 0
         cur = incoming
-        for a in e.args:
-            b = self.make(a, cur, use, layer)
+        for a in entries:
+            if isinstance(a, ir.Starred):
+                b = self._splat(a, cur, use, layer)
+            else:
+                b = self.make(a, cur, use, layer)
             items.append(b.ctor)
             mods.append(b)
             params += b.params
-            if cur is not None:
+            if cur is not None and b.module is not None:
                 cur = [self.call_built(b, cur, a)]
-        ctor = ir.SequentialCtor(items=items, span=e.span)
+        names = list(e.kwargs) if e.kwargs else None
+        ctor = ir.SequentialCtor(items=items, names=names, span=e.span)
         return Built(ctor, Chain(mods), params, "Sequential", [])
 
+    def _splat(self, a: ir.Starred, incoming, use, layer) -> Built:
+        value = a.value
+        if not (isinstance(value, ir.Call) and value.func == "repeat"):
+            raise SpecTypeError(
+                "`*` in Sequential splices the layers of a `repeat(n, ...)`", loc(a.span)
+            )
+        b = self.repeat(value, incoming, use, layer)
+        b.ctor = b.ctor.model_copy(update={"splat": True})
+        return b
+
     def repeat(self, e: ir.Call, incoming, use, layer) -> Built:
-        count = self._repeat_count(e)
-        distinct = self._distinct_repeats(e, count, incoming, use, layer)
+        count, prefix = self._repeat_args(e)
+        if isinstance(e.args[1], ir.Lambda):
+            distinct = self._indexed_repeats(e, e.args[1], count, incoming, use, layer)
+        else:
+            distinct = self._distinct_repeats(e, count, incoming, use, layer)
         last = distinct[-1]
         params = sum(b.params for b in distinct) + (count - len(distinct)) * last.params
         if count > MAX_REPEAT:
@@ -115,21 +167,67 @@ class LayerMaker:
                 loc(e.span),
                 hint=f"specc builds at most {MAX_REPEAT:,} repeated instances",
             )
-        ctor = ir.RepeatCtor(count=count, items=[b.ctor for b in distinct], span=e.span)
+        ctor = ir.RepeatCtor(
+            count=count, items=[b.ctor for b in distinct], prefix=prefix, span=e.span
+        )
         inner = distinct[0].type_name
         return Built(ctor, Chain(distinct), params, f"{inner} x{count}", [])
 
-    def _repeat_count(self, e: ir.Call) -> int:
-        if len(e.args) != 2 or e.kwargs:
+    def _repeat_args(self, e: ir.Call) -> tuple[int, str]:
+        """The count, and the prefix of the children's names (`prefix="encoder_layer_"`)."""
+        if len(e.args) != 2 or set(e.kwargs) - {"prefix"}:
             raise SpecTypeError(
-                "repeat takes a count and a layer: repeat(3, Block(64))", loc(e.span)
+                "repeat takes a count and a layer: repeat(3, Block(64)), "
+                "repeat(3, i -> Block(64, stride=2 if i == 0 else 1)), and optionally "
+                'prefix="block_" to name the children block_0, block_1, ...',
+                loc(e.span),
             )
-        count = evaluate(e.args[0], self.inst.names)
+        count = evaluate(e.args[0], self.names)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise SpecTypeError(
                 f"repeat count must be a positive integer, got {count!r}", loc(e.args[0].span)
             )
-        return count
+        prefix = evaluate(e.kwargs["prefix"], self.names) if "prefix" in e.kwargs else ""
+        if not isinstance(prefix, str) or (prefix and not (prefix + "0").isidentifier()):
+            raise SpecTypeError(
+                f"repeat's prefix must start a Python name, got {prefix!r}",
+                loc(e.kwargs["prefix"].span),
+            )
+        return count, prefix
+
+    def _indexed_repeats(
+        self, e: ir.Call, fn: ir.Lambda, count: int, incoming, use, layer
+    ) -> list[Built]:
+        """`repeat(n, i -> X)`: each instance built with its index bound to `i`."""
+        if count > MAX_DISTINCT_REPEATS:
+            raise SpecShapeError(
+                f"repeat({count:,}, {fn.param} -> ...) builds each instance apart; "
+                f"at most {MAX_DISTINCT_REPEATS:,}",
+                loc(e.span),
+            )
+        if fn.param in self.inst.names:
+            raise SpecTypeError(
+                f"the index `{fn.param}` hides the model parameter of that name",
+                loc(fn.span),
+                hint="give the index another name",
+            )
+        built: list[Built] = []
+        cur = incoming
+        outer = self.scope
+        try:
+            for k in range(count):
+                self.scope = {**outer, fn.param: k}
+                b = self.make(fn.body, cur, use, layer)
+                if b.module is None:
+                    raise SpecTypeError(
+                        f"repeat's layer is None at index {fn.param} = {k}", loc(fn.body.span)
+                    )
+                built.append(b)
+                if cur is not None:
+                    cur = [self.call_built(b, cur, fn.body)]
+        finally:
+            self.scope = outer
+        return built
 
     def _distinct_repeats(self, e: ir.Call, count: int, incoming, use, layer) -> list[Built]:
         """The leading instances of `repeat(count, X)` until one maps its input's shape to
@@ -162,7 +260,7 @@ class LayerMaker:
         a child instance."""
         mdef = self.ck.program.model(e.func)
         assert mdef is not None
-        names = self.inst.names
+        names = self.names
         args = bind_model_args(
             mdef,
             [evaluate(a, names) for a in e.args],
@@ -243,7 +341,7 @@ class LayerMaker:
     ) -> Any:
         """An argument's value; a `_` is the size of `x` along the parameter's dimension."""
         if not isinstance(arg, ir.Hole):
-            return evaluate(arg, self.inst.names, on_other=lambda o: _no_hole(o, e.func))
+            return evaluate(arg, self.names, on_other=lambda o: _no_hole(o, e.func))
         if pname not in HOLE_DIMS:
             raise SpecTypeError(
                 f"cannot infer `_` for {e.func}'s argument `{pname or '?'}`",
@@ -353,7 +451,8 @@ class Chain:
 
     def __call__(self, x: Any) -> Any:
         for b in self.items:
-            x = b.module(x)
+            if b.module is not None:  # an absent (None) entry
+                x = b.module(x)
         return x
 
 
@@ -417,6 +516,10 @@ def _same_shapes(a: Any, b: Any) -> bool:
         and a.shape == b.shape
         and a.dtype == b.dtype
     )
+
+
+def _is_none(e: ir.Expr) -> bool:
+    return isinstance(e, ir.Const) and e.value is None
 
 
 def _no_hole(o: ir.Expr, func: str) -> Any:
