@@ -14,7 +14,7 @@ from typing import Any
 from specc.errors import (
     SpecTypeError,
 )
-from specc.values import BINOP_SYMBOLS
+from specc.values import BINOP_SYMBOLS, COMPARISONS
 
 # ruff format's default line length: the output must already be formatted at it.
 LINE_LENGTH = 88
@@ -24,7 +24,7 @@ CLASS_INDENT = 4
 BODY_INDENT = 8
 
 # Operator precedence as in Python's grammar (higher binds tighter).
-PREC_OR, PREC_COMPARE = 3, 6
+PREC_TEST, PREC_OR, PREC_AND, PREC_NOT, PREC_COMPARE = 1, 3, 4, 5, 6
 PREC_SUM, PREC_PRODUCT, PREC_UNARY, PREC_POWER, PREC_PRIMARY, PREC_ATOM = 10, 11, 12, 13, 15, 16
 BINOP_PREC = {
     "add": PREC_SUM,
@@ -35,6 +35,7 @@ BINOP_PREC = {
     "mod": PREC_PRODUCT,
     "matmul": PREC_PRODUCT,
     "pow": PREC_POWER,
+    **dict.fromkeys(COMPARISONS, PREC_COMPARE),
 }
 
 # Qualified-name prefix of a forward function -> how generated code spells its module.
@@ -321,13 +322,40 @@ def binop(op: str, left: Doc, right: Doc) -> Doc:
         hug = _simple(left) and _simple(right)
         text = f"{flat(left)}**{flat(right)}" if hug else f"{flat(left)} ** {flat(right)}"
         return Text(text, PREC_POWER)
-    if left.prec < prec:
+    if left.prec < prec or (op in COMPARISONS and left.prec == prec):  # no `a < b < c`
         left = parens(left)
     if right.prec <= prec:
         right = parens(right)
     if isinstance(left, Chain) and left.prec == prec:
         return Chain((*left.operands, right), (*left.ops, sym), prec)
     return Chain((left, right), (sym,), prec)
+
+
+def boolop(op: str, left: Doc, right: Doc) -> Doc:
+    """`a and b`, `a or b` (left-associative, like `binop`)."""
+    prec = PREC_AND if op == "and" else PREC_OR
+    if left.prec < prec:
+        left = parens(left)
+    if right.prec <= prec:
+        right = parens(right)
+    if isinstance(left, Chain) and left.prec == prec:
+        return Chain((*left.operands, right), (*left.ops, op), prec)
+    return Chain((left, right), (op,), prec)
+
+
+def not_(operand: Doc) -> Doc:
+    if operand.prec < PREC_NOT:
+        operand = parens(operand)
+    return Text(f"not {flat(operand)}", PREC_NOT)
+
+
+def conditional(body: Doc, test: Doc, orelse: Doc) -> Doc:
+    """`body if test else orelse`, kept on one line (ruff breaks it only inside brackets,
+    which the statement layout supplies when the line is too long)."""
+    body = parens(body) if body.prec <= PREC_TEST else body
+    test = parens(test) if test.prec <= PREC_TEST else test
+    orelse = parens(orelse) if orelse.prec < PREC_TEST else orelse
+    return Chain((body, test, orelse), ("if", "else"), PREC_TEST)
 
 
 def negate(operand: Doc) -> Doc:

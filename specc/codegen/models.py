@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import re
@@ -21,16 +22,24 @@ from specc.codegen.layout import (
     FUNCTION_MODULES,
     INDENT,
     PREC_ATOM,
+    PREC_COMPARE,
     PREC_PRIMARY,
     Brackets,
+    Chain,
     Comp,
     Doc,
     Text,
     attribute_of,
     binop,
+    block,
+    boolop,
+    conditional,
     flat,
+    layout,
     literal_doc,
     negate,
+    not_,
+    parens,
     statement,
     with_prefix,
 )
@@ -41,7 +50,7 @@ from specc.errors import (
 )
 from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.lang.plugins import load_plugins, plugin_module_for
-from specc.values import loc
+from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, loc
 
 # ---- templates ------------------------------------------------------------------------
 
@@ -102,8 +111,10 @@ class Exprs:
         name: Callable[[ir.Name], Doc],
         hole: Callable[[ir.Hole], Doc],
         ref: Callable[[ir.Ref], Doc],
+        uses: dict[str, bool] | None = None,
     ) -> None:
         self.name, self.hole, self.ref = name, hole, ref
+        self.uses = uses if uses is not None else {}  # imports the output needs ("math")
 
     def __call__(self, e: ir.Expr) -> Doc:
         if isinstance(e, ir.Const):
@@ -131,6 +142,20 @@ class Exprs:
             return binop(e.op, self(e.left), self(e.right))
         if isinstance(e, ir.Neg):
             return negate(self(e.operand))
+        if isinstance(e, ir.BoolOp):
+            return boolop(e.op, self(e.left), self(e.right))
+        if isinstance(e, ir.Not):
+            return not_(self(e.operand))
+        if isinstance(e, ir.IfExp):
+            return conditional(self(e.body), self(e.test), self(e.orelse))
+        if isinstance(e, ir.Index):  # a constant's item: `widths[i]`
+            value = self(e.value)
+            head = flat(value) if value.prec >= PREC_PRIMARY else f"({flat(value)})"
+            return Brackets(head, (self.index(e.index),), "[", "]", subscript=True)
+        if isinstance(e, ir.Call) and e.func in CONST_FUNCTIONS:
+            if e.func in CONST_FUNCTION_CODE:
+                self.uses["math"] = True
+            return Brackets(CONST_FUNCTION_CODE.get(e.func, e.func), tuple(map(self, e.args)))
         raise SpecTypeError("a call is not allowed here", loc(getattr(e, "span", None)))
 
     def index(self, e: ir.Expr) -> Doc:
@@ -196,11 +221,11 @@ class ModuleWriter:
         self.collected: set[int] = set()
         for top in tops:
             self.collect(top)  # fills self.plans in dependency order (used models first)
-        self.uses = {"torch": False, "F": False, "OrderedDict": False}
+        self.uses = {"torch": False, "F": False, "OrderedDict": False, "math": False}
         self.modules = Namespace(
             {
                 n: f"`{n}`, which the generated module imports"
-                for n in ("torch", "nn", "F", "OrderedDict")
+                for n in ("torch", "nn", "F", "OrderedDict", "math")
             }
             | (reserved or {})
         )
@@ -208,6 +233,7 @@ class ModuleWriter:
             self.modules.claim(name, plan.mdef.span, "model name")
         self.plugin_classes = load_plugins(program) if program.plugins else {}
         self.plugin_imports: dict[str, list[str]] = {}  # module -> classes, in first use
+        self.index_names: set[str] = set()  # `i` of the `repeat(n, i -> ...)` being written
 
     def collect(self, inst: ir.ModelInstance) -> None:
         # The checker shares one instance between uses with the same arguments and inputs;
@@ -244,6 +270,8 @@ class ModuleWriter:
             lines.add("from collections import OrderedDict")
         if self.uses["torch"]:
             lines.add("import torch")
+        if self.uses["math"]:
+            lines.add("import math")
         if self.uses["F"]:
             lines.add("import torch.nn.functional as F")
         plugin_imports = [
@@ -380,12 +408,15 @@ class ModuleWriter:
         out: dict[int, list[ir.Expr]],
         where: dict[int, tuple[str, str]],
     ) -> None:
-        if isinstance(c, ir.SequentialCtor) and isinstance(e, ir.Call):
-            for a, item in zip(e.args, c.items, strict=True):
-                self.walk_holes(a, item, label, out, where)
+        if isinstance(c, ir.CondCtor) and isinstance(e, ir.IfExp):
+            self.walk_holes(e.body if c.taken else e.orelse, c.ctor, label, out, where)
+        elif isinstance(c, ir.SequentialCtor) and isinstance(e, ir.Call):
+            for a, item in zip([*e.args, *e.kwargs.values()], c.items, strict=True):
+                self.walk_holes(_unstarred(a), item, label, out, where)
         elif isinstance(c, ir.RepeatCtor) and isinstance(e, ir.Call):
+            body = _repeated(e)
             for k in range(c.count):
-                self.walk_holes(e.args[1], c.items[min(k, len(c.items) - 1)], label, out, where)
+                self.walk_holes(body, c.items[min(k, len(c.items) - 1)], label, out, where)
         elif isinstance(c, ir.TorchCtor) and isinstance(e, ir.Call):
             names = _ctor_params(self.plugin_classes.get(e.func), e.func)
             for i, a in enumerate(e.args):
@@ -405,11 +436,11 @@ class ModuleWriter:
         """Constant expressions in `__init__`: parameters are locals there."""
 
         def name(e: ir.Name) -> Doc:
-            if e.id not in {p.name for p in plan.mdef.params}:
+            if e.id not in {p.name for p in plan.mdef.params} | self.index_names:
                 raise SpecNameError(f"unknown name `{e.id}`", loc(e.span))
             return Text(e.id, simple="name")
 
-        return Exprs(name, hole_value or _no_hole, _no_ref)
+        return Exprs(name, hole_value or _no_hole, _no_ref, self.uses)
 
     def layer_docs(self, plan: _Plan) -> list[Doc]:
         """The constructor of each layer; every use of the model must give the same text
@@ -439,15 +470,16 @@ class ModuleWriter:
             raise AssertionError("holes are filled by the caller")  # pragma: no cover
 
         values = self.value_exprs(plan, hole)
+        if isinstance(e, ir.IfExp):
+            return self.conditional_doc(plan, e, c, values)
+        if isinstance(e, ir.Const) and e.value is None:
+            return Text("None", simple="name")
         if not isinstance(e, ir.Call):  # pragma: no cover - the checker rejects these
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
+        if c is None:
+            c = self.unchecked_ctor(plan, e)
         if isinstance(c, ir.SequentialCtor):
-            return Brackets(
-                "nn.Sequential",
-                tuple(
-                    self.ctor_doc(plan, a, item) for a, item in zip(e.args, c.items, strict=True)
-                ),
-            )
+            return self.sequential_doc(plan, e, c)
         if isinstance(c, ir.RepeatCtor):
             return self.repeat_doc(plan, e, c, values)
         if isinstance(c, ir.ModelCtor):
@@ -480,6 +512,72 @@ class ModuleWriter:
             return Brackets(head, tuple(items))
         raise TypeError(f"unknown constructor {c!r}")  # pragma: no cover
 
+    def conditional_doc(self, plan: _Plan, e: ir.IfExp, c: Any, values: Exprs) -> Doc:
+        """`A if test else B` as written: the branch this use took from its checked
+        constructor, the other from the expression alone (no use built it)."""
+        taken = c.taken if isinstance(c, ir.CondCtor) else None
+        inner = c.ctor if isinstance(c, ir.CondCtor) else None
+        body = self.ctor_doc(plan, e.body, inner if taken is True else None)
+        orelse = self.ctor_doc(plan, e.orelse, inner if taken is False else None)
+        return conditional(body, values(e.test), orelse)
+
+    def unchecked_ctor(self, plan: _Plan, e: ir.Call) -> Any:
+        """What a branch no use of the model took needs to be written: nothing checked it, so
+        only torch layers, Sequentials of them and models some use built can be written."""
+        if e.func == "Sequential":
+            return ir.SequentialCtor(items=[], names=list(e.kwargs) or None)
+        if e.func in self.plans and not self.plans[e.func].kw_holes:
+            return None  # written from its arguments (see ctor_doc's ModelCtor case)
+        if e.func in self.plans or e.func == "repeat" or e.find(ir.Hole) is not None:
+            raise SpecTypeError(
+                f"`{e.func}(...)` stands in a branch no use of `{plan.mdef.name}` takes, and "
+                "it needs sizes only a use can give",
+                loc(e.span),
+                hint="write its sizes out (no `_`), or make the condition true in some use",
+            )
+        return ir.TorchCtor(cls=f"torch.nn.{e.func}", args=list(e.args), kwargs=dict(e.kwargs))
+
+    def sequential_doc(self, plan: _Plan, e: ir.Call, c: ir.SequentialCtor) -> Doc:
+        """`nn.Sequential(a, *([b] if c else []), *[x for i in range(n)])`, or with named
+        entries `nn.Sequential(OrderedDict([("head", ...)]))`."""
+        entries = [*e.args, *e.kwargs.values()]
+        checked = c.items or [None] * len(entries)
+        docs = []
+        for a, item in zip(entries, checked, strict=True):
+            if isinstance(a, ir.Starred):
+                values = self.value_exprs(plan, None)
+                docs += self.repeat_items(plan, _unstarred(a), item, values)  # type: ignore[arg-type]
+                continue
+            doc = self.ctor_doc(plan, a, item)
+            if isinstance(a, ir.IfExp) and (_is_none(a.body) or _is_none(a.orelse)):
+                doc = self.optional_entry(a, doc)
+            docs.append(doc)
+        if not e.kwargs:
+            return Brackets("nn.Sequential", tuple(docs))
+        self.uses["OrderedDict"] = True
+        pairs = tuple(
+            Brackets("", (literal_doc(k), d), prec=PREC_ATOM, display=True)
+            for k, d in zip(e.kwargs, docs, strict=True)
+        )
+        return Brackets(
+            "nn.Sequential",
+            (Brackets("OrderedDict", (Brackets("", pairs, "[", "]", PREC_ATOM, display=True),)),),
+        )
+
+    def optional_entry(self, a: ir.IfExp, doc: Doc) -> Doc:
+        """A Sequential entry that may be None: spliced as `*([X] if test else [])`."""
+        assert isinstance(doc, Chain) and len(doc.operands) == 3
+        body, test, orelse = doc.operands
+        present = orelse if _is_none(a.body) else body
+        listed = Brackets("", (present,), "[", "]", PREC_ATOM)
+        empty = Text("[]")
+        inner = (
+            conditional(listed, test, empty)
+            if not _is_none(a.body)
+            else conditional(empty, test, listed)
+        )
+        return with_prefix("*", parens(inner))
+
     def class_name(self, e: ir.Call, c: ir.TorchCtor) -> str:
         """`nn.Conv2d` for torch classes; a plugin class by its own name, imported from the
         plugin's module (plain PyTorch, so the output still needs no specc)."""
@@ -504,10 +602,40 @@ class ModuleWriter:
         return name
 
     def repeat_doc(self, plan: _Plan, e: ir.Call, c: ir.RepeatCtor, values: Exprs) -> Doc:
-        """`repeat(n, X)`: `nn.Sequential(*[X for _ in range(n)])`, each instance built in
-        order; uses that differ (a `_` that changes along the chain) are written out."""
+        """`repeat(n, X)`: `nn.Sequential(*[X for _ in range(n)])`; children named
+        `prefix + str(i)` are built in an OrderedDict."""
+        items = self.repeat_items(plan, e, c, values)
+        if not c.prefix:
+            return Brackets("nn.Sequential", items)
+        (comp,) = items  # repeat_items refuses a prefix on a written-out repeat
+        assert isinstance(comp, Comp)
+        self.uses["OrderedDict"] = True
+        var = comp.clause.split()[1]
+        name = Text(f'f"{c.prefix}{{{var}}}"')
+        pair = Brackets("", (name, comp.elt), prec=PREC_ATOM)
+        return Brackets(
+            "nn.Sequential",
+            (Brackets("OrderedDict", (dataclasses.replace(comp, star="", elt=pair),)),),
+        )
+
+    def repeat_items(
+        self, plan: _Plan, e: ir.Call, c: ir.RepeatCtor, values: Exprs
+    ) -> tuple[Doc, ...]:
+        """The repeated layers as `*[X for i in range(n)]`, each instance built in order;
+        uses that differ (a `_` that changes along the chain) are written out."""
+        fn = e.args[1] if isinstance(e.args[1], ir.Lambda) else None
+        var = fn.param if fn is not None else "_"
+        if fn is not None:
+            check_identifier(var, fn.span, "repeat index")
         last = len(c.items) - 1
-        docs = [self.ctor_doc(plan, e.args[1], c.items[min(k, last)]) for k in range(c.count)]
+        outer = self.index_names
+        self.index_names = outer | {var}
+        try:
+            docs = [
+                self.ctor_doc(plan, _repeated(e), c.items[min(k, last)]) for k in range(c.count)
+            ]
+        finally:
+            self.index_names = outer
         runs: list[tuple[Doc, int]] = []
         for d in docs:
             if runs and flat(runs[-1][0]) == flat(d):
@@ -516,9 +644,29 @@ class ModuleWriter:
                 runs.append((d, 1))
         if len(runs) == 1:
             count = flat(values(e.args[0]))
-            return Brackets("nn.Sequential", (Comp("*", docs[0], f"for _ in range({count})"),))
-        items = tuple(d if n == 1 else Comp("*", d, f"for _ in range({n})") for d, n in runs)
-        return Brackets("nn.Sequential", items)
+            return (Comp("*", docs[0], f"for {var} in range({count})"),)
+        if fn is not None or c.prefix:
+            raise SpecTypeError(
+                "the layers of this repeat differ in their `_` sizes, which an indexed or "
+                "prefixed repeat cannot write",
+                loc(e.span),
+                hint="write the sizes out instead of `_`",
+            )
+        return tuple(d if n == 1 else Comp("*", d, f"for _ in range({n})") for d, n in runs)
+
+
+def _is_none(e: ir.Expr) -> bool:
+    return isinstance(e, ir.Const) and e.value is None
+
+
+def _unstarred(e: ir.Expr) -> ir.Expr:
+    return e.value if isinstance(e, ir.Starred) else e
+
+
+def _repeated(e: ir.Call) -> ir.Expr:
+    """The layer a `repeat(n, X)` or `repeat(n, i -> X)` call repeats."""
+    layer = e.args[1]
+    return layer.body if isinstance(layer, ir.Lambda) else layer
 
 
 def _ctor_params(plugin: type | None, func: str) -> list[str]:
@@ -564,6 +712,15 @@ class _Stmt:
     comment: str = ""
 
 
+@dataclass
+class _Block:
+    """A static `if` block of the forward: its condition and the statements of each part."""
+
+    test: Doc
+    then: list[_Stmt | _Block] = field(default_factory=list)
+    orelse: list[_Stmt | _Block] = field(default_factory=list)
+
+
 class _ForwardWriter(GraphInterpreter):
     """Writes a forward from the SSA nodes: named nodes become statements, unnamed ones are
     inlined where they are used; a multi-value assignment whose parts read each other's old
@@ -579,6 +736,8 @@ class _ForwardWriter(GraphInterpreter):
         self.fwd = fwd
         self.nodes = {n.name: n for n in fwd.nodes}
         self.params = {p.name for p in plan.mdef.params}
+        self.layer_names = {layer.name for layer in plan.mdef.layers}
+        self.blocks: set[str] = set()  # if blocks written as statements
         self.used_params: set[str] = set()
         self.dims: dict[str, tuple[str, int, ir.Span]] = {}  # dim -> (input, axis, span)
         for inp in fwd.inputs:
@@ -587,7 +746,7 @@ class _ForwardWriter(GraphInterpreter):
                     self.dims[d.value] = (inp.name, axis, d.span)
         self.used_dims: dict[str, None] = {}
         self.reads: list[tuple[str, str]] = []
-        self.exprs = Exprs(self.name, _no_hole, self.ref)
+        self.exprs = Exprs(self.name, _no_hole, self.ref, gen.uses)
 
     # ---- expressions ------------------------------------------------------------------
     def name(self, e: ir.Name) -> Doc:
@@ -597,6 +756,8 @@ class _ForwardWriter(GraphInterpreter):
         if e.id in self.dims:
             self.used_dims[e.id] = None
             return Text(check_identifier(e.id, e.span, "dimension name"), simple="name")
+        if e.id in self.layer_names:  # `if downsample`: does the layer exist?
+            return Text(f"self.{check_attribute(e.id, e.span, 'layer')} is not None", PREC_COMPARE)
         raise SpecNameError(f"unknown name `{e.id}`", loc(e.span))  # pragma: no cover
 
     def ref(self, e: ir.Ref) -> Doc:
@@ -678,9 +839,10 @@ class _ForwardWriter(GraphInterpreter):
 
     # ---- statements -------------------------------------------------------------------
     def live(self) -> set[str]:
-        """Nodes the output depends on; statements nothing reads are left out."""
+        """Nodes the output (or an `if` condition) depends on; statements nothing reads are
+        left out."""
         live: set[str] = set()
-        todo = [n.name for n in self.fwd.nodes if n.op == "output"]
+        todo = [n.name for n in self.fwd.nodes if n.op in ("output", "if")]
         while todo:
             name = todo.pop()
             if name in live:
@@ -692,43 +854,116 @@ class _ForwardWriter(GraphInterpreter):
         return live
 
     def comment(self, n: ir.FNode) -> str:
-        texts = {shape_comment(inst.values.get(n.name)) for inst in self.plan.instances}
+        # uses that skip the node's if block have no value for it
+        texts = {shape_comment(v) for inst in self.plan.instances if (v := inst.values.get(n.name))}
         return texts.pop() if len(texts) == 1 else ""
+
+    def statement_blocks(self) -> set[str]:
+        """The if blocks written as `if` statements: those holding assignments. The others
+        come from `a if c else b` and are written as that expression."""
+        blocks: set[str] = set()
+        open_blocks: list[str] = []
+        for n in self.fwd.nodes:
+            if n.op == "if":
+                open_blocks.append(n.name)
+            elif n.op == "endif":
+                open_blocks.pop()
+            elif n.vars and open_blocks:
+                blocks.update(open_blocks)
+        return blocks
 
     def render(self) -> tuple[str, list[str]]:
         for inp in self.fwd.inputs:
             check_identifier(inp.name, inp.span, "forward input")
         live = self.live()
-        raw: list[_Stmt] = []
+        self.blocks = self.statement_blocks()
+        top: list[_Stmt | _Block] = []
+        stack = [top]
         output: ir.FNode | None = None
         for n in self.fwd.nodes:
-            if n.op == "input":
-                continue
             if n.op == "output":
                 output = n
-                continue
-            if not n.vars or n.name not in live:
-                continue
-            for v in n.vars:
-                check_identifier(v, n.span, "variable")
-            self.reads = []
-            doc = self.run_node(n)
-            comment = self.comment(n) if len(n.vars) == 1 else ""
-            raw.append(
-                _Stmt([list(n.vars)], [doc], self.reads, [(v, n.name) for v in n.vars], comment)
-            )
-        grouped = self.group(raw)
-        shapes = [s.comment for s in grouped]
-        for s, prev in zip(grouped[1:], shapes[:-1], strict=True):
-            if s.comment == prev:  # unchanged shape: the comment would only repeat
-                s.comment = ""
-        assignments = [self.assignment(s) for s in grouped]
+            elif n.op in ("if", "else", "endif"):
+                self.open_close(n, stack)
+            elif n.op == "phi" and n.target in self.blocks:
+                # each branch bound the variable under its own name: nothing to write
+                stack[-1].append(_Stmt([], [], [], [(n.vars[0], n.name)]))
+            elif n.op != "input" and n.vars and n.name in live:
+                stack[-1].append(self.assigned(n))
+        binding = {n.vars[0]: n.name for n in self.fwd.nodes if n.op == "input"}
+        statements = self.lines(self.group(top, binding), 0)
         assert output is not None
         value = self.run_node(output)
         # named dimensions (`x: [T, C]`) are read from the input before anything else
         body = [self.dim_line(d) for d in self.used_dims]
-        body += [*assignments, statement(value, "return ", BODY_INDENT)]
+        body += [*statements, statement(value, "return ", BODY_INDENT)]
         return self.signature(), body
+
+    def open_close(self, n: ir.FNode, stack: list[list[_Stmt | _Block]]) -> None:
+        """Open, switch or close the statement list an if block's marker `n` delimits."""
+        if n.op == "if" and n.name in self.blocks:
+            block = _Block(self.exprs(n.args[0]))
+            stack[-1].append(block)
+            stack.append(block.then)
+        elif n.op == "else" and n.target in self.blocks:
+            stack.pop()
+            block = stack[-1][-1]
+            assert isinstance(block, _Block)
+            stack.append(block.orelse)
+        elif n.op == "endif" and n.target in self.blocks:
+            stack.pop()
+
+    def assigned(self, n: ir.FNode) -> _Stmt:
+        for v in n.vars:
+            check_identifier(v, n.span, "variable")
+        self.reads = []
+        doc = self.run_node(n)
+        comment = self.comment(n) if len(n.vars) == 1 else ""
+        return _Stmt([list(n.vars)], [doc], self.reads, [(v, n.name) for v in n.vars], comment)
+
+    def run_node(self, n: ir.FNode) -> Doc:
+        # every node, a phi included, is written from its arguments as expressions
+        return getattr(self, n.op)(n, *self.fetch_args(n))
+
+    def phi(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        """`a if c else b` (an if block written as one expression)."""
+        test = self.nodes[n.target].args[0]
+        return conditional(self.exprs(args[0]), self.exprs(test), self.exprs(args[1]))
+
+    def lines(self, items: list[_Stmt | _Block], depth: int) -> list[str]:
+        """Statements as text at `depth` blocks deep; an if block without statements left
+        in one of its parts is written without that part."""
+        out: list[str] = []
+        shapes = ""
+        for item in items:
+            if isinstance(item, _Block):
+                out += self.block_lines(item, depth)
+                shapes = ""
+                continue
+            if not item.values:
+                continue
+            if item.comment == shapes:  # unchanged shape: the comment would only repeat
+                item.comment = ""
+            else:
+                shapes = item.comment
+            out.append(_indented(self.assignment(item, BODY_INDENT + 4 * depth), depth))
+        return out
+
+    def block_lines(self, b: _Block, depth: int) -> list[str]:
+        then, orelse = self.lines(b.then, depth + 1), self.lines(b.orelse, depth + 1)
+        if not then and not orelse:
+            return []
+        test = b.test if then else not_(b.test)
+        head = _indented(
+            block(
+                layout(test, " " * (BODY_INDENT + 4 * depth), "if ", ":"), BODY_INDENT + 4 * depth
+            ),
+            depth,
+        )
+        out = [head, *(then or orelse)]
+        if then and orelse:
+            out += [_indented("else:", depth), *orelse]
+        return out
 
     def dim_line(self, dim: str) -> str:
         inp, axis, span = self.dims[dim]
@@ -753,17 +988,23 @@ class _ForwardWriter(GraphInterpreter):
         doc = Brackets("def forward", tuple(Text(n) for n in ["self", *names]), close="):")
         return statement(doc, "", CLASS_INDENT, ", ".join(notes))
 
-    def group(self, raw: list[_Stmt]) -> list[_Stmt]:
+    def group(self, items: list[_Stmt | _Block], binding: dict[str, str]) -> list[_Stmt | _Block]:
         """Merge statements into tuple assignments where a statement reads a variable an
-        earlier one already rebound (only happens inside one multi-value assignment)."""
-        binding = {n.vars[0]: n.name for n in self.fwd.nodes if n.op == "input"}
-        out: list[tuple[_Stmt, dict[str, str]]] = []
-        for s in raw:
+        earlier one already rebound (only happens inside one multi-value assignment).
+        `binding`: variable -> SSA node it holds before `items` run (updated)."""
+        out: list[tuple[_Stmt | _Block, dict[str, str]]] = []
+        for s in items:
+            if isinstance(s, _Block):  # each part starts from the bindings before it
+                s.then = self.group(s.then, dict(binding))
+                s.orelse = self.group(s.orelse, dict(binding))
+                out.append((s, dict(binding)))
+                continue
             before = dict(binding)
             while any(before.get(v) != node for v, node in s.reads):
-                if not out:  # pragma: no cover - SSA from the lowering never does this
+                if not out or isinstance(out[-1][0], _Block):  # pragma: no cover
                     raise SpecTypeError("cannot order this forward's assignments")
                 prev, before = out.pop()
+                assert isinstance(prev, _Stmt)
                 s = _Stmt(
                     prev.targets + s.targets,
                     prev.values + s.values,
@@ -775,8 +1016,14 @@ class _ForwardWriter(GraphInterpreter):
                 binding[v] = node
         return [s for s, _ in out]
 
-    def assignment(self, s: _Stmt) -> str:
+    def assignment(self, s: _Stmt, base: int = BODY_INDENT) -> str:
         if len(s.values) == 1:
-            return statement(s.values[0], ", ".join(s.targets[0]) + " = ", BODY_INDENT, s.comment)
+            return statement(s.values[0], ", ".join(s.targets[0]) + " = ", base, s.comment)
         targets = ", ".join(t[0] if len(t) == 1 else "(" + ", ".join(t) + ")" for t in s.targets)
-        return statement(Brackets("", tuple(s.values), bare=True), targets + " = ", BODY_INDENT)
+        return statement(Brackets("", tuple(s.values), bare=True), targets + " = ", base)
+
+
+def _indented(text: str, depth: int) -> str:
+    """A statement laid out `depth` blocks deep, for a template that indents one level."""
+    pad = "    " * depth
+    return "\n".join(pad + line for line in text.split("\n")) if depth else text

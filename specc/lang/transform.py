@@ -121,7 +121,10 @@ class _Exprs:
         if data == "if_expr":
             body, test, orelse = kids
             return ir.IfExp(
-                test=self.expr(test), body=self.expr(body), orelse=self.expr(orelse), span=self.sp(t)
+                test=self.expr(test),
+                body=self.expr(body),
+                orelse=self.expr(orelse),
+                span=self.sp(t),
             )
         if data == "lambda_":
             param, body = kids
