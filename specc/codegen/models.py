@@ -192,6 +192,8 @@ class _Plan:
 def _children(c: Any) -> Iterator[ir.ModelInstance]:
     if isinstance(c, ir.ModelCtor):
         yield c.instance
+    elif isinstance(c, ir.CondCtor):
+        yield from _children(c.ctor)
     elif isinstance(c, (ir.SequentialCtor, ir.RepeatCtor)):
         for item in c.items:
             yield from _children(item)
@@ -482,15 +484,15 @@ class ModuleWriter:
             return self.sequential_doc(plan, e, c)
         if isinstance(c, ir.RepeatCtor):
             return self.repeat_doc(plan, e, c, values)
-        if isinstance(c, ir.ModelCtor):
-            child = self.plans[c.instance.model]
+        if isinstance(c, ir.ModelCtor) or (c is None and e.func in self.plans):
+            child = self.plans[e.func]
             check_identifier(e.func, e.func_span or e.span, "model name")
             items = [*map(values, e.args)]
             items += [
                 with_prefix(f"{check_attribute(k, v.span, 'keyword')}=", values(v))
                 for k, v in e.kwargs.items()
             ]
-            got = child.hole_values[id(c.instance)]
+            got = child.hole_values[id(c.instance)] if c is not None else {}
             for hole_id, pname in child.kw_holes.items():
                 items.append(with_prefix(f"{pname}=", self.literal_expr(got[hole_id][0])))
             return Brackets(e.func, tuple(items))

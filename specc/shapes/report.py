@@ -21,15 +21,26 @@ def ctor_text(c: Any) -> str:
         parts = [*map(_lit, c.args), *(f"{k}={_lit(v)}" for k, v in c.kwargs.items())]
         return f"{c.cls.rsplit('.', 1)[-1]}({', '.join(parts)})"
     if isinstance(c, ir.SequentialCtor):
-        inner = ", ".join(ctor_text(i) for i in c.items[:3])
+        inner = ", ".join(ctor_text(i) for i in c.items[:3] if not _absent(i))
         more = ", ..." if len(c.items) > 3 else ""
         return f"Sequential({inner}{more})"
     if isinstance(c, ir.RepeatCtor):
-        return f"repeat({c.count}, {ctor_text(c.items[0])})"
+        star = "*" if c.splat else ""
+        return (
+            f"{star}repeat({c.count}, {ctor_text(c.items[0])}{', ...' if len(c.items) > 1 else ''})"
+        )
+    if isinstance(c, ir.CondCtor):
+        return ctor_text(c.ctor)
+    if isinstance(c, ir.NoneCtor):
+        return "None"
     if isinstance(c, ir.ModelCtor):
         args = ", ".join(f"{k}={_lit(v)}" for k, v in c.instance.args.items())
         return f"{c.instance.model}({args})"
     return "?"
+
+
+def _absent(c: Any) -> bool:
+    return isinstance(c, ir.NoneCtor) or (isinstance(c, ir.CondCtor) and _absent(c.ctor))
 
 
 def shape_of(v: ir.Value | None) -> str:
