@@ -119,7 +119,7 @@ def evaluate(
             return not truth(ev(e.operand), e.operand)
         if isinstance(e, ir.IfExp):
             return ev(e.body) if truth(ev(e.test), e.test) else ev(e.orelse)
-        if isinstance(e, ir.Index) and on_other is None:
+        if isinstance(e, ir.Index):
             return _arith(operator.getitem, e, ev(e.value), ev(e.index))
         if isinstance(e, ir.Call) and e.func in CONST_FUNCTIONS and not e.kwargs:
             if e.func not in names:  # a model parameter may shadow it

@@ -319,7 +319,8 @@ class ModuleWriter:
                 params.append(p.name)
                 continue
             seen_default = p.name
-            default = self.value_exprs(plan, None)(p.default)
+            # a list default would be shared by every call (ruff B006): written as a tuple
+            default = self.value_exprs(plan, None)(p.default.map(_list_as_tuple))
             if p.default.find(ir.Name) is not None:  # a default computed from other parameters
                 params.append(f"{p.name}=None")
                 fills.append(
@@ -657,6 +658,10 @@ class ModuleWriter:
         return tuple(d if n == 1 else Comp("*", d, f"for _ in range({n})") for d, n in runs)
 
 
+def _list_as_tuple(e: ir.Node) -> ir.Node:
+    return ir.TupleExpr(items=e.items, span=e.span) if isinstance(e, ir.ListExpr) else e
+
+
 def _is_none(e: ir.Expr) -> bool:
     return isinstance(e, ir.Const) and e.value is None
 
@@ -951,19 +956,18 @@ class _ForwardWriter(GraphInterpreter):
             out.append(_indented(self.assignment(item, BODY_INDENT + 4 * depth), depth))
         return out
 
-    def block_lines(self, b: _Block, depth: int) -> list[str]:
+    def block_lines(self, b: _Block, depth: int, keyword: str = "if") -> list[str]:
         then, orelse = self.lines(b.then, depth + 1), self.lines(b.orelse, depth + 1)
         if not then and not orelse:
             return []
         test = b.test if then else not_(b.test)
-        head = _indented(
-            block(
-                layout(test, " " * (BODY_INDENT + 4 * depth), "if ", ":"), BODY_INDENT + 4 * depth
-            ),
-            depth,
-        )
+        base = BODY_INDENT + 4 * depth
+        head = _indented(block(layout(test, " " * base, f"{keyword} ", ":"), base), depth)
         out = [head, *(then or orelse)]
-        if then and orelse:
+        nested = [i for i in b.orelse if isinstance(i, _Block) or i.values]
+        if then and len(nested) == 1 and isinstance(nested[0], _Block):  # `else if`
+            out += self.block_lines(nested[0], depth, "elif")
+        elif then and orelse:
             out += [_indented("else:", depth), *orelse]
         return out
 

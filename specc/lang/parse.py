@@ -197,6 +197,11 @@ def _hint_for(tok: lark.Token, exc: UnexpectedToken) -> str | None:
         return "is a `,` missing between arguments?"
     if tok.type == "EQUAL" and "RPAR" in expected:
         return "keyword arguments are written `name=value` inside a call"
+    if tok.type == "ELSE" and "LBRACE" in expected:
+        return (
+            "in a forward, a conditional value goes in parentheses: `y = (a if c else b)` "
+            "(a bare `if` after an assignment starts an `if` block)"
+        )
     if tok.type == "COLON":
         return "slices (`a:b`) are only allowed inside `[...]`"
     return None

@@ -217,7 +217,12 @@ class LayerMaker:
         try:
             for k in range(count):
                 self.scope = {**outer, fn.param: k}
-                b = self.make(fn.body, cur, use, layer)
+                try:
+                    b = self.make(fn.body, cur, use, layer)
+                except SpecError as err:
+                    note = f"in the instance with {fn.param} = {k} (of {count})"
+                    err.diagnostic.notes.append((note, loc(e.span)))
+                    raise
                 if b.module is None:
                     raise SpecTypeError(
                         f"repeat's layer is None at index {fn.param} = {k}", loc(fn.body.span)
