@@ -21,8 +21,7 @@ def _train(spec, *overrides, **kw):
 @pytest.fixture
 def spec_dir(in_tmp):
     """A copy of specs/ as the working directory (runs/ and relative paths land there)."""
-    for f in SPECS.iterdir():
-        shutil.copy(f, in_tmp / f.name)
+    shutil.copytree(SPECS, in_tmp, dirs_exist_ok=True)
     return in_tmp
 
 

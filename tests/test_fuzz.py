@@ -53,7 +53,7 @@ SPEC_NAME = "fuzz.spec"
 TIME_LIMIT = float(os.environ.get("SPECC_FUZZ_TIME_LIMIT", "2.0"))
 # A case still running after this long is interrupted (a hang must not stall the suite).
 HARD_LIMIT = max(10.0, 5 * TIME_LIMIT)
-SHIPPED = sorted(SPECS.glob("*.spec")) + sorted((CASES / "errors").glob("*.spec"))
+SHIPPED = sorted(SPECS.rglob("*.spec")) + sorted((CASES / "errors").glob("*.spec"))
 SOURCES = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in SHIPPED}
 # Files next to the spec, so mutated specs that import or load them get past that point.
 COMPANIONS = [SPECS / "backbones.spec", SPECS / "custom.py"]

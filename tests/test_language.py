@@ -15,7 +15,7 @@ import specc
 from specc import ir
 from specc.errors import SpecError
 
-ALL_SPECS = sorted(SPECS.glob("*.spec"))
+ALL_SPECS = sorted(SPECS.rglob("*.spec"))
 
 
 class TutorialNet(nn.Module):

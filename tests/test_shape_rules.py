@@ -630,7 +630,7 @@ def test_checking_real_specs_imports_no_sympy_or_dynamo(spec):
     assert proc.stdout.strip() == "[]"
 
 
-ALL_SPECS = sorted(SPECS.glob("*.spec")) + sorted((CASES / "errors").glob("*.spec"))
+ALL_SPECS = sorted(SPECS.rglob("*.spec")) + sorted((CASES / "errors").glob("*.spec"))
 
 
 def _check_output(spec, capsys) -> tuple[Any, ...]:
