@@ -371,8 +371,21 @@ class ModuleWriter:
         return out
 
     def sequential_items(self, mdef: ir.ModelDef, layers: list[Doc]) -> Doc:
+        optional = [_optional(layer.ctor) for layer in mdef.layers]
         if all(layer.anonymous for layer in mdef.layers):
+            layers = [
+                self.optional_entry(layer.ctor, doc) if opt else doc  # type: ignore[arg-type]
+                for layer, doc, opt in zip(mdef.layers, layers, optional, strict=True)
+            ]
             return Brackets("super().__init__", tuple(layers))
+        for layer, opt in zip(mdef.layers, optional, strict=True):
+            if opt:
+                raise SpecTypeError(
+                    f"`{layer.name}` may be None, which a named entry of a `sequential` "
+                    "model cannot be in generated code",
+                    loc(layer.span),
+                    hint="leave the entry unnamed, or write a `model` with an `if` in forward",
+                )
         self.uses["OrderedDict"] = True
         pairs = tuple(
             Brackets("", (literal_doc(layer.name), doc), prec=PREC_ATOM, display=True)
@@ -552,8 +565,8 @@ class ModuleWriter:
                 docs += self.repeat_items(plan, _unstarred(a), item, values)  # type: ignore[arg-type]
                 continue
             doc = self.ctor_doc(plan, a, item)
-            if isinstance(a, ir.IfExp) and (_is_none(a.body) or _is_none(a.orelse)):
-                doc = self.optional_entry(a, doc)
+            if _optional(a):
+                doc = self.optional_entry(a, doc)  # type: ignore[arg-type]
             docs.append(doc)
         if not e.kwargs:
             return Brackets("nn.Sequential", tuple(docs))
@@ -656,6 +669,11 @@ class ModuleWriter:
                 hint="write the sizes out instead of `_`",
             )
         return tuple(d if n == 1 else Comp("*", d, f"for _ in range({n})") for d, n in runs)
+
+
+def _optional(e: ir.Expr) -> bool:
+    """A conditional layer one of whose branches is `None`."""
+    return isinstance(e, ir.IfExp) and (_is_none(e.body) or _is_none(e.orelse))
 
 
 def _list_as_tuple(e: ir.Node) -> ir.Node:
