@@ -83,9 +83,17 @@ def _weighted(draw, *pairs):
 @st.composite
 def size(draw, params: tuple[str, ...] = (), lo: int = 1, hi: int = 16) -> str:
     """A size argument: mostly a small int, sometimes a parameter, arithmetic or nonsense."""
-    kind = _weighted(draw, (12, "int"), (2, "param"), (2, "arith"), (1, "odd"), (1, "hole"))
+    kind = _weighted(
+        draw, (12, "int"), (2, "param"), (2, "arith"), (1, "odd"), (1, "hole"), (1, "cond")
+    )
     if kind == "param" and params:
         return draw(st.sampled_from(params))
+    if kind == "cond":  # a static conditional over parameters (or an index `i`)
+        subject = draw(st.sampled_from([*params, "i", "1", "True", "x"]))
+        op = draw(st.sampled_from(["==", "!=", "<", ">=", "in", "is not", "and", "or"]))
+        other = draw(st.sampled_from(["0", "2", "[1, 2]", "None", "not False"]))
+        a, b = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
+        return f"{a} if {subject} {op} {other} else {b}"
     if kind == "arith":
         a, b = draw(st.integers(1, 8)), draw(st.integers(1, 4))
         op = draw(st.sampled_from(["*", "+", "-", "//", "**"]))
@@ -145,6 +153,7 @@ def layer_ctor(draw, params: tuple[str, ...] = (), models: tuple[str, ...] = (),
     if depth < 2:
         choices.append((2, lambda: _sequential_ctor(draw, params, models, depth)))
         choices.append((2, lambda: _repeat_ctor(draw, params, models, depth)))
+        choices.append((2, lambda: _conditional_ctor(draw, params, models, depth)))
     if models:
         choices.append((4, lambda: _model_use(draw, models, params)))
     make = _weighted(draw, *choices)
@@ -154,6 +163,12 @@ def layer_ctor(draw, params: tuple[str, ...] = (), models: tuple[str, ...] = (),
 def _sequential_ctor(draw, params, models, depth) -> str:
     n = draw(st.integers(0, 4))
     items = [draw(layer_ctor(params, models, depth + 1)) for _ in range(n)]
+    if items and draw(st.integers(0, 4)) == 0:  # named entries
+        items = [f"{draw(st.sampled_from(['head', 'fc', '0', 'x']))}={i}" for i in items]
+    elif draw(st.integers(0, 4)) == 0:  # a splatted repeat, numbered on
+        items.insert(
+            draw(st.integers(0, len(items))), "*" + _repeat_ctor(draw, params, models, depth)
+        )
     return f"Sequential({', '.join(items)})"
 
 
@@ -164,7 +179,18 @@ def _repeat_ctor(draw, params, models, depth) -> str:
         (1, lambda: draw(st.sampled_from(["0", "-2", "2.0", "100", "10**6", "True"]))),
         (1, lambda: draw(st.sampled_from(params)) if params else "2"),
     )()
-    return f"repeat({count}, {draw(layer_ctor(params, models, depth + 1))})"
+    layer = draw(layer_ctor(params, models, depth + 1))
+    if draw(st.integers(0, 2)) == 0:  # indexed: the layer may read `i`
+        layer = f"{draw(st.sampled_from(['i', 'k', 'ch', '_']))} -> {layer}"
+    prefix = draw(st.sampled_from(["", "", "", ', prefix="block_"', ', prefix="0"', ", prefix=1"]))
+    return f"repeat({count}, {layer}{prefix})"
+
+
+def _conditional_ctor(draw, params, models, depth) -> str:
+    """`A if cond else B`, where B is often `None` (the layer is then absent)."""
+    cond = draw(size(params)).replace(" if ", " == ").split(" else ")[0]
+    other = draw(st.sampled_from(["None", "None", "Identity()", "fc"]))
+    return f"{draw(layer_ctor(params, models, depth + 1))} if {cond} else {other}"
 
 
 def _model_use(draw, models, params) -> str:
@@ -268,6 +294,8 @@ def forward_body(draw, inputs: tuple[str, ...], layers: tuple[str, ...]) -> list
             stmts.append(f"{target} = {wrap.format(inner)}")
             names.append(target)
             x = target
+    if layers and draw(st.integers(0, 4)) == 0:
+        stmts.append(_if_block(draw, tuple(dict.fromkeys(names)), layers))
     for _ in range(draw(st.integers(0, 4))):
         pool = tuple(dict.fromkeys(names))
         target = draw(st.sampled_from(VAR_NAMES))
@@ -293,6 +321,20 @@ def forward_body(draw, inputs: tuple[str, ...], layers: tuple[str, ...]) -> list
     if draw(st.integers(0, 19)) != 0:
         stmts.append(f"return {ret}")
     return stmts
+
+
+def _if_block(draw, names: tuple[str, ...], layers: tuple[str, ...]) -> str:
+    """A static `if` (with `else` or `else if`), or a parenthesised `a if c else b`."""
+    x = names[-1]
+    layer = st.sampled_from(layers)
+    cond = draw(st.sampled_from([*layers, "True", "1 > 2", f"{x}.shape[1] == 4", f"{x}.sum() > 0"]))
+    if draw(st.booleans()):
+        return f"{x} = ({draw(layer)}({x}) if {cond} else {x})"
+    then = f"{x} = {draw(layer)}({x})"
+    orelse = draw(st.sampled_from(["", f" else {{ {x} = relu({x}) }}",
+                                   f" else if not {cond} {{ return {x} }}",
+                                   " else { fresh = 1 }"]))  # fmt: skip
+    return f"if {cond} {{ {then} }}{orelse}"
 
 
 @st.composite

@@ -68,6 +68,8 @@ class ShapeRule:
                 shape = self.rule(*args, **kwargs)
             except Exception:  # arguments the rule cannot read (a bad call): torch says why
                 shape = None
+            if isinstance(shape, torch.Tensor):  # an in-place rule: the input, as torch's
+                return shape
             if shape is not None:
                 return tensors[0].new_empty(shape)
         return self.real(*args, **kwargs)
@@ -144,9 +146,14 @@ def _dropout_layer(m: Any, x: torch.Tensor, ranks: tuple[int, ...] | None = None
     return _dropout(x, m.p, m.training, m.inplace) if ok else None
 
 
-def _activation(m: nn.Module, x: torch.Tensor, numbers: tuple[str, ...] = ()) -> Shape | None:
-    ok = not getattr(m, "inplace", False) and all(_number(getattr(m, a)) for a in numbers)
-    return tuple(x.shape) if ok else None
+def _activation(
+    m: nn.Module, x: torch.Tensor, numbers: tuple[str, ...] = ()
+) -> Shape | torch.Tensor | None:
+    """An elementwise activation keeps the shape; in place, it returns its input itself
+    (torch's in-place decompositions on meta are slow the first time: 5 s for ReLU6)."""
+    if not all(_number(getattr(m, a)) for a in numbers):
+        return None
+    return x if getattr(m, "inplace", False) else tuple(x.shape)
 
 
 # -- layers with weights -----------------------------------------------------------------
