@@ -89,6 +89,9 @@ class GraphInterpreter:
     def alias(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         return args[0]
 
+    def get_attr(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
+        return self.unsupported(n)
+
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         return args[0] if len(args) == 1 else tuple(args)
 
