@@ -130,7 +130,7 @@ def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
                 SpecNameError(
                     f"unknown layer type `{e.func}`",
                     loc(e.func_span or e.span),
-                    hint=did_you_mean(e.func, reg.layer_names()),
+                    hint=_tensor_hint(e.func) or did_you_mean(e.func, reg.layer_names()),
                 )
             )
         inner_ctor = e.func in ("Sequential",)
@@ -194,6 +194,12 @@ def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _
 
 
 # ---- tensors a model holds, ties and init rules ------------------------------------------
+
+
+def _tensor_hint(func: str) -> str | None:
+    if func not in TENSOR_CTORS:
+        return None
+    return f"a {func} is a declaration of its own: `name = {func}(zeros(4))`, read by name"
 
 
 def is_tensor_decl(layer: ir.Layer) -> bool:

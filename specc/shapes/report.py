@@ -67,6 +67,16 @@ def render_warnings(warnings: list[ir.CheckWarning], texts: dict[str, str]) -> s
     )
 
 
+def print_warnings(inst: ir.ModelInstance, program: ir.Program) -> None:
+    """Print a checked instance's warnings to stderr (nothing when it has none)."""
+    import sys
+
+    from specc.lang.loader import source_texts
+
+    if inst.warnings:
+        print(render_warnings(inst.warnings, source_texts(program)) + "\n", file=sys.stderr)
+
+
 def _fmt(n: int) -> str:
     return f"{n:,}"
 

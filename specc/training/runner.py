@@ -10,6 +10,7 @@ states, and the position in the epoch.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
@@ -44,6 +45,7 @@ from specc.training.build import (
 from specc.training.config import apply_overrides
 from specc.training.finetune import apply_train_setup
 from specc.training.logs import Progress, RunLog, print_summary
+from specc.shapes.report import print_warnings
 from specc.training.plan import TrainPlan, resolve
 from specc.values import loc
 
@@ -533,6 +535,8 @@ def run(
         with kernels.restored():
             program = apply_overrides(program, overrides or [])
             plan = resolve(program, train_name)
+            if not quiet and os.environ.get("RANK", "0") == "0":  # once, not per worker
+                print_warnings(plan.model.instance, program)
             out_dir = Path(runs_dir) / (name or Path(program.sources[0].path).stem)
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
