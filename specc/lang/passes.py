@@ -284,9 +284,10 @@ def _check_tensor_expr(e: ir.Expr, reg, params: set[str], errors: _Errors) -> No
         errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
     elif isinstance(e, ir.Call) and reg.function(e.func) is None:
         why = reg.function_refusal(e.func)
+        message = f"`{e.func}` cannot make a tensor: {why}" if why else None
         errors.add(
             SpecNameError(
-                f"`{e.func}` cannot make a tensor: {why}" if why else f"unknown function `{e.func}`",
+                message or f"unknown function `{e.func}`",
                 loc(e.func_span or e.span),
                 hint=None if why else did_you_mean(e.func, reg.function_names()),
             )

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from specc import ir
 from specc.errors import SpecShapeError
+from specc.shapes.held import check_ties_and_inits, sub_warnings
 from specc.shapes.inputs import bind_inputs
 from specc.shapes.interpreter import ShapeInterpreter
-from specc.shapes.held import check_ties_and_inits, sub_warnings
 from specc.shapes.layers import Built, LayerMaker
 from specc.shapes.memo import describe, rebuild, sig
 from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, value_of

@@ -95,8 +95,9 @@ def model_table(inst: ir.ModelInstance, frozen: dict[str, int] | None = None) ->
             _fmt(layer.params),
         )  # fmt: skip
     for tie in inst.ties:  # the shared parameter is counted once: the row subtracts it
-        shape = shape_of(ir.Value(kind="tensor", tensor=ir.TensorType(shape=tie.shape,
-                                                                      dtype="", batched=False)))
+        shape = shape_of(
+            ir.Value(kind="tensor", tensor=ir.TensorType(shape=tie.shape, dtype="", batched=False))
+        )
         table.add_row(Text(f"{tie.target} = {tie.source}"), "tied", Text(shape),
                       _fmt(-tie.params))  # fmt: skip
     outs = ", ".join(shape_of(v) for v in inst.outputs)

@@ -25,6 +25,7 @@ from torch import nn
 from specc import ir
 from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
 from specc.lang.loader import source_texts
+from specc.shapes.report import print_warnings
 from specc.training import checkpoint, distributed, kernels
 from specc.training.batches import (
     Split,
@@ -45,7 +46,6 @@ from specc.training.build import (
 from specc.training.config import apply_overrides
 from specc.training.finetune import apply_train_setup
 from specc.training.logs import Progress, RunLog, print_summary
-from specc.shapes.report import print_warnings
 from specc.training.plan import TrainPlan, resolve
 from specc.values import loc
 
