@@ -165,6 +165,7 @@ def test_checked_instance_round_trips_through_json():
         ("p = Buffer(zeros(4), persist=False)", "Buffer has no option `persist`"),
         ("init Linear.bias = xavier_uniform_()", "`xavier_uniform_` cannot initialize `fc.bias`"),
         ("init Conv9d.weight = zeros_()", "unknown layer type `Conv9d`"),
+        ("init Linear.wieght = zeros_()", "`Linear` layers have no `wieght`"),
         ("fc.weight = fc.bias", "cannot tie `fc.weight` [4, 4] to `fc.bias` [4]"),
     ],
 )

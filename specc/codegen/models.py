@@ -197,12 +197,11 @@ class ModuleWriter:
         for top in tops:
             self.collect(top)  # fills self.plans in dependency order (used models first)
         self.uses = {"torch": False, "F": False, "OrderedDict": False, "fnmatch": False}
+        imported = ["torch", "nn", "F", "OrderedDict"]
+        if any(rule.glob for plan in self.plans.values() for rule in plan.mdef.inits):
+            imported.append("fnmatch")  # glob init rules
         self.modules = Namespace(
-            {
-                n: f"`{n}`, which the generated module imports"
-                for n in ("torch", "nn", "F", "OrderedDict")
-            }
-            | (reserved or {})
+            {n: f"`{n}`, which the generated module imports" for n in imported} | (reserved or {})
         )
         for name, plan in self.plans.items():
             self.modules.claim(name, plan.mdef.span, "model name")
@@ -312,6 +311,8 @@ class ModuleWriter:
         for layer in mdef.layers:
             if not layer.anonymous:
                 attrs.claim(layer.name, layer.span, "layer", attribute=True)
+        if mdef.inits:
+            attrs.claim("_init_weights", mdef.inits[0].span, "init method", attribute=True)
 
         layers = self.layer_docs(plan)
         init_def = statement(

@@ -214,7 +214,15 @@ def _targets(tree: nn.Module, rule: ir.InitRule) -> Iterator[tuple[str, torch.Te
     cls = nn_classes()[rule.module_type or ""]
     attr = rule.attr or ""
     for name, m in tree.named_modules():
-        if not isinstance(m, cls) or getattr(m, attr, None) is None:
+        if isinstance(m, cls) and not hasattr(m, attr):  # the generated `m.attr` would raise
+            tensors = [n for n, _ in m.named_parameters(recurse=False)]
+            tensors += [n for n, _ in m.named_buffers(recurse=False)]
+            raise SpecNameError(
+                f"`{rule.module_type}` layers have no `{attr}`",
+                loc(rule.span),
+                hint=did_you_mean(attr, tensors) or f"they hold {', '.join(tensors) or 'nothing'}",
+            )
+        if not isinstance(m, cls) or getattr(m, attr) is None:
             continue
         value = getattr(m, attr)
         if not isinstance(value, torch.Tensor):
