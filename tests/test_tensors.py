@@ -147,7 +147,15 @@ def test_init_rule_matching_nothing_is_a_warning(tmp_path, capsys, monkeypatch):
     assert [w.span.line for w in warnings if w.span] == [3, 4]
 
 
-def test_checked_instance_round_trips_through_json():
+def test_program_and_checked_instance_round_trip_through_json():
+    program = specc.load(CASE)
+    assert ir.Program.model_validate_json(program.model_dump_json()) == program
+    model = program.model("TinyGPT")
+    assert model is not None and [t.target for t in model.ties] == [
+        "lm_head.weight",
+        "blocks.1.ls.gamma",
+    ]
+    assert [r.glob or f"{r.module_type}.{r.attr}" for r in model.inits][-1] == "*.c_proj.weight"
     inst = specc.check(CASE)
     assert ir.ModelInstance.model_validate_json(inst.model_dump_json()) == inst
     kinds = {layer.name: layer.ctor.kind for layer in inst.layers}

@@ -319,4 +319,5 @@ class ModuleTree:
             with torch.device("meta"):
                 return cls(*args, **kwargs)
         except Exception:  # a plugin whose code needs real tensors (checked so already)
-            return cls(*args, **kwargs)
+            with torch.random.fork_rng(devices=[]):  # checking draws nothing the build draws
+                return cls(*args, **kwargs)
