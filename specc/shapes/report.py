@@ -106,6 +106,6 @@ def model_table(inst: ir.ModelInstance, frozen: dict[str, int] | None = None) ->
     frozen_count = sum((frozen or {}).values())
     table.add_row("total", "", "", _fmt(inst.params))
     if frozen is not None:
-        table.add_row("trainable", "", "", _fmt(inst.params - frozen_count))
+        table.add_row("trainable", "", "", _fmt(inst.trainable - frozen_count))
         table.add_row("frozen", "", "", _fmt(frozen_count))
     return table
