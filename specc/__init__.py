@@ -69,14 +69,18 @@ def build(source: Any, model: str | None = None, inputs: dict | None = None) -> 
         return build_module(check_model(program, model, inputs=inputs), load_plugins(program))
 
 
-def compile(source: Any, model: str | None = None, *, train: bool = False) -> str:
+def compile(
+    source: Any, model: str | None = None, *, train: bool = False, warn: bool = False
+) -> str:
     """Generate readable standalone PyTorch source for a spec; with `train`, the script that
-    trains its train block as `specc run` does."""
+    trains its train block as `specc run` does. `warn`: print check-time warnings to
+    stderr first."""
     from specc.codegen import generate
 
     with gc_paused():
         program = load(source)
-        return generate(program, model=model, plan=train_plan(program) if train else None)
+        plan = train_plan(program) if train else None
+        return generate(program, model=model, plan=plan, warn=warn)
 
 
 def train_plan(program: Program, name: str | None = None) -> Any:

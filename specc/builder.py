@@ -12,13 +12,16 @@ from __future__ import annotations
 import operator
 from collections import OrderedDict
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from specc import ir
 from specc.graph import Args, GraphInterpreter, Kwargs
-from specc.registry import function_by_qualname, nn_classes
+from specc.registry import function_by_qualname, init_functions, nn_classes
+from specc.tensors import tensor_value
 from specc.values import BINOPS, literal
 
 
@@ -81,18 +84,62 @@ class _Builder:
             return cls(OrderedDict((k, m) for k, m in mods if m is not None))
         root = nn.Module()
         for layer in inst.layers:  # declaration order = parameter order = RNG order
-            root.add_module(layer.name, self.ctor(layer.ctor))
+            if isinstance(layer.ctor, ir.TensorCtor):
+                add_tensor(root, layer.name, layer.ctor)
+            else:
+                root.add_module(layer.name, self.ctor(layer.ctor))
         graph = self.graph(inst)
         gm = fx.GraphModule(root, graph, class_name=inst.model)
         # GraphModule copies sub-modules in order of first use and drops unused ones;
         # restore declaration order so state_dict and parameters() match hand-written code.
         gm._modules = OrderedDict((name, root._modules[name]) for name in root._modules)
+        # It copies the tensors forward reads the same way, and every one as a saved buffer.
+        gm._parameters = OrderedDict(root._parameters)
+        gm._buffers = OrderedDict(root._buffers)
+        gm._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
+        tie_and_init(gm, inst)
         return gm
 
     def graph(self, inst: ir.ModelInstance) -> fx.Graph:
         g = _GraphBuilder().run(inst.nodes)
         g.lint()
         return g
+
+
+def add_tensor(root: nn.Module, name: str, c: ir.TensorCtor) -> None:
+    """A `Parameter(...)`/`Buffer(...)`: its folded expression evaluated on the current
+    device (the RNG draws it in declaration order, as the generated `__init__` does)."""
+    value = tensor_value(c.value, {})
+    if c.role == "parameter":
+        root.register_parameter(name, nn.Parameter(value, requires_grad=c.requires_grad))
+    else:
+        root.register_buffer(name, value, persistent=c.persistent)
+
+
+def tie_and_init(module: nn.Module, inst: ir.ModelInstance) -> None:
+    """The instance's ties, then its init rules in order: the loops of the generated
+    `_init_weights`, so the RNG draws the same numbers."""
+    for tie in inst.ties:
+        owner, _, leaf = tie.target.rpartition(".")
+        setattr(module.get_submodule(owner), leaf, module.get_parameter(tie.source))
+    for rule in inst.inits:
+        fn = init_functions()[rule.func.rsplit(".", 1)[-1]]
+        args = [literal(a) for a in rule.args]
+        kwargs = {k: literal(v) for k, v in rule.kwargs.items()}
+        for tensor in _init_targets(module, rule):
+            fn(tensor, *args, **kwargs)
+
+
+def _init_targets(module: nn.Module, rule: ir.InitRule) -> list[torch.Tensor]:
+    if rule.glob is not None:
+        return [p for name, p in module.named_parameters() if fnmatchcase(name, rule.glob)]
+    cls = nn_classes()[(rule.module_type or "").removeprefix("torch.nn.")]
+    attr = rule.attr or ""
+    return [
+        getattr(m, attr)
+        for m in module.modules()
+        if isinstance(m, cls) and getattr(m, attr, None) is not None
+    ]
 
 
 class _GraphBuilder(GraphInterpreter):
@@ -134,6 +181,9 @@ class _GraphBuilder(GraphInterpreter):
 
     def attribute(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
         return self.g.call_function(getattr, (args[0], n.target))
+
+    def get_attr(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
+        return self.g.get_attr(n.target)
 
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> fx.Node:
         return self.g.output(args[0] if len(args) == 1 else tuple(args))

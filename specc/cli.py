@@ -101,7 +101,7 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
 
     from specc.lang.loader import load
     from specc.shapes.check import check_model, standalone
-    from specc.shapes.report import model_table
+    from specc.shapes.report import model_table, print_warnings
 
     program = load(spec, plugins=not no_plugins)
     inputs = _parse_inputs(shapes)
@@ -117,6 +117,7 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
             generic = []
     for name in targets:
         inst = check_model(program, name, inputs=inputs)
+        print_warnings(inst, program)
         frozen = _frozen_counts(program, inst)
         console.print(model_table(inst, frozen))
     if not (model or inputs):
@@ -184,7 +185,7 @@ def compile_cmd(
     """Write the spec as readable standalone PyTorch source."""
     from specc import compile as compile_source
 
-    source = compile_source(spec, model, train=train)
+    source = compile_source(spec, model, train=train, warn=True)
     if output is None:
         typer.echo(source, nl=False)
     else:

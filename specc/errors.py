@@ -145,11 +145,16 @@ def _caret(loc: Location, text: str) -> str:
 
 
 def _render_one(err: SpecError) -> str:
-    d = err.diagnostic
+    return render_diagnostic(err.diagnostic, err.source)
+
+
+def render_diagnostic(d: Diagnostic, source: str | None, severity: str = "error") -> str:
+    """`path:line:col: <severity>: message`, the source line with a caret, notes, a hint:
+    errors and check-time warnings look alike."""
     loc = d.location
     head = f"{loc.file}:{loc.line}:{loc.column}: " if loc else ""
-    out = [f"{head}error: {d.message}"]
-    text = _source_line(err.source, loc.line) if loc else None
+    out = [f"{head}{severity}: {d.message}"]
+    text = _source_line(source, loc.line) if loc else None
     if loc and text is not None:
         gutter = str(loc.line)
         out.append(f" {gutter} | {text}")

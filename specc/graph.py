@@ -121,6 +121,9 @@ class GraphInterpreter:
         """`if downsample`: does the layer exist (a conditional layer may be `None`)?"""
         raise SpecTypeError(f"unknown name `{e.id}`", loc(e.span))  # pragma: no cover
 
+    def get_attr(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
+        return self.unsupported(n)
+
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         return args[0] if len(args) == 1 else tuple(args)
 

@@ -315,6 +315,7 @@ FOp = Literal[
     "else",
     "endif",
     "phi",
+    "get_attr",  # a tensor the model holds (`Parameter`/`Buffer`): target is its name
     "output",  # the return statement; args are the returned values
 ]
 
@@ -367,11 +368,43 @@ class Layer(Node):
     anonymous: bool = False  # unnamed entry of a `sequential` model
 
 
+class Tie(Node):
+    """`lm_head.weight = wte.weight`: the parameter at `target` becomes the one at `source`
+    (paths into this model's layers). The checker fills in the shared tensor's `shape` and
+    `params` (its element count, counted once)."""
+
+    target: str
+    source: str
+    span: Span
+    target_span: Span
+    source_span: Span
+    shape: list[int] = Field(default_factory=list)
+    params: int = 0
+
+
+class InitRule(Node):
+    """`init Linear.weight = normal_(0.0, 0.02)` (`module_type` and `attr`) or
+    `init "*.c_proj.weight" = ...` (`glob` over parameter names): a `torch.nn.init` function
+    applied after construction and ties. In a checked instance `module_type` and `func` are
+    qualified (torch.nn.Linear, torch.nn.init.normal_) and the arguments are literals."""
+
+    func: str
+    args: list[Expr] = Field(default_factory=list)
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
+    module_type: str | None = None
+    attr: str | None = None
+    glob: str | None = None
+    span: Span
+    func_span: Span | None = None
+
+
 class ModelDef(Node):
     name: str
     kind: Literal["model", "sequential"] = "model"
     params: list[Param] = Field(default_factory=list)
     layers: list[Layer] = Field(default_factory=list)
+    ties: list[Tie] = Field(default_factory=list)
+    inits: list[InitRule] = Field(default_factory=list)
     forward: Forward | None = None
     span: Span
     file: str
@@ -527,10 +560,33 @@ class ModelCtor(Node):
     span: Span | None = None
 
 
+class TensorCtor(Node):
+    """`Parameter(expr)` / `Buffer(expr)`: a tensor the model holds. `value` is the
+    expression with model parameters folded to literals and functions qualified
+    (`torch.zeros`); `shape` and `dtype` are what it evaluated to on meta."""
+
+    kind: Literal["tensor"] = "tensor"
+    role: Literal["parameter", "buffer"]
+    value: Expr
+    requires_grad: bool = True  # a parameter's
+    persistent: bool = True  # a buffer's: kept in the state_dict
+    shape: list[int]
+    dtype: str
+    span: Span | None = None
+
+
 Ctor = Annotated[
-    TorchCtor | SequentialCtor | RepeatCtor | ModelCtor | CondCtor | NoneCtor,
+    TorchCtor | SequentialCtor | RepeatCtor | ModelCtor | CondCtor | NoneCtor | TensorCtor,
     Field(discriminator="kind"),
 ]
+
+
+class CheckWarning(Node):
+    """Something `check` found suspicious but not wrong (printed, never fatal)."""
+
+    message: str
+    span: Span | None = None
+    hint: str | None = None
 
 
 class LayerInstance(Node):
@@ -556,6 +612,10 @@ class ModelInstance(Node):
     holes: dict[int, Expr]  # hole id -> literal it resolved to
     params: int
     trainable: int
+    ties: list[Tie] = Field(default_factory=list)
+    inits: list[InitRule] = Field(default_factory=list)
+    # this instance's and every sub-model instance's warnings, each once
+    warnings: list[CheckWarning] = Field(default_factory=list)
 
 
 for _cls in list(globals().values()):

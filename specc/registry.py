@@ -18,6 +18,10 @@ from torch import nn
 # Layer constructors handled by specc itself rather than by a torch class.
 BUILTIN_CTORS = ("Sequential", "repeat")
 
+# Tensors a model holds, declared like layers (`pos = Parameter(zeros(1, 16, dim))`), with
+# the one keyword each accepts.
+TENSOR_CTORS: dict[str, str] = {"Parameter": "requires_grad", "Buffer": "persistent"}
+
 # Which incoming dimension a `_` argument stands for, by constructor parameter name. Names
 # follow torch's own conventions, so plugins that use them get inference for free.
 # Index into the *batched* input shape: 1 = channels of (N, C, ...), -1 = last dimension.
@@ -257,6 +261,18 @@ def accepts(cls: type) -> tuple[list[str], bool, bool]:
     var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     return names, var_pos, var_kw
+
+
+@functools.cache
+def init_functions() -> dict[str, Callable]:
+    """`init` rule functions: torch.nn.init's in-place initializers (`normal_`, `zeros_`,
+    `kaiming_uniform_`, ...), by name."""
+    init = torch.nn.init
+    return {
+        name: getattr(init, name)
+        for name in dir(init)
+        if name.endswith("_") and not name.startswith("_") and _is_function(getattr(init, name))
+    }
 
 
 class Registry:

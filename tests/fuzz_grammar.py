@@ -6,7 +6,8 @@ Two sources of spec text:
   are real `torch.nn` constructors with small ints and `_` holes (plus `Sequential`,
   `repeat` and uses of earlier models), forward bodies that call them and torch functions,
   with arithmetic, indexing, methods and tuple returns; `sequential` blocks; concrete or
-  named input shapes; sometimes `data` and `train` blocks. Each part is occasionally
+  named input shapes; `Parameter`/`Buffer` declarations read by forward, weight ties and
+  `init` rules; sometimes `data` and `train` blocks. Each part is occasionally
   perturbed (a wrong size, an unknown name) so the error paths get exercised too.
 - `mutated(sources)`: byte-level mutations of existing spec files: deleted, inserted,
   replaced and duplicated byte ranges, tokens of the grammar's vocabulary, swapped lines,
@@ -337,6 +338,51 @@ def _if_block(draw, names: tuple[str, ...], layers: tuple[str, ...]) -> str:
     return f"if {cond} {{ {then} }}{orelse}"
 
 
+INIT_FUNCTIONS = ["normal_(0.0, 0.02)", "zeros_()", "ones_()", "constant_(0.5)",
+                  "uniform_(-0.1, 0.1)", "trunc_normal_(std=0.02)", "xavier_uniform_()",
+                  "kaiming_normal_()", "normal(0.0, 0.02)", "orthogonal_()"]  # fmt: skip
+INIT_MATCHES = ["Linear.weight", "Linear.bias", "Conv2d.weight", "Embedding.weight",
+                "LayerNorm.weight", "Linaer.weight", "Linear.in_features", '"*.weight"',
+                '"*.bias"', '"fc.*"', '"nothing.*"']  # fmt: skip
+
+
+@st.composite
+def held_tensor(draw, params: tuple[str, ...] = ()) -> str:
+    """A `Parameter(...)`/`Buffer(...)` declaration's value: a tensor expression."""
+    dims = ", ".join(draw(size(params, 1, 8)) for _ in range(draw(st.integers(1, 3))))
+    value = _weighted(
+        draw,
+        (3, lambda: f"zeros({dims})"),
+        (3, lambda: f"randn({dims}) * 0.02"),
+        (2, lambda: f"1e-5 * ones({dims})"),
+        (1, lambda: f"1.0 / 10000 ** (arange(0, {draw(size(params))}, 2).float() / 8)"),
+        (1, lambda: f"{draw(st.sampled_from(['zeros', 'rand', 'bogus', 'save']))}({dims})"),
+        (1, lambda: draw(st.sampled_from(["5", "x", "_", "arange(4)", "zeros(2) + ones(3)"]))),
+    )()
+    return _weighted(
+        draw,
+        (4, lambda: f"Parameter({value})"),
+        (2, lambda: f"Buffer({value})"),
+        (1, lambda: f"Buffer({value}, persistent=False)"),
+        (1, lambda: f"Parameter({value}, requires_grad={draw(st.sampled_from(['False', '1']))})"),
+    )()
+
+
+@st.composite
+def model_extras(draw, layers: tuple[str, ...]) -> list[str]:
+    """Ties and init rules, mostly over the model's own layer names."""
+    out = []
+    pool = [*layers, "missing"] if layers else ["fc", "missing"]
+    for _ in range(_weighted(draw, (4, 0), (2, 1), (1, 2))):
+        a, b = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
+        attr = draw(st.sampled_from(["weight", "weight", "bias", "weights", "0.weight"]))
+        out.append(f"{a}.{attr} = {b}.weight")
+    for _ in range(_weighted(draw, (3, 0), (2, 1), (1, 3))):
+        match, fn = draw(st.sampled_from(INIT_MATCHES)), draw(st.sampled_from(INIT_FUNCTIONS))
+        out.append(f"init {match} = {fn}")
+    return out
+
+
 @st.composite
 def model_params(draw) -> list[tuple[str, str]]:
     """Model parameters as (name, text) pairs: `ch: int = 8`, `p: float = 0.5`, `n`."""
@@ -365,11 +411,21 @@ def model_block(draw, name: str, models: tuple[str, ...]) -> str:
                                             "body", "act", "pool", "emb", "rnn"]),
                            min_size=n_layers, max_size=n_layers, unique=True))  # fmt: skip
     layers = [f"{ln} = {draw(layer_ctor(int_params or pnames, models))}" for ln in lnames]
+    held = draw(st.lists(st.sampled_from(["gamma", "pos", "cls_token", "freqs", "fc"]),
+                         max_size=2, unique=True))  # fmt: skip
+    layers += [f"{h} = {draw(held_tensor(int_params or pnames))}" for h in held]
+    layers += draw(model_extras(tuple(lnames)))
     n_inputs = _weighted(draw, (8, 1), (2, 2), (1, 0))
     in_names = draw(st.lists(st.sampled_from(["x", "y", "tokens", "img"]), min_size=n_inputs,
                              max_size=n_inputs, unique=True))  # fmt: skip
     inputs = ", ".join(f"{n}: {draw(shape(int_params))}" for n in in_names)
     body = draw(forward_body(tuple(in_names) or ("x",), tuple(lnames)))
+    if held and draw(st.booleans()):  # read a held tensor by name (or call it: an error)
+        h = held[0]
+        read = draw(st.sampled_from([f"* {h}", f"+ {h}.mean()", f"* {h}.sum()", f"+ {h}(1)"]))
+        body.insert(
+            0, f"{in_names[0] if in_names else 'x'} = {in_names[0] if in_names else 'x'} {read}"
+        )
     sep = draw(st.sampled_from(["\n        ", "; ", " ", "\n\n        "]))
     ptext = f"({', '.join(t for _, t in params)})" if params or draw(st.booleans()) else ""
     lines = [f"model {name}{ptext} {{"]
@@ -468,6 +524,10 @@ def coherent_model(draw, name: str) -> str:
         )
         add(f"Linear(_, {width})")
         add(f"repeat({draw(st.integers(1, 3))}, {name}Res({width}))")
+    if draw(st.integers(0, 2)) == 0:  # a tensor the model holds, read by forward
+        role = draw(st.sampled_from(["Parameter", "Buffer"]))
+        layers.append(("gain", f"{role}(1e-5 * ones(1) + 1.0)"))
+        stmts.append("x = x * gain")
     out = draw(st.integers(1, 10))
     add(f"Linear(_, {out})", draw(st.sampled_from(
         ["return {}(x)", "return softmax({}(x), dim=-1)", "y = {}(x)\n        return y, x",
@@ -479,6 +539,9 @@ def coherent_model(draw, name: str) -> str:
         layers[i] = (lname, hole.sub(str(draw(st.integers(1, 64))), ctor, count=1))
     lines = [f"model {name} {{"]
     lines += [f"    {n} = {c}" for n, c in layers]
+    if draw(st.integers(0, 2)) == 0:  # init rules, nanoGPT-like (a rule may match nothing)
+        lines += ["    init Linear.weight = normal_(0.0, 0.02)", "    init Linear.bias = zeros_()"]
+        lines.append(f'    init "{layers[-1][0]}.*" = {draw(st.sampled_from(INIT_FUNCTIONS[:5]))}')
     lines.append(f"    forward(x: {shape_text}) {{")
     lines += [f"        {s}" for s in stmts]
     lines += ["    }", "}"]

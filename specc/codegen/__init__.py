@@ -38,10 +38,18 @@ if TYPE_CHECKING:
     from specc.training.plan import TrainPlan
 
 
-def generate(program: ir.Program, model: str | None = None, plan: TrainPlan | None = None) -> str:
+def generate(
+    program: ir.Program,
+    model: str | None = None,
+    plan: TrainPlan | None = None,
+    *,
+    warn: bool = False,
+) -> str:
     """Standalone PyTorch source for `model` (default: the spec's default model) and the
     models it uses; with a train plan, the training script of the plan's model. Raises a
     located SpecError for specs that cannot be written safely."""
+    from specc.shapes.report import print_warnings
+
     texts = source_texts(program)
     try:
         if plan is not None:
@@ -53,12 +61,17 @@ def generate(program: ir.Program, model: str | None = None, plan: TrainPlan | No
                 )
             from specc.codegen.train import TrainScript
 
+            if warn:
+                print_warnings(plan.model.instance, program)
             source = TrainScript(program, plan).source()
         else:
             from specc.codegen.models import ModuleWriter
             from specc.shapes.check import check_model
 
-            source = ModuleWriter(program, [check_model(program, model)]).module()
+            instance = check_model(program, model)
+            if warn:
+                print_warnings(instance, program)
+            source = ModuleWriter(program, [instance]).module()
     except SpecError as err:
         raise err.with_source(texts) from None
     try:

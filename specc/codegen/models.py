@@ -223,13 +223,13 @@ class ModuleWriter:
         self.collected: set[int] = set()
         for top in tops:
             self.collect(top)  # fills self.plans in dependency order (used models first)
-        self.uses = {"torch": False, "F": False, "OrderedDict": False, "math": False}
+        self.uses = {"torch": False, "F": False, "OrderedDict": False, "fnmatch": False,
+                     "math": False}  # fmt: skip
+        imported = ["torch", "nn", "F", "OrderedDict", "math"]
+        if any(rule.glob for plan in self.plans.values() for rule in plan.mdef.inits):
+            imported.append("fnmatch")  # glob init rules
         self.modules = Namespace(
-            {
-                n: f"`{n}`, which the generated module imports"
-                for n in ("torch", "nn", "F", "OrderedDict", "math")
-            }
-            | (reserved or {})
+            {n: f"`{n}`, which the generated module imports" for n in imported} | (reserved or {})
         )
         for name, plan in self.plans.items():
             self.modules.claim(name, plan.mdef.span, "model name")
@@ -276,6 +276,8 @@ class ModuleWriter:
             lines.add("import math")
         if self.uses["F"]:
             lines.add("import torch.nn.functional as F")
+        if self.uses["fnmatch"]:
+            lines.add("import fnmatch")
         plugin_imports = [
             f"from {m} import {', '.join(sorted(names))}"
             for m, names in sorted(self.plugin_imports.items())
@@ -341,6 +343,8 @@ class ModuleWriter:
         for layer in mdef.layers:
             if not layer.anonymous:
                 attrs.claim(layer.name, layer.span, "layer", attribute=True)
+        if mdef.inits:
+            attrs.claim("_init_weights", mdef.inits[0].span, "init method", attribute=True)
 
         layers = self.layer_docs(plan)
         init_def = statement(
@@ -355,19 +359,72 @@ class ModuleWriter:
             return out
         out["template"] = "model.py.j2"
         out["layers"] = [
-            statement(doc, f"self.{layer.name} = ", BODY_INDENT)
-            for layer, doc in zip(mdef.layers, layers, strict=True)
+            self.layer_statement(layer, li.ctor, doc)
+            for layer, li, doc in zip(mdef.layers, plan.instances[0].layers, layers, strict=True)
         ]
+        out["ties"] = [tie_statement(tie) for tie in mdef.ties]
+        init_params: set[str] = set()
+        out["init_rules"] = [self.init_rule(plan, rule, init_params) for rule in mdef.inits]
         fwd = _ForwardWriter(self, plan)
         forward_def, body = fwd.render()
         stored = []
         for p in mdef.params:
-            if p.name in fwd.used_params:
+            if p.name in fwd.used_params or p.name in init_params:
                 attrs.claim(p.name, p.span, "model parameter stored for forward", attribute=True)
                 stored.append(f"self.{p.name} = {p.name}")
         out["stored"] = stored
         out["forward_def"] = forward_def
         out["forward_body"] = body
+        return out
+
+    # ---- tensors, ties and init rules ---------------------------------------------------
+    def layer_statement(self, layer: ir.Layer, c: Any, doc: Doc) -> str:
+        """`self.name = ...`; a buffer is registered (`persistent=False`: left out of the
+        state_dict)."""
+        if not (isinstance(c, ir.TensorCtor) and c.role == "buffer"):
+            return statement(doc, f"self.{layer.name} = ", BODY_INDENT)
+        items = (literal_doc(layer.name), doc)
+        if not c.persistent:
+            items += (Text("persistent=False"),)
+        return statement(Brackets("self.register_buffer", items), "", BODY_INDENT)
+
+    def tensor_doc(self, plan: _Plan, e: ir.Call, c: ir.TensorCtor) -> Doc:
+        """`nn.Parameter(torch.zeros(1, 1, dim))`, or a buffer's bare expression."""
+        value = _TensorExprs(self, self.value_exprs(plan, None))(e.args[0])
+        if c.role == "buffer":
+            return value
+        if not c.requires_grad:
+            return Brackets("nn.Parameter", (value, Text("requires_grad=False")))
+        return Brackets("nn.Parameter", (value,))
+
+    def init_rule(self, plan: _Plan, rule: ir.InitRule, used: set[str]) -> dict[str, str]:
+        """One loop of `_init_weights`: what the template needs, already laid out. Model
+        parameters in the arguments are read from `self` (added to `used`)."""
+        params = {p.name for p in plan.mdef.params}
+
+        def name(e: ir.Name) -> Doc:
+            if e.id not in params:  # pragma: no cover - passes check init arguments
+                raise SpecNameError(f"unknown name `{e.id}`", loc(e.span))
+            used.add(e.id)
+            return Text(f"self.{e.id}", PREC_PRIMARY, "attr")
+
+        values = Exprs(name, _no_hole, _no_ref)
+        check_attribute(rule.func, rule.func_span, "init function")
+        if rule.glob is not None:
+            self.uses["fnmatch"] = True
+            target = "p"
+            out = {"glob": flat(literal_doc(rule.glob))}
+        else:
+            attr = check_attribute(rule.attr or "", rule.span, "attribute")
+            check_attribute(rule.module_type or "", rule.span, "layer type")
+            target = f"m.{attr}"
+            out = {"cls": f"nn.{rule.module_type}", "target": target}
+        items = [Text(target), *map(values, rule.args)]
+        items += [
+            with_prefix(f"{check_attribute(k, v.span, 'keyword')}=", values(v))
+            for k, v in rule.kwargs.items()
+        ]
+        out["call"] = statement(Brackets(f"nn.init.{rule.func}", tuple(items)), "", 16)
         return out
 
     def sequential_items(self, mdef: ir.ModelDef, layers: list[Doc]) -> Doc:
@@ -498,6 +555,8 @@ class ModuleWriter:
             return self.sequential_doc(plan, e, c)
         if isinstance(c, ir.RepeatCtor):
             return self.repeat_doc(plan, e, c, values)
+        if isinstance(c, ir.TensorCtor):
+            return self.tensor_doc(plan, e, c)
         if isinstance(c, ir.ModelCtor) or (c is None and e.func in self.plans):
             child = self.plans[e.func]
             check_identifier(e.func, e.func_span or e.span, "model name")
@@ -694,6 +753,58 @@ def _repeated(e: ir.Call) -> ir.Expr:
     return layer.body if isinstance(layer, ir.Lambda) else layer
 
 
+def tie_statement(tie: ir.Tie) -> str:
+    """`self.lm_head.weight = self.wte.weight`; `blocks.0.w` is `self.blocks[0].w`."""
+
+    def path(text: str, span: ir.Span) -> str:
+        parts = [
+            f"[{p}]" if p.isdigit() else "." + check_attribute(p, span, "attribute")
+            for p in text.split(".")
+        ]
+        return "self" + "".join(parts)
+
+    return f"{path(tie.target, tie.target_span)} = {path(tie.source, tie.source_span)}"
+
+
+class _TensorExprs(Exprs):
+    """Constant expressions plus the calls a `Parameter`/`Buffer` expression makes: torch
+    functions (`torch.zeros`), tensor methods (`.float()`), attributes and indexing."""
+
+    def __init__(self, gen: ModuleWriter, values: Exprs) -> None:
+        super().__init__(values.name, values.hole, values.ref)
+        self.gen = gen
+
+    def __call__(self, e: ir.Expr) -> Doc:
+        if isinstance(e, ir.Call):
+            from specc.registry import functions
+
+            module, _, fname = functions()[e.func][0].rpartition(".")
+            alias = FUNCTION_MODULES[module]
+            self.gen.uses[alias] = True
+            check_attribute(fname, e.func_span or e.span, "function")
+            return Brackets(f"{alias}.{fname}", self.items(e.args, e.kwargs))
+        if isinstance(e, ir.MethodCall):
+            head = attribute_of(self(e.receiver), check_attribute(e.method, e.span, "method"))
+            return Brackets(head, self.items(e.args, e.kwargs))
+        if isinstance(e, ir.Attribute):
+            name = check_attribute(e.attr, e.span, "attribute")
+            return Text(attribute_of(self(e.value), name), PREC_PRIMARY)
+        if isinstance(e, ir.Index):
+            value = self(e.value)
+            head = flat(value) if value.prec >= PREC_PRIMARY else f"({flat(value)})"
+            subs = e.index.items if isinstance(e.index, ir.TupleExpr) else [e.index]
+            return Brackets(head, tuple(map(self.index, subs)), "[", "]", subscript=True)
+        return super().__call__(e)
+
+    def items(self, args: list[ir.Expr], kwargs: dict[str, ir.Expr]) -> tuple[Doc, ...]:
+        docs = [*map(self, args)]
+        docs += [
+            with_prefix(f"{check_attribute(k, v.span, 'keyword')}=", self(v))
+            for k, v in kwargs.items()
+        ]
+        return tuple(docs)
+
+
 def _ctor_params(plugin: type | None, func: str) -> list[str]:
     """Parameter names of a layer class (for naming keyword parameters of holes)."""
     from specc.registry import accepts, nn_classes
@@ -854,6 +965,9 @@ class _ForwardWriter(GraphInterpreter):
 
     def alias(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
         return self.exprs(args[0])
+
+    def get_attr(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
+        return Text(f"self.{check_attribute(n.target, n.span, 'attribute')}", PREC_PRIMARY, "attr")
 
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
         returns = [self.exprs(a) for a in args]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from specc import ir
 from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
+from specc.registry import TENSOR_CTORS, init_functions, nn_classes, tensor_methods
 from specc.values import CONST_FUNCTIONS, PARAM_TYPES, loc
 
 MAX_ERRORS = 20
@@ -59,9 +60,10 @@ def resolve_names(program: ir.Program) -> ir.Program:
     models = []
     for m in program.models:
         params = {p.name for p in m.params}
-        layer_names = {layer.name for layer in m.layers}
+        layer_names = {layer.name for layer in m.layers if not is_tensor_decl(layer)}
         for layer in m.layers:
-            _check_ctor(layer.ctor, reg, params, errors)
+            if not is_tensor_decl(layer):  # Parameter/Buffer: `check_model_tensors`
+                _check_ctor(layer.ctor, reg, params, errors)
         if m.forward is None:
             errors.add(
                 SpecTypeError(
@@ -137,7 +139,7 @@ def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
                 SpecNameError(
                     f"unknown layer type `{e.func}`",
                     loc(e.func_span or e.span),
-                    hint=did_you_mean(e.func, reg.layer_names()),
+                    hint=_tensor_hint(e.func) or did_you_mean(e.func, reg.layer_names()),
                 )
             )
         if e.func == "Sequential":
@@ -223,7 +225,202 @@ def _check_forward_expr(e: ir.Expr, names: set[str], layers: set[str], errors: _
         _check_forward_expr(child, names, layers, errors)
 
 
-PASSES: tuple[Callable[[ir.Program], ir.Program], ...] = (check_param_types, resolve_names)
+# ---- tensors a model holds, ties and init rules ------------------------------------------
+
+
+def _tensor_hint(func: str) -> str | None:
+    if func not in TENSOR_CTORS:
+        return None
+    return f"a {func} is a declaration of its own: `name = {func}(zeros(4))`, read by name"
+
+
+def is_tensor_decl(layer: ir.Layer) -> bool:
+    """Is `layer` a `Parameter(...)`/`Buffer(...)` declaration rather than a module?"""
+    return isinstance(layer.ctor, ir.Call) and layer.ctor.func in TENSOR_CTORS
+
+
+def check_model_tensors(program: ir.Program) -> ir.Program:
+    """Check `Parameter(...)`/`Buffer(...)` declarations and `init` rules, and turn a
+    forward's reads of a declared tensor into `get_attr` nodes."""
+    reg = _registry(program)
+    errors = _Errors()
+    models = []
+    for m in program.models:
+        params = {p.name for p in m.params}
+        for layer in m.layers:
+            if is_tensor_decl(layer):
+                _check_tensor_decl(m, layer, reg, params, errors)
+        for rule in m.inits:
+            _check_init_rule(rule, params, errors)
+        tensors = {layer.name for layer in m.layers if is_tensor_decl(layer)}
+        if tensors and m.forward is not None:
+            nodes = _TensorReads(tensors, m.forward.nodes, errors).rewrite()
+            m = m.model_copy(update={"forward": m.forward.model_copy(update={"nodes": nodes})})
+        models.append(m)
+    errors.raise_if_any()
+    return program.model_copy(update={"models": models})
+
+
+def _check_tensor_decl(
+    m: ir.ModelDef, layer: ir.Layer, reg, params: set[str], errors: _Errors
+) -> None:
+    call = layer.ctor
+    assert isinstance(call, ir.Call)
+    example = f"`{layer.name} = {call.func}(zeros(4, 16))`"
+    if m.kind == "sequential":
+        errors.add(
+            SpecTypeError(
+                f"a `sequential` model holds only layers, not a {call.func}",
+                loc(call.span),
+                hint="declare it in a `model` block and read it in forward",
+            )
+        )
+        return
+    if len(call.args) != 1:
+        errors.add(
+            SpecTypeError(
+                f"{call.func} takes one tensor expression, got {len(call.args)} arguments",
+                loc(call.span),
+                hint=f"for example {example}",
+            )
+        )
+    keyword = TENSOR_CTORS[call.func]
+    for k, v in call.kwargs.items():
+        if k != keyword:
+            errors.add(
+                SpecTypeError(
+                    f"{call.func} has no option `{k}`",
+                    loc(v.span),
+                    hint=did_you_mean(k, [keyword]) or f"its only option is `{keyword}=`",
+                )
+            )
+        elif not (isinstance(v, ir.Const) and isinstance(v.value, bool)):
+            errors.add(SpecTypeError(f"`{k}` must be True or False", loc(v.span)))
+    for a in call.args:
+        _check_tensor_expr(a, reg, params, errors)
+
+
+def _check_tensor_expr(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
+    """A tensor expression: torch functions and tensor methods over constants and model
+    parameters (no forward values, no `_`)."""
+    if isinstance(e, ir.Name) and e.id not in params:
+        errors.add(
+            SpecNameError(
+                f"unknown name `{e.id}`",
+                loc(e.span),
+                hint=did_you_mean(e.id, [*params, *_LITERALS])
+                or "a Parameter or Buffer is computed from constants and model parameters",
+            )
+        )
+    elif isinstance(e, ir.Hole):
+        errors.add(SpecTypeError("`_` can only stand for a layer argument", loc(e.span)))
+    elif isinstance(e, ir.Call) and reg.function(e.func) is None:
+        why = reg.function_refusal(e.func)
+        message = f"`{e.func}` cannot make a tensor: {why}" if why else None
+        errors.add(
+            SpecNameError(
+                message or f"unknown function `{e.func}`",
+                loc(e.func_span or e.span),
+                hint=None if why else did_you_mean(e.func, reg.function_names()),
+            )
+        )
+    elif isinstance(e, ir.MethodCall) and e.method not in tensor_methods():
+        errors.add(
+            SpecNameError(
+                f"tensors have no method `{e.method}`",
+                loc(e.method_span or e.span),
+                hint=did_you_mean(e.method, tensor_methods()),
+            )
+        )
+    for child in e.children():
+        _check_tensor_expr(child, reg, params, errors)
+
+
+def _check_init_rule(rule: ir.InitRule, params: set[str], errors: _Errors) -> None:
+    if rule.func not in init_functions():
+        errors.add(
+            SpecNameError(
+                f"unknown init function `{rule.func}`",
+                loc(rule.func_span or rule.span),
+                hint=did_you_mean(rule.func, init_functions())
+                or f"torch.nn.init has {', '.join(init_functions())}",
+            )
+        )
+    if rule.module_type is not None and rule.module_type not in nn_classes():
+        errors.add(
+            SpecNameError(
+                f"unknown layer type `{rule.module_type}` in an init rule",
+                loc(rule.span),
+                hint=did_you_mean(rule.module_type, nn_classes())
+                or "an init rule names a torch.nn class, like `Linear.weight`",
+            )
+        )
+    for v in [*rule.args, *rule.kwargs.values()]:
+        _check_value(v, params, errors)
+
+
+class _TensorReads:
+    """Rewrites a forward's reads of declared tensors (`cls_token.expand(n, -1, -1)`,
+    `x + pos`) into `get_attr` nodes, one per tensor, placed before its first reader. An
+    expression that now reads a forward value becomes a node of its own, as the lowering
+    makes one of every expression over forward values."""
+
+    def __init__(self, tensors: set[str], nodes: list[ir.FNode], errors: _Errors) -> None:
+        self.tensors = tensors
+        self.errors = errors
+        self.used = {n.name for n in nodes}
+        self.nodes = nodes
+        self.read: dict[str, ir.Ref] = {}  # tensor name -> its get_attr node
+        self.out: list[ir.FNode] = []
+
+    def rewrite(self) -> list[ir.FNode]:
+        for n in self.nodes:
+            if n.op == "call" and n.target in self.tensors:
+                self.errors.add(
+                    SpecTypeError(
+                        f"`{n.target}` is a tensor the model holds, not a layer: it cannot be "
+                        "called",
+                        loc(n.span),
+                        hint=f"read it by name, e.g. `x * {n.target}`",
+                    )
+                )
+            args = [self.value(a) for a in n.args]
+            kwargs = {k: self.value(v) for k, v in n.kwargs.items()}
+            self.out.append(n.model_copy(update={"args": args, "kwargs": kwargs}))
+        return self.out
+
+    def value(self, e: ir.Expr) -> ir.Expr:
+        return e.map(self._one)
+
+    def _one(self, e: ir.Expr) -> ir.Expr:
+        if isinstance(e, ir.Name) and e.id in self.tensors:
+            if e.id not in self.read:
+                self.read[e.id] = self.add("get_attr", e.id, [], e.span, e.id)
+            return self.read[e.id].model_copy(update={"span": e.span})
+        if isinstance(e, ir.BinOp) and e.find(ir.Ref) is not None:
+            return self.add("operator", e.op, [e.left, e.right], e.span, e.op)
+        if isinstance(e, ir.Neg) and e.find(ir.Ref) is not None:
+            return self.add("operator", "neg", [e.operand], e.span, "neg")
+        return e
+
+    def add(
+        self, op: str, target: str, args: list[ir.Expr], span: ir.Span | None, base: str
+    ) -> ir.Ref:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        assert span is not None
+        self.out.append(ir.FNode(name=name, op=op, target=target, args=args, span=span))
+        return ir.Ref(node=name, span=span)
+
+
+PASSES: tuple[Callable[[ir.Program], ir.Program], ...] = (
+    check_param_types,
+    check_model_tensors,
+    resolve_names,
+)
 
 
 def run_passes(program: ir.Program) -> ir.Program:

@@ -458,10 +458,16 @@ class Transformer:
         x = _Exprs(self.file, self.text)
         name, params, *items = t.children
         layers: list[ir.Layer] = []
+        ties: list[ir.Tie] = []
+        inits: list[ir.InitRule] = []
         forward = None
         seen: dict[str, Token] = {}
         for item in items:
-            if item.data == "layer_decl":
+            if item.data == "tie_decl":
+                ties.append(self.tie(item))
+            elif item.data == "init_rule":
+                inits.append(self.init_rule(x, item))
+            elif item.data == "layer_decl":
                 lname, value = item.children
                 if str(lname) in seen:
                     raise x.error(f"layer `{lname}` is declared twice", lname, SpecTypeError)
@@ -477,9 +483,40 @@ class Transformer:
             name=str(name),
             params=self.params(x, params),
             layers=layers,
+            ties=ties,
+            inits=inits,
             forward=forward,
             span=span_of(t, self.file),
             file=self.file,
+        )
+
+    def tie(self, t: Tree) -> ir.Tie:
+        """`lm_head.weight = wte.weight`."""
+        target, source = t.children
+        return ir.Tie(
+            target=".".join(map(str, target.children)),
+            source=".".join(map(str, source.children)),
+            span=span_of(t, self.file),
+            target_span=span_of(target, self.file),
+            source_span=span_of(source, self.file),
+        )
+
+    def init_rule(self, x: _Exprs, t: Tree) -> ir.InitRule:
+        """`init Linear.weight = normal_(0.0, 0.02)` or `init "*.bias" = zeros_()`."""
+        match, func, arguments = t.children
+        args, kwargs = x.arguments(arguments)
+        where: dict[str, str] = {}
+        if match.data == "init_glob":
+            where["glob"] = x._string(match.children[0])
+        else:
+            where["module_type"], where["attr"] = map(str, match.children)
+        return ir.InitRule(
+            func=str(func),
+            args=args,
+            kwargs=kwargs,
+            span=span_of(t, self.file),
+            func_span=span_of(func, self.file),
+            **where,
         )
 
     def inputs_of(self, x: _Exprs, t: Tree) -> ir.Input:

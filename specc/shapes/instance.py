@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from specc import ir
 from specc.errors import SpecShapeError, SpecTypeError
+from specc.shapes.held import check_ties_and_inits, sub_warnings
 from specc.shapes.inputs import bind_inputs
 from specc.shapes.interpreter import ShapeInterpreter
 from specc.shapes.layers import Built, LayerMaker
@@ -75,6 +76,14 @@ class Instance:
         """Does layer `name` exist in this instance (a conditional may make it None)?"""
         return self.layers.present(self.decl[name].ctor)
 
+    def held(self, node: ir.FNode) -> Any:
+        """The meta value of the `Parameter`/`Buffer` a `get_attr` node reads."""
+        name = node.target
+        if name not in self.built:
+            layer = self.decl[name]
+            self.built[name] = self.layers.make(layer.ctor, None, node.span, layer)
+        return self.built[name].module
+
     # ---- assembly ---------------------------------------------------------------------
     def finish(
         self,
@@ -85,7 +94,8 @@ class Instance:
     ) -> None:
         """Record the checked instance: layers, folded nodes, values and parameter counts."""
         layers = self.layer_instances()
-        total = sum(x.params for x in layers)
+        held = check_ties_and_inits(self, layers)
+        total = sum(x.params for x in layers) - held.shared_params
         if total * 4 > MAX_PARAM_BYTES:
             raise SpecShapeError(
                 f"`{self.mdef.name}` would hold {total:,} parameters "
@@ -108,7 +118,10 @@ class Instance:
             outputs=[value_of(o) for o in outputs],
             holes={k: to_expr(v) for k, v in self.holes.items()},
             params=total,
-            trainable=total,
+            trainable=sum(x.trainable for x in layers) - held.shared_trainable,
+            ties=held.ties,
+            inits=held.inits,
+            warnings=list(dict.fromkeys([*held.warnings, *sub_warnings(layers)])),
         )
 
     def layer_instances(self) -> list[ir.LayerInstance]:
@@ -126,7 +139,7 @@ class Instance:
                     type_name=b.type_name,
                     out=self.first_out.get(layer.name),
                     params=b.params,
-                    trainable=b.params,
+                    trainable=b.params if b.trainable is None else b.trainable,
                     span=layer.span,
                 )
             )

@@ -132,6 +132,9 @@ class ShapeInterpreter(GraphInterpreter):
                 f"{shape_text(recv)} has no attribute `{n.target}`", loc(n.span)
             ) from None
 
+    def get_attr(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
+        return self.inst.held(n)
+
     def output(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         self.outputs = args
         return super().output(n, args, kwargs)

@@ -11,7 +11,8 @@ import torch
 
 from specc import ir
 from specc.errors import SpecError, SpecShapeError, SpecTypeError, did_you_mean
-from specc.registry import HOLE_DIMS, HOLE_WORDS, accepts, qualname
+from specc.registry import HOLE_DIMS, HOLE_WORDS, TENSOR_CTORS, accepts, qualname
+from specc.shapes.held import held_tensor
 from specc.shapes.inputs import bind_model_args
 from specc.shapes.memo import sig
 from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line, shape_text
@@ -35,6 +36,7 @@ class Built:
     type_name: str
     checks: list[tuple[str, Any, int]]  # (ctor parameter, value, dim) to verify per call
     key: str | None = None  # identity of a torch layer's configuration, for the shape cache
+    trainable: int | None = None  # when not all of `params` (a Parameter without grad)
 
 
 class LayerMaker:
@@ -82,6 +84,8 @@ class LayerMaker:
             return Built(ir.NoneCtor(span=e.span), None, 0, "None", [])
         if not isinstance(e, ir.Call):
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
+        if e.func in TENSOR_CTORS:
+            return held_tensor(self.inst, e, layer)
         kind, obj = self.ck.reg.layer(e.func) or (None, None)
         if kind == "builtin" and e.func == "Sequential":
             return self.sequential(e, incoming, use, layer)

@@ -36,6 +36,8 @@ def ctor_text(c: Any) -> str:
     if isinstance(c, ir.ModelCtor):
         args = ", ".join(f"{k}={_lit(v)}" for k, v in c.instance.args.items())
         return f"{c.instance.model}({args})"
+    if isinstance(c, ir.TensorCtor):
+        return tensor_text(c)
     return "?"
 
 
@@ -43,10 +45,47 @@ def _absent(c: Any) -> bool:
     return isinstance(c, ir.NoneCtor) or (isinstance(c, ir.CondCtor) and _absent(c.ctor))
 
 
+def tensor_text(c: ir.TensorCtor) -> str:
+    """`Parameter`, `Parameter (no grad)`, `Buffer`, `Buffer (not saved)`, with a dtype that
+    is not float32."""
+    text = "Parameter" if c.role == "parameter" else "Buffer"
+    if c.role == "parameter" and not c.requires_grad:
+        text += " (no grad)"
+    if c.role == "buffer" and not c.persistent:
+        text += " (not saved)"
+    return text if c.dtype == "float32" else f"{text} {c.dtype}"
+
+
 def shape_of(v: ir.Value | None) -> str:
     from specc.shapes.meta import value_text
 
     return "-" if v is None else value_text(v)
+
+
+def render_warnings(warnings: list[ir.CheckWarning], texts: dict[str, str]) -> str:
+    """Check-time warnings rendered like errors (`path:line:col: warning: ...`, the source
+    line and a caret), one blank line between them."""
+    from specc.errors import Diagnostic, render_diagnostic
+    from specc.values import loc
+
+    return "\n\n".join(
+        render_diagnostic(
+            Diagnostic(w.message, loc(w.span), w.hint),
+            texts.get(w.span.file) if w.span else None,
+            "warning",
+        )
+        for w in warnings
+    )
+
+
+def print_warnings(inst: ir.ModelInstance, program: ir.Program) -> None:
+    """Print a checked instance's warnings to stderr (nothing when it has none)."""
+    import sys
+
+    from specc.lang.loader import source_texts
+
+    if inst.warnings:
+        print(render_warnings(inst.warnings, source_texts(program)) + "\n", file=sys.stderr)
 
 
 def _fmt(n: int) -> str:
@@ -66,12 +105,18 @@ def model_table(inst: ir.ModelInstance, frozen: dict[str, int] | None = None) ->
             Text(layer.name), Text(ctor_text(layer.ctor)), Text(shape_of(layer.out)),
             _fmt(layer.params),
         )  # fmt: skip
+    for tie in inst.ties:  # the shared parameter is counted once: the row subtracts it
+        shape = shape_of(
+            ir.Value(kind="tensor", tensor=ir.TensorType(shape=tie.shape, dtype="", batched=False))
+        )
+        table.add_row(Text(f"{tie.target} = {tie.source}"), "tied", Text(shape),
+                      _fmt(-tie.params))  # fmt: skip
     outs = ", ".join(shape_of(v) for v in inst.outputs)
     table.add_section()
     table.add_row("output", "", Text(outs), "")
     frozen_count = sum((frozen or {}).values())
     table.add_row("total", "", "", _fmt(inst.params))
     if frozen is not None:
-        table.add_row("trainable", "", "", _fmt(inst.params - frozen_count))
+        table.add_row("trainable", "", "", _fmt(inst.trainable - frozen_count))
         table.add_row("frozen", "", "", _fmt(frozen_count))
     return table

@@ -10,6 +10,7 @@ states, and the position in the epoch.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
@@ -24,6 +25,7 @@ from torch import nn
 from specc import ir
 from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
 from specc.lang.loader import source_texts
+from specc.shapes.report import print_warnings
 from specc.training import checkpoint, distributed, kernels
 from specc.training.batches import (
     Split,
@@ -533,6 +535,8 @@ def run(
         with kernels.restored():
             program = apply_overrides(program, overrides or [])
             plan = resolve(program, train_name)
+            if not quiet and os.environ.get("RANK", "0") == "0":  # once, not per worker
+                print_warnings(plan.model.instance, program)
             out_dir = Path(runs_dir) / (name or Path(program.sources[0].path).stem)
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
