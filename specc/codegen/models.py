@@ -699,7 +699,9 @@ class ModuleWriter:
         """The repeated layers as `*[X for i in range(n)]`, each instance built in order;
         uses that differ (a `_` that changes along the chain) are written out."""
         fn = e.args[1] if isinstance(e.args[1], ir.Lambda) else None
-        var = fn.param if fn is not None else "_"
+        params = {p.name for p in plan.mdef.params}
+        unused = next(v for v in ("i", "k", "index", "_") if v not in params | self.index_names)
+        var = fn.param if fn is not None else unused if c.prefix else "_"  # `_`: not read
         if fn is not None:
             check_identifier(var, fn.span, "repeat index")
         last = len(c.items) - 1
