@@ -14,7 +14,8 @@ from specc.errors import SpecError, SpecNameError, SpecShapeError, SpecTypeError
 from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.registry import function_by_qualname
 from specc.shapes.memo import describe, rebuild, sig
-from specc.shapes.meta import first_line, shape_text, value_of
+from specc.shapes.meta import ProbeMismatch, dim_text, first_line, fit, shape_text, value_of
+from specc.shapes.probes import PROBES, Probes, first, join, paired, split
 from specc.shapes.rules import meta_function, meta_operator
 from specc.values import BINOP_SYMBOLS, BINOPS, evaluate, loc, to_expr
 
@@ -42,15 +43,41 @@ class ShapeInterpreter(GraphInterpreter):
         out = super().run_node(n)
         if self.record:
             if n.op != "output":
-                self.values[n.name] = value_of(out)
+                self.values[n.name] = self.value(n, out)
             self.resolved.append(self.fold(n))
         return out
+
+    def value(self, n: ir.FNode, out: Any) -> ir.Value:
+        """`out` as the IR records it, sizes solved for the batch size."""
+        try:
+            return value_of(out)
+        except ProbeMismatch as exc:
+            sizes = ", ".join(map(str, PROBES))
+            raise SpecShapeError(
+                f"`{self.ck.snippet(n.span)}` gives {exc} at different batch sizes "
+                f"({sizes}), so its shape cannot be written for every batch size",
+                loc(n.span),
+            ) from None
+
+    def expr(self, e: ir.Expr) -> Any:
+        """Arithmetic on forward values (`x.shape[0] * 2`) is done at each probe."""
+        if isinstance(e, (ir.BinOp, ir.Neg)) and e.find(ir.Ref) is not None:
+            return join([self._expr_at(e, i) for i in range(len(PROBES))])
+        return super().expr(e)
+
+    def _expr_at(self, e: ir.Expr, i: int) -> Any:
+        def other(o: ir.Expr) -> Any:
+            return split(self._other(o), i)
+
+        return evaluate(e, self.names, on_other=other)
 
     def ref(self, r: ir.Ref) -> Any:
         v = self.env[r.node]
         if r.index is None:
             return v
         try:
+            if isinstance(v, Probes):
+                return join([item[r.index] for item in v.items])
             return v[r.index]
         except (IndexError, TypeError, KeyError):
             raise SpecTypeError(
@@ -76,15 +103,15 @@ class ShapeInterpreter(GraphInterpreter):
     def layer(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         built = self.inst.layer(n, args)
         self.inst.layers.verify(n, built, args)
-        key = None if built.key is None else ("layer", built.key, sig(args), sig(kwargs))
+        key = None if built.key is None else ("layer", built.key)
         # layers run as built: a plugin may fall back to real tensors on the CPU
         out = self.invoke(n, built.module, args, kwargs, key)
         if n.target not in self.inst.first_out:
-            self.inst.first_out[n.target] = value_of(out)
+            self.inst.first_out[n.target] = self.value(n, out)
         return out
 
     def function(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
-        key = ("function", n.target, sig(args), sig(kwargs))
+        key = ("function", n.target)
         try:
             fn = function_by_qualname(n.target)
         except KeyError:
@@ -98,27 +125,26 @@ class ShapeInterpreter(GraphInterpreter):
 
     def method(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         in_place = n.target.endswith("_")  # not a pure function of its arguments: no memo
-        key = None if in_place else ("method", n.target, sig(args), sig(kwargs))
-        recv, rest = args[0], args[1:]
-        fn = getattr(recv, n.target, None)
-        if fn is None:
+        key = None if in_place else ("method", n.target)
+        recv = args[0]
+        if getattr(first(recv), n.target, None) is None:
             raise SpecTypeError(f"{shape_text(recv)} has no method `{n.target}`", loc(n.span))
-        return self.invoke(n, fn, rest, kwargs, key)
+        return self.invoke(n, _method(n.target), args, kwargs, key)
 
     def operator(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
-        key = ("operator", n.target, sig(args), sig(kwargs))
+        key = ("operator", n.target)
         fn = operator.neg if n.target == "neg" else BINOPS[n.target]
         explain = _cannot_combine(n.target)
         return self.invoke(n, meta_operator(n.target, fn), args, kwargs, key, explain=explain)
 
     def getitem(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
-        key = ("getitem", n.target, sig(args), sig(kwargs))
+        key = ("getitem", n.target)
         return self.invoke(n, operator.getitem, args, kwargs, key)
 
     def attribute(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         recv = args[0]
         try:
-            return getattr(recv, n.target)
+            return join([getattr(split(recv, i), n.target) for i in range(len(PROBES))])
         except AttributeError:
             raise SpecTypeError(
                 f"{shape_text(recv)} has no attribute `{n.target}`", loc(n.span)
@@ -143,48 +169,87 @@ class ShapeInterpreter(GraphInterpreter):
         on_meta: bool = False,
         explain: Explain | None = None,
     ) -> Any:
-        """`fn(*args, **kwargs)`, or its memoized result under `key` (None, or a key with an
-        argument the memo cannot describe: always run)."""
-        if key is not None and None in key:
-            key = None
-        if key is not None and (hit := self.ck.cache.get(key)) is not None:
-            return rebuild(hit)
+        """`fn(*args, **kwargs)` at every probe batch size, each answered from the memo
+        under `key` + its arguments' signature when it can be (`key` None: always run). A
+        `paired` fn (a container, a sub-model) takes the probes whole, unmemoized."""
+        if paired(fn):
+            return self.call_once(n, fn, args, kwargs, None, on_meta, explain)
+        outs = []
+        for i in range(len(PROBES)):
+            a, kw = split(args, i), split(kwargs, i)
+            probe_key = None if key is None else (*key, sig(a), sig(kw))
+            if probe_key is not None and None in probe_key:
+                probe_key = None
+            if probe_key is not None and (hit := self.ck.cache.get(probe_key)) is not None:
+                outs.append(rebuild(hit))
+                continue
+            out = self.call_once(n, fn, a, kw, (args, i), on_meta, explain)
+            if probe_key is not None and (described := describe(out)) is not None:
+                self.ck.cache[probe_key] = described
+            outs.append(out)
+        return join(outs)
+
+    def call_once(
+        self,
+        n: ir.FNode,
+        fn: Any,
+        args: Args,
+        kwargs: Kwargs,
+        probe: tuple[Args, int] | None,
+        on_meta: bool,
+        explain: Explain | None,
+    ) -> Any:
+        """One call; `probe` (the arguments at every probe, this probe's index) words the
+        error when it fails."""
         try:
             if on_meta:
                 with torch.device("meta"):
-                    out = fn(*args, **kwargs)
-            else:
-                out = fn(*args, **kwargs)
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except SpecError:
             raise
         except Exception as exc:  # torch reports shape errors in many exception types
-            raise self.failure(n, args, exc, explain) from None
-        if key is not None and (described := describe(out)) is not None:
-            self.ck.cache[key] = described
-        return out
+            all_args, i = probe if probe is not None else (args, 0)
+            raise self.failure(n, all_args, i, exc, explain) from None
 
     def failure(
-        self, n: ir.FNode, args: Args, exc: Exception, explain: Explain | None
+        self, n: ir.FNode, args: Args, probe: int, exc: Exception, explain: Explain | None
     ) -> SpecShapeError:
+        """The failed call in spec terms; torch's own reason names this probe's sizes, so a
+        call that failed at only some batch sizes says at which."""
         what = self.ck.snippet(n.span)
         reason = explain(what, args) if explain is not None else None
         if reason is not None:
             return SpecShapeError(reason, loc(n.span))
-        shapes = ", ".join(shape_text(a) for a in args if isinstance(a, torch.Tensor))
+        shapes = ", ".join(shape_text(a) for a in args if _is_tensor(a))
+        at = f" (at batch size {PROBES[probe]})" if probe else ""
         return SpecShapeError(
-            f"`{what}` fails on input {shapes or 'values'}: {first_line(exc)}", loc(n.span)
+            f"`{what}` fails on input {shapes or 'values'}{at}: {first_line(exc)}", loc(n.span)
         )
+
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(first(v), torch.Tensor)
+
+
+def _method(name: str) -> Callable[..., Any]:
+    """Calls method `name` of its first argument (one probe's receiver)."""
+
+    def call(recv: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(recv, name)(*args, **kwargs)
+
+    return call
 
 
 def _cannot_combine(op: str) -> Explain:
     """Why `a <op> b` fails for two tensors: their shapes, and the rule they break."""
 
     def explain(what: str, args: list[Any]) -> str | None:
-        if len(args) != 2 or not all(isinstance(a, torch.Tensor) for a in args):
+        if len(args) != 2 or not all(_is_tensor(a) for a in args):
             return None
         a, b = args
         if op == "matmul":
-            inner = (a.shape[-1], b.shape[-2] if b.dim() > 1 else b.shape[-1])
+            inner = (_dim(a, -1), _dim(b, -2 if first(b).dim() > 1 else -1))
             reason = f"inner dimensions {inner[0]} and {inner[1]} differ"
         else:
             reason = "the shapes do not broadcast"
@@ -194,3 +259,9 @@ def _cannot_combine(op: str) -> Explain:
         )
 
     return explain
+
+
+def _dim(t: Any, axis: int) -> str:
+    """One dimension of a forward tensor as text (`10`, `2*B`)."""
+    sizes = tuple(x.shape[axis] for x in t.items) if isinstance(t, Probes) else (t.shape[axis],)
+    return dim_text(fit(sizes)) if len(sizes) == len(PROBES) else str(sizes[0])

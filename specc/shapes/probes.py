@@ -1,0 +1,87 @@
+"""Checking for every batch size at once: each forward runs in lockstep at a few probe batch
+sizes (`PROBES`), and every size is solved for the form ``a * B + c`` (``meta.value_of``).
+
+A forward value is a `Probes` (one value per probe batch size) wherever the probes differ:
+tensors always, numbers such as `x.shape[0]` when they depend on B. Lists, tuples and
+values equal at every probe stay plain, so indexing and unpacking work as usual. Layers are
+built once, from the first probe; torch ops run once per probe (`apply`), each answered from
+the shape memo when it can be. Spec models used as layers (`ChildCall`) and containers
+(`Chain`) take the `Probes` whole, so a sub-model also runs in lockstep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# The probe batch sizes. Two fit `a * B + c`; the third verifies it (`B // 2` or `B * B`
+# fit two probes but not three: shown `?`). None is 1, so `squeeze()` and the like cannot
+# drop the batch dimension at one probe only.
+PROBES = (2, 3, 5)
+
+
+class Probes:
+    """One value per probe batch size, in `PROBES` order."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple[Any, ...]) -> None:
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"Probes{self.items!r}"
+
+
+def split(v: Any, i: int) -> Any:
+    """The value at probe `i`: `Probes` replaced by their i-th item, containers rebuilt."""
+    if isinstance(v, Probes):
+        return v.items[i]
+    if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
+        if not any(isinstance(x, (Probes, list, tuple, dict, slice)) for x in v):
+            return v
+        return type(v)(split(x, i) for x in v)
+    if isinstance(v, dict):
+        return {k: split(x, i) for k, x in v.items()}
+    if isinstance(v, slice):
+        return slice(split(v.start, i), split(v.stop, i), split(v.step, i))
+    return v
+
+
+def join(values: list[Any]) -> Any:
+    """One value from its value at each probe: plain where all are equal (and not tensors),
+    containers joined item by item, a `Probes` otherwise."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return Probes(tuple(values))
+    if (
+        isinstance(first, (list, tuple))
+        and not isinstance(first, torch.Size)
+        and all(type(v) is type(first) and len(v) == len(first) for v in values)
+    ):
+        return type(first)(join(list(parts)) for parts in zip(*values, strict=True))
+    if all(type(v) is type(first) and v == first for v in values[1:]):
+        return first
+    return Probes(tuple(values))
+
+
+def paired(fn: Any) -> bool:
+    """Does `fn` take `Probes` itself (a container, a sub-model) rather than one probe?"""
+    return getattr(fn, "takes_probes", False)
+
+
+def apply(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn` at every probe, joined; a `paired` fn is called once with the `Probes`."""
+    if paired(fn):
+        return fn(*args, **kwargs)
+    return join([fn(*split(args, i), **split(kwargs, i)) for i in range(len(PROBES))])
+
+
+def first(v: Any) -> Any:
+    """The value at the first probe (what layers are built from)."""
+    return split(v, 0)
+
+
+def is_tensor(v: Any) -> bool:
+    return isinstance(first(v), torch.Tensor)
