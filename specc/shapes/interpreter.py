@@ -169,25 +169,26 @@ class ShapeInterpreter(GraphInterpreter):
         on_meta: bool = False,
         explain: Explain | None = None,
     ) -> Any:
-        """`fn(*args, **kwargs)` at every probe batch size, each answered from the memo
-        under `key` + its arguments' signature when it can be (`key` None: always run). A
-        `paired` fn (a container, a sub-model) takes the probes whole, unmemoized."""
+        """`fn(*args, **kwargs)` at every probe batch size, or its memoized result under
+        `key` + the arguments' signature (`key` None, or an argument the memo cannot
+        describe: always run). A `paired` fn (a container, a sub-model) takes the probes
+        whole."""
         if paired(fn):
             return self.call_once(n, fn, args, kwargs, None, on_meta, explain)
-        outs = []
-        for i in range(len(PROBES)):
-            a, kw = split(args, i), split(kwargs, i)
-            probe_key = None if key is None else (*key, sig(a), sig(kw))
-            if probe_key is not None and None in probe_key:
-                probe_key = None
-            if probe_key is not None and (hit := self.ck.cache.get(probe_key)) is not None:
-                outs.append(rebuild(hit))
-                continue
-            out = self.call_once(n, fn, a, kw, (args, i), on_meta, explain)
-            if probe_key is not None and (described := describe(out)) is not None:
-                self.ck.cache[probe_key] = described
-            outs.append(out)
-        return join(outs)
+        if key is not None:
+            key = (*key, sig(args), sig(kwargs))
+            if None in key:
+                key = None
+        if key is not None and (hit := self.ck.cache.get(key)) is not None:
+            return rebuild(hit)
+        outs = [
+            self.call_once(n, fn, split(args, i), split(kwargs, i), (args, i), on_meta, explain)
+            for i in range(len(PROBES))
+        ]
+        out = join(outs)
+        if key is not None and (described := describe(out)) is not None:
+            self.ck.cache[key] = described
+        return out
 
     def call_once(
         self,
@@ -223,8 +224,14 @@ class ShapeInterpreter(GraphInterpreter):
             return SpecShapeError(reason, loc(n.span))
         shapes = ", ".join(shape_text(a) for a in args if _is_tensor(a))
         at = f" (at batch size {PROBES[probe]})" if probe else ""
+        hint = None
+        if probe:
+            sizes = ", ".join(map(str, PROBES))
+            hint = f"specc checks each forward at batch sizes {sizes}; this one fails at some"
         return SpecShapeError(
-            f"`{what}` fails on input {shapes or 'values'}{at}: {first_line(exc)}", loc(n.span)
+            f"`{what}` fails on input {shapes or 'values'}{at}: {first_line(exc)}",
+            loc(n.span),
+            hint=hint,
         )
 
 

@@ -17,8 +17,10 @@ def sig(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return ("T", tuple(v.shape), v.stride(), v.dtype)
     if isinstance(v, Probes):
-        items = tuple(sig(i) for i in v.items)
-        return None if None in items else ("P", items)
+        if v.sig is None:
+            items = tuple(sig(i) for i in v.items)
+            v.sig = None if None in items else ("P", items)
+        return v.sig
     if isinstance(v, (list, tuple)):
         items = tuple(sig(i) for i in v)
         return None if None in items else (type(v).__name__, items)
@@ -38,8 +40,8 @@ def describe(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return ("T", tuple(out.shape), out.stride(), out.dtype)
     if isinstance(out, Probes):
-        items = [describe(i) for i in out.items]
-        return None if any(i is None for i in items) else ("P", items)
+        items = tuple(describe(i) for i in out.items)
+        return None if None in items else ("P", items)
     if isinstance(out, (list, tuple)) and not isinstance(out, torch.Size):
         items = [describe(i) for i in out]
         return None if any(i is None for i in items) else (type(out), items)
@@ -55,5 +57,8 @@ def rebuild(d: Any) -> Any:
     if d[0] == "V":
         return d[1]
     if d[0] == "P":
-        return Probes(tuple(rebuild(i) for i in d[1]))
+        probes = Probes(tuple(rebuild(i) for i in d[1]))
+        if all(i[0] == "T" for i in d[1]):
+            probes.sig = d  # a tensor's description is its signature
+        return probes
     return d[0](rebuild(i) for i in d[1])

@@ -68,10 +68,28 @@ def value_of(t: Any) -> ir.Value:
     """A forward value as the IR records it: sizes that differ between probes solved for
     B (`fit`). Raises `ProbeMismatch` when the probes disagree on more than sizes."""
     if isinstance(t, Probes):
+        if isinstance(t.items[0], torch.Tensor):
+            return _tensor_value(t)
         return _joined([_probe_value(v) for v in t.items])
     if isinstance(t, (tuple, list)) and not isinstance(t, torch.Size):
         return ir.Value(kind="tuple", items=[value_of(x) for x in t])
     return _probe_value(t)
+
+
+# Values are frozen, so one serves every tensor of the same shapes (a 1,000-layer model
+# has a handful of distinct ones).
+_TENSOR_VALUES: dict[tuple, ir.Value] = {}
+
+
+def _tensor_value(t: Probes) -> ir.Value:
+    """The value of a tensor at every probe (the common case, memoized by shapes; the
+    memo signature, when the tensor has one, is the key)."""
+    key = t.sig or tuple(
+        (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else None for x in t.items
+    )
+    if (hit := _TENSOR_VALUES.get(key)) is None:
+        hit = _TENSOR_VALUES[key] = _joined([_probe_value(v) for v in t.items])
+    return hit
 
 
 def _probe_value(t: Any) -> ir.Value:

@@ -25,10 +25,11 @@ PROBES = (2, 3, 5)
 class Probes:
     """One value per probe batch size, in `PROBES` order."""
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "sig")
 
     def __init__(self, items: tuple[Any, ...]) -> None:
         self.items = items
+        self.sig: Any = None  # its memo signature, once computed (`memo.sig`)
 
     def __repr__(self) -> str:
         return f"Probes{self.items!r}"
@@ -38,12 +39,12 @@ def split(v: Any, i: int) -> Any:
     """The value at probe `i`: `Probes` replaced by their i-th item, containers rebuilt."""
     if isinstance(v, Probes):
         return v.items[i]
-    if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
-        if not any(isinstance(x, (Probes, list, tuple, dict, slice)) for x in v):
-            return v
+    if isinstance(v, list):
+        return [x.items[i] if isinstance(x, Probes) else split(x, i) for x in v]
+    if isinstance(v, tuple) and not isinstance(v, torch.Size):
         return type(v)(split(x, i) for x in v)
     if isinstance(v, dict):
-        return {k: split(x, i) for k, x in v.items()}
+        return {k: split(x, i) for k, x in v.items()} if v else v
     if isinstance(v, slice):
         return slice(split(v.start, i), split(v.stop, i), split(v.step, i))
     return v

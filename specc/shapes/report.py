@@ -33,6 +33,7 @@ def ctor_text(c: Any) -> str:
 
 
 def shape_of(v: ir.Value | None) -> str:
+    """A checked value as the table shows it: `[B, 10]`, `[2*B]` (see `meta.dim_text`)."""
     from specc.shapes.meta import value_text
 
     return "-" if v is None else value_text(v)
