@@ -60,8 +60,11 @@ class ShapeInterpreter(GraphInterpreter):
             ) from None
 
     def expr(self, e: ir.Expr) -> Any:
-        """Arithmetic on forward values (`x.shape[0] * 2`) is done at each probe."""
-        if isinstance(e, (ir.BinOp, ir.Neg)) and e.find(ir.Ref) is not None:
+        """Arithmetic on forward values (`x.shape[0] * 2`, also inside a list) is done at
+        each probe, the way torch would see it."""
+        if isinstance(e, (ir.Ref, ir.Const)):  # most arguments: nothing to compute
+            return super().expr(e)
+        if e.find(ir.BinOp, ir.Neg) is not None and e.find(ir.Ref) is not None:
             return join([self._expr_at(e, i) for i in range(len(PROBES))])
         return super().expr(e)
 

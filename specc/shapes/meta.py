@@ -1,5 +1,6 @@
-"""Meta tensors: the batch size they carry, the sizes refused before anything is allocated,
-and how shapes and checked values are written in messages and tables."""
+"""Meta tensors: the sizes refused before anything is allocated, each size solved for the
+batch size B from its value at every probe batch size (`fit`), and how shapes and checked
+values are written in messages, tables and generated comments (`dim_text`)."""
 
 from __future__ import annotations
 

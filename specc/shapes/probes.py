@@ -56,15 +56,21 @@ def join(values: list[Any]) -> Any:
     first = values[0]
     if isinstance(first, torch.Tensor):
         return Probes(tuple(values))
-    if (
-        isinstance(first, (list, tuple))
-        and not isinstance(first, torch.Size)
-        and all(type(v) is type(first) and len(v) == len(first) for v in values)
-    ):
-        return type(first)(join(list(parts)) for parts in zip(*values, strict=True))
-    if all(type(v) is type(first) and v == first for v in values[1:]):
+    if isinstance(first, (list, tuple)) and not isinstance(first, torch.Size):
+        if all(type(v) is type(first) and len(v) == len(first) for v in values):
+            return type(first)(join(list(parts)) for parts in zip(*values, strict=True))
+        return Probes(tuple(values))  # e.g. `x.unbind(0)`: as many tensors as the batch
+    if _all_equal(values):
         return first
     return Probes(tuple(values))
+
+
+def _all_equal(values: list[Any]) -> bool:
+    first = values[0]
+    try:
+        return all(type(v) is type(first) and bool(v == first) for v in values[1:])
+    except Exception:  # an object whose == is not a plain yes or no (holds tensors)
+        return False
 
 
 def paired(fn: Any) -> bool:
