@@ -81,9 +81,11 @@ def test_flattened_batch_is_2B_in_check_table(tmp_path, capsys, monkeypatch):
 
 
 def test_flattened_batch_is_2B_in_generated_comments():
-    source = specc.compile(FLAT)
+    spec = FLAT.replace("return y.view(-1)", "z = y.view(-1)\n        return z * 2")
+    source = specc.compile(spec)
     assert "y = self.fc(x)  # (B, 2)" in source
-    assert "# (4,)" not in source
+    assert "z = y.view(-1)  # (2*B,)" in source
+    assert "(4,)" not in source
 
 
 def test_lstm_num_layers_is_not_called_B(tmp_path, capsys, monkeypatch):
