@@ -7,6 +7,11 @@ values equal at every probe stay plain, so indexing and unpacking work as usual.
 built once, from the first probe; torch ops run once per probe (`apply`), each answered from
 the shape memo when it can be. Spec models used as layers (`ChildCall`) and containers
 (`Chain`) take the `Probes` whole, so a sub-model also runs in lockstep.
+
+What cannot be written for every batch size is said so: a size that changes with B but not
+as `a * B + c` shows as `?`; a value whose kind, rank, dtype or number of items changes
+with B (`x.unbind(0)`), and a `_` that would be filled from a batch-dependent size, are
+located errors.
 """
 
 from __future__ import annotations
