@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 # repeat(n, X) enumerates distinct instances until shapes reach a fixed point.
 MAX_DISTINCT_REPEATS = 1000
 MAX_REPEAT = 100_000
+BATCH_AS_SIZE_HINT = (
+    "reshape so that the batch stays a dimension of its own, "
+    "e.g. `x.flatten(1)` instead of `x.view(-1)`"
+)
 
 
 @dataclass
@@ -271,8 +275,7 @@ class LayerMaker:
                 f"depends on the batch size (input {shape_text(x)}); a layer's sizes "
                 "must be the same for every batch",
                 loc(arg.span),
-                hint="reshape so that the batch stays a dimension of its own, "
-                "e.g. `x.flatten(1)` instead of `x.view(-1)`",
+                hint=BATCH_AS_SIZE_HINT,
             )
         holes[arg.id] = size
         return size
@@ -328,7 +331,9 @@ class LayerMaker:
         layer = self.inst.decl[node.target]
         ctor_text = self.ck.snippet(layer.ctor.span)
         hint = None
-        if isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential", "repeat"):
+        if isinstance(got, str):  # depends on the batch size: `_` cannot fix it
+            hint = BATCH_AS_SIZE_HINT
+        elif isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential", "repeat"):
             hint = f"write `_` to infer it: {self._with_hole(layer.ctor, pname)}"
         raise SpecShapeError(
             f"`{layer.name}` = {ctor_text} expects {value} {HOLE_WORDS[pname]} "
