@@ -487,22 +487,52 @@ class Program(Node):
 # ---- checked instances (output of the shape pass) -------------------------------------
 
 
-class TensorType(Node):
-    """A per-sample tensor type as the checker saw it; `batched` = leading batch dim."""
+class BatchDim(Node):
+    """A size that depends on the batch size B: `scale * B + offset` for every B."""
 
-    shape: list[int]
+    scale: int
+    offset: int = 0
+
+    def at(self, batch: int) -> int:
+        return self.scale * batch + self.offset
+
+
+# A size as the checker knows it: fixed, a function of the batch size, or "?" (it changes
+# with the batch size, but not as `a * B + c`).
+Size = int | BatchDim | Literal["?"]
+
+
+class TensorType(Node):
+    """A tensor type as the checker saw it, right for every batch size. `batched`: the
+    leading dimension is exactly B and `shape` holds the dimensions after it (per sample);
+    otherwise `shape` is the whole shape. Any dimension of `shape` may depend on B."""
+
+    shape: list[Size]
     dtype: str
     batched: bool = True
 
+    def fixed(self) -> bool:
+        """Is every dimension of `shape` the same for every batch size?"""
+        return all(isinstance(d, int) for d in self.shape)
+
+    def at(self, batch: int) -> list[int] | None:
+        """The whole shape at batch size `batch` (None: a dimension is `?`)."""
+        dims = [d.at(batch) if isinstance(d, BatchDim) else d for d in self.shape]
+        if any(not isinstance(d, int) for d in dims):
+            return None
+        return [batch, *dims] if self.batched else dims  # type: ignore[list-item]
+
 
 class Value(Node):
-    """What a forward value is at check time: a tensor, or a nested tuple/list of them, or a
-    plain Python constant (e.g. from `x.shape[1]`)."""
+    """What a forward value is at check time: a tensor, or a nested tuple/list of them, a
+    size that depends on the batch size (e.g. `x.shape[0]`), or a plain Python constant
+    (e.g. from `x.shape[1]`)."""
 
-    kind: Literal["tensor", "tuple", "const"]
+    kind: Literal["tensor", "tuple", "const", "size"]
     tensor: TensorType | None = None
     items: list[Value] = Field(default_factory=list)
     const: Any = None
+    size: BatchDim | Literal["?"] | None = None
 
 
 class TorchCtor(Node):

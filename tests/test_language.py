@@ -107,6 +107,12 @@ def test_ir_schema_golden(golden):
     golden(GOLDEN / "ir_schema.json", schema)
 
 
+def test_checked_instance_schema_golden(golden):
+    """What the shape pass produces (shapes with batch-dependent sizes included)."""
+    schema = json.dumps(ir.ModelInstance.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    golden(GOLDEN / "ir_instance_schema.json", schema)
+
+
 SEQUENTIAL = """
 sequential MLP(hidden: int = 32) {
     input(x: [20])

@@ -50,6 +50,7 @@ from specc.errors import (
 )
 from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.lang.plugins import load_plugins, plugin_module_for
+from specc.shapes.meta import tensor_dims
 from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, loc
 
 # ---- templates ------------------------------------------------------------------------
@@ -831,12 +832,11 @@ def _no_ref(e: ir.Ref) -> Doc:  # pragma: no cover - only forward has values
 
 
 def shape_comment(v: ir.Value | None) -> str:
-    """`(B, 6, 14, 14)` for a tensor value; "" for anything else."""
+    """`(B, 6, 14, 14)` for a tensor value, sizes that depend on the batch size written
+    as `check` writes them (`(2*B,)`); "" for anything else."""
     if v is None or v.kind != "tensor" or v.tensor is None:
         return ""
-    dims = [str(d) for d in v.tensor.shape]
-    if v.tensor.batched:
-        dims.insert(0, "B")
+    dims = tensor_dims(v.tensor)
     text = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
     return text if v.tensor.dtype == "float32" else f"{text} {v.tensor.dtype}"
 

@@ -11,7 +11,8 @@ import torch
 from specc import ir
 from specc.errors import SpecShapeError, SpecTypeError, did_you_mean
 from specc.registry import DTYPES, dtype_name
-from specc.shapes.meta import BATCH, MAX_INPUT_BYTES, bytes_text, dims_text, shape_text
+from specc.shapes.meta import MAX_INPUT_BYTES, bytes_text, dims_text, shape_text
+from specc.shapes.probes import PROBES, Probes, first
 from specc.values import evaluate, loc, type_ok
 
 
@@ -60,8 +61,9 @@ def bind_model_args(
 
 def declared_inputs(
     mdef: ir.ModelDef, args: dict[str, Any], overrides: dict[str, list[int]] | None
-) -> list[torch.Tensor]:
-    """Meta tensors for a top-level check, from declared shapes (or --input)."""
+) -> list[Probes]:
+    """Meta tensors for a top-level check, from declared shapes (or --input), at every
+    probe batch size."""
     fwd = mdef.forward
     assert fwd is not None
     overrides = dict(overrides or {})
@@ -129,11 +131,9 @@ def input_dtype(inp: ir.Input) -> torch.dtype:
     return DTYPES[inp.dtype]
 
 
-def input_tensor(
-    name: str, dims: list[int], dtype: torch.dtype, span: ir.Span | None
-) -> torch.Tensor:
-    """A batched meta tensor for a declared input, refusing sizes no machine could hold (and
-    that overflow torch's size arithmetic) with an estimate."""
+def input_tensor(name: str, dims: list[int], dtype: torch.dtype, span: ir.Span | None) -> Probes:
+    """A batched meta tensor for a declared input at every probe batch size, refusing sizes
+    no machine could hold (and that overflow torch's size arithmetic) with an estimate."""
     if any(d < 0 for d in dims):
         raise SpecShapeError(
             f"input `{name}` has a negative dimension: {dims_text(dims)}", loc(span)
@@ -158,7 +158,7 @@ def input_tensor(
             loc(span),
             hint=hint,
         )
-    return torch.empty((BATCH, *dims), dtype=dtype, device="meta")
+    return Probes(tuple(torch.empty((b, *dims), dtype=dtype, device="meta") for b in PROBES))
 
 
 # ---- a use: the tensors passed, against the declared shapes -----------------------------
@@ -202,12 +202,12 @@ def _bind_one(
     use_span: ir.Span | None,
 ) -> None:
     """One input: rank, each size (a name is bound at its first sight), dtype."""
-    if not isinstance(t, torch.Tensor):
+    if not isinstance(first(t), torch.Tensor):
         raise SpecTypeError(f"`{model}` input `{inp.name}` must be a tensor", loc(use_span))
-    got = list(t.shape[1:])
+    got = list(first(t).shape[1:])
     want = [d.value for d in inp.shape]
     where = [("declared here", loc(inp.span))]
-    if len(got) != len(want):
+    if len(got) != len(want) or not _per_sample_fixed(t):
         raise SpecShapeError(
             f"`{model}` expects `{inp.name}` of shape {dims_text(want)} per sample, "
             f"but receives {shape_text(t)}",
@@ -226,9 +226,10 @@ def _bind_one(
                 loc(use_span),
                 notes=where,
             )
-    if inp.dtype is not None and t.dtype != input_dtype(inp):
+    if inp.dtype is not None and first(t).dtype != input_dtype(inp):
         raise SpecTypeError(
-            f"`{model}` expects `{inp.name}` of dtype {inp.dtype}, got {dtype_name(t.dtype)}",
+            f"`{model}` expects `{inp.name}` of dtype {inp.dtype}, "
+            f"got {dtype_name(first(t).dtype)}",
             loc(use_span),
             notes=where,
         )
@@ -238,3 +239,10 @@ def _binding_text(dims: list[Any], args: dict[str, Any], bound: dict[str, int]) 
     known = {**args, **bound}
     parts = [f"{d}={known[d]}" for d in dims if isinstance(d, str) and d in known]
     return f" (with {', '.join(parts)})" if parts else ""
+
+
+def _per_sample_fixed(t: Any) -> bool:
+    """Are a passed tensor's sizes after the first the same at every probe batch size?
+    (A model's declared input sizes are per sample, the same for every batch.)"""
+    items = t.items if isinstance(t, Probes) else (t,)
+    return all(x.dim() == items[0].dim() and x.shape[1:] == items[0].shape[1:] for x in items)

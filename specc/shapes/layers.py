@@ -15,7 +15,8 @@ from specc.registry import HOLE_DIMS, HOLE_WORDS, TENSOR_CTORS, accepts, qualnam
 from specc.shapes.held import held_tensor
 from specc.shapes.inputs import bind_model_args
 from specc.shapes.memo import sig
-from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line, shape_text
+from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, dim_text, first_line, fit, shape_text
+from specc.shapes.probes import Probes, apply, first
 from specc.shapes.rules import meta_forward
 from specc.values import evaluate, loc, to_expr, truth
 
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 # repeat(n, X) enumerates distinct instances until shapes reach a fixed point.
 MAX_DISTINCT_REPEATS = 1000
 MAX_REPEAT = 100_000
+BATCH_AS_SIZE_HINT = (
+    "reshape so that the batch stays a dimension of its own, "
+    "e.g. `x.flatten(1)` instead of `x.view(-1)`"
+)
 
 
 @dataclass
@@ -102,7 +107,7 @@ class LayerMaker:
                 loc(e.span),
             )
         try:
-            return b.module(*inputs)
+            return apply(b.module, *inputs)
         except SpecError:
             raise
         except Exception as exc:
@@ -358,21 +363,29 @@ class LayerMaker:
                 hint="write the value; `_` works for input sizes "
                 "(in_features, in_channels, num_features, ...)",
             )
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(first(x), torch.Tensor):
             raise SpecShapeError(
                 f"`_` in {e.func}(...) needs the layer's input shape, but the layer "
                 "is never called in forward",
                 loc(arg.span),
             )
         dim = HOLE_DIMS[pname]
-        if x.dim() < (dim + 1 if dim >= 0 else -dim):
+        if first(x).dim() < (dim + 1 if dim >= 0 else -dim):
             raise SpecShapeError(
                 f"cannot infer `{pname}` of {e.func} from input {shape_text(x)}",
                 loc(arg.span),
             )
-        value = int(x.shape[dim])
-        holes[arg.id] = value
-        return value
+        size = _size_at(x, dim)
+        if not isinstance(size, int):
+            raise SpecShapeError(
+                f"`_` in {e.func}(...) would be `{pname}` = {dim_text(size)}, a size that "
+                f"depends on the batch size (input {shape_text(x)}); a layer's sizes "
+                "must be the same for every batch",
+                loc(arg.span),
+                hint=BATCH_AS_SIZE_HINT,
+            )
+        holes[arg.id] = size
+        return size
 
     def _construct(
         self, e: ir.Call, cls: type, args: list[Any], kwargs: dict[str, Any], plugin: bool
@@ -407,25 +420,27 @@ class LayerMaker:
     # ---- per call ---------------------------------------------------------------------
     def verify(self, node: ir.FNode, built: Built, args: list[Any]) -> None:
         """Explain a layer/input size mismatch in spec terms before torch does."""
-        if not args or not isinstance(args[0], torch.Tensor):
+        if not args or not isinstance(first(args[0]), torch.Tensor):
             return
         x = args[0]
         for pname, value, dim in built.checks:
-            if x.dim() < (dim + 1 if dim >= 0 else -dim):
+            if first(x).dim() < (dim + 1 if dim >= 0 else -dim):
                 continue
             if pname == "normalized_shape":
                 want = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-                got = tuple(x.shape[-len(want) :])
+                got: Any = tuple(_size_at(x, d) for d in range(-len(want), 0))
             else:
-                want, got = value, x.shape[dim]
+                want, got = value, _size_at(x, dim)
             if got != want:
-                self._mismatch(node, pname, value, got, x)
+                self._mismatch(node, pname, value, _got_text(got), x)
 
     def _mismatch(self, node: ir.FNode, pname: str, value: Any, got: Any, x: Any) -> None:
         layer = self.inst.decl[node.target]
         ctor_text = self.ck.snippet(layer.ctor.span)
         hint = None
-        if isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential", "repeat"):
+        if isinstance(got, str):  # depends on the batch size: `_` cannot fix it
+            hint = BATCH_AS_SIZE_HINT
+        elif isinstance(layer.ctor, ir.Call) and layer.ctor.func not in ("Sequential", "repeat"):
             hint = f"write `_` to infer it: {self._with_hole(layer.ctor, pname)}"
         raise SpecShapeError(
             f"`{layer.name}` = {ctor_text} expects {value} {HOLE_WORDS[pname]} "
@@ -453,7 +468,9 @@ class LayerMaker:
 
 
 class Chain:
-    """Meta-time stand-in for nn.Sequential over built items."""
+    """Meta-time stand-in for nn.Sequential over built items; runs on every probe."""
+
+    takes_probes = True
 
     def __init__(self, items: list[Built]) -> None:
         self.items = items
@@ -461,12 +478,15 @@ class Chain:
     def __call__(self, x: Any) -> Any:
         for b in self.items:
             if b.module is not None:  # an absent (None) entry
-                x = b.module(x)
+                x = apply(b.module, x)
         return x
 
 
 class ChildCall:
-    """A spec model used as a layer: runs its checked instance's forward."""
+    """A spec model used as a layer: runs its checked instance's forward (on every probe,
+    in lockstep)."""
+
+    takes_probes = True
 
     def __init__(self, child: Instance) -> None:
         self.child = child
@@ -519,6 +539,8 @@ def _to_meta(x: Any) -> Any:
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
+    if isinstance(a, Probes) and isinstance(b, Probes):
+        return all(_same_shapes(x, y) for x, y in zip(a.items, b.items, strict=True))
     return (
         isinstance(a, torch.Tensor)
         and isinstance(b, torch.Tensor)
@@ -529,6 +551,22 @@ def _same_shapes(a: Any, b: Any) -> bool:
 
 def _is_none(e: ir.Expr) -> bool:
     return isinstance(e, ir.Const) and e.value is None
+
+
+def _size_at(x: Any, dim: int) -> ir.Size:
+    """Dimension `dim` of a forward tensor: an int, or how it depends on the batch size."""
+    if not isinstance(x, Probes):
+        return int(x.shape[dim])
+    return fit(tuple(int(t.shape[dim]) for t in x.items))
+
+
+def _got_text(got: Any) -> Any:
+    """A received size for a message: ints as they are, batch-dependent sizes as text."""
+    if isinstance(got, tuple):
+        if all(isinstance(g, int) for g in got):
+            return got
+        return "(" + ", ".join(dim_text(g) for g in got) + ")"
+    return got if isinstance(got, int) else dim_text(got)
 
 
 def _no_hole(o: ir.Expr, func: str) -> Any:

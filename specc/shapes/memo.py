@@ -9,11 +9,18 @@ from typing import Any
 
 import torch
 
+from specc.shapes.probes import Probes
+
 
 def sig(v: Any) -> Any:
     """A hashable description of an argument for the shape cache (None: do not cache)."""
     if isinstance(v, torch.Tensor):
         return ("T", tuple(v.shape), v.stride(), v.dtype)
+    if isinstance(v, Probes):
+        if v.sig is None:
+            items = tuple(sig(i) for i in v.items)
+            v.sig = None if None in items else ("P", items)
+        return v.sig
     if isinstance(v, (list, tuple)):
         items = tuple(sig(i) for i in v)
         return None if None in items else (type(v).__name__, items)
@@ -32,6 +39,9 @@ def describe(out: Any) -> Any:
     the memo can rebuild."""
     if isinstance(out, torch.Tensor):
         return ("T", tuple(out.shape), out.stride(), out.dtype)
+    if isinstance(out, Probes):
+        items = tuple(describe(i) for i in out.items)
+        return None if None in items else ("P", items)
     if isinstance(out, (list, tuple)) and not isinstance(out, torch.Size):
         items = [describe(i) for i in out]
         return None if any(i is None for i in items) else (type(out), items)
@@ -46,4 +56,9 @@ def rebuild(d: Any) -> Any:
         return torch.empty_strided(d[1], d[2], dtype=d[3], device="meta")
     if d[0] == "V":
         return d[1]
+    if d[0] == "P":
+        probes = Probes(tuple(rebuild(i) for i in d[1]))
+        if all(i[0] == "T" for i in d[1]):
+            probes.sig = d  # a tensor's description is its signature
+        return probes
     return d[0](rebuild(i) for i in d[1])

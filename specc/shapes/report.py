@@ -57,6 +57,7 @@ def tensor_text(c: ir.TensorCtor) -> str:
 
 
 def shape_of(v: ir.Value | None) -> str:
+    """A checked value as the table shows it: `[B, 10]`, `[2*B]` (see `meta.dim_text`)."""
     from specc.shapes.meta import value_text
 
     return "-" if v is None else value_text(v)

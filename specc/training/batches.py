@@ -207,8 +207,8 @@ def check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: D
     """Class labels outside the model's outputs fail here, naming the dataset and index,
     instead of as an ATen assertion in the middle of training."""
     out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
-    if out is None or len(out.shape) != 1:
-        return
+    if out is None or not out.batched or len(out.shape) != 1 or not out.fixed():
+        return  # not one row of class scores per sample
     for name, split in splits.items():
         if split.y is not None and not split.y.is_floating_point() and split.y.dim() == 1:
             ds = _dataset_plan(data, name)

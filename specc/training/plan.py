@@ -399,6 +399,7 @@ def spec_loss_instance(program: ir.Program, plan: TrainPlan,
     """A loss written as a spec model, checked against the model's output and the labels'
     shape (known once the data is: class labels are [])."""
     from specc.shapes.check import check_model
+    from specc.shapes.meta import value_text
 
     loss = plan.loss
     assert loss.definition is not None
@@ -406,8 +407,15 @@ def spec_loss_instance(program: ir.Program, plan: TrainPlan,
     assert fwd is not None
     inputs: dict[str, list[int]] = {fwd.inputs[1].name: list(label_shape)}
     outputs = plan.model.instance.outputs
-    if outputs and outputs[0].tensor is not None:
-        inputs[fwd.inputs[0].name] = [int(d) for d in outputs[0].tensor.shape]
+    if outputs and (model_out := outputs[0].tensor) is not None:
+        if not (model_out.batched and model_out.fixed()):  # e.g. [2*B] after a view(-1)
+            raise SpecTypeError(
+                f"loss model `{loss.ctor.name}` takes the model's output per sample, but "
+                f"`{plan.model.instance.model}` returns {value_text(outputs[0])}, whose "
+                "first dimension is not the batch",
+                loc(loss.ctor.span),
+            )
+        inputs[fwd.inputs[0].name] = [int(d) for d in model_out.shape]  # type: ignore[arg-type]
     inst = check_model(program, loss.ctor.name, args=loss.model_args, inputs=inputs)
     out = inst.outputs[0] if len(inst.outputs) == 1 else None
     if out is None or out.tensor is None or out.tensor.batched or out.tensor.shape:
