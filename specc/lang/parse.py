@@ -179,7 +179,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecSyntaxError
         loc = Location(file, tok.line, tok.column, tok.line, tok.column + width)
         expected = _expected(set(exc.expected))
         msg = f"unexpected `{tok}`" + (f"; expected {expected}" if expected else "")
-        return SpecSyntaxError(msg, loc, hint=_hint_for(tok, exc), source=text)
+        return SpecSyntaxError(msg, loc, hint=_hint_for(tok, exc, text), source=text)
     if isinstance(exc, UnexpectedCharacters):
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
         loc = Location(file, exc.line, exc.column, exc.line, exc.column + 1)
@@ -191,8 +191,14 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecSyntaxError
     return SpecSyntaxError(str(exc), Location(file, line, column), source=text)
 
 
-def _hint_for(tok: lark.Token, exc: UnexpectedToken) -> str | None:
+def _hint_for(tok: lark.Token, exc: UnexpectedToken, text: str) -> str | None:
     expected = set(exc.expected)
+    before = text.split("\n")[tok.line - 1][: tok.column - 1].split()
+    if tok.type == "EQUAL" and before[-1:] == ["init"]:
+        return (
+            "`init` starts an init rule (`init Linear.weight = normal_(0.0, 0.02)`); "
+            "give the layer another name"
+        )
     if "RPAR" in expected and tok.type in {"NAME", "INT", "FLOAT", "STRING"}:
         return "is a `,` missing between arguments?"
     if tok.type == "EQUAL" and "RPAR" in expected:
