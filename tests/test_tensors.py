@@ -197,3 +197,21 @@ def test_a_sequential_model_holds_no_tensors(tmp_path):
     spec.write_text("sequential S { input(x: [4]) Linear(4, 4) Parameter(zeros(4)) }", "utf-8")
     with pytest.raises(SpecError, match="holds only layers"):
         specc.check(spec)
+
+
+def test_factory_without_device_is_a_warning_with_the_fix(tmp_path, capsys, monkeypatch):
+    """`arange(t)` type-checks on meta but makes a CPU tensor on a GPU run."""
+    (tmp_path / "pos.spec").write_text(
+        "model Pos {\n"
+        "    wpe = Embedding(16, 8)\n"
+        "    forward(idx: [8] long) {\n"
+        "        return wpe(arange(idx.shape[1])) + wpe(arange(8, device=idx.device))\n"
+        "    }\n"
+        "}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "pos.spec"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pos.spec:4:20: warning: `arange(idx.shape[1])` creates its tensor")
+    assert "hint: pass the device of an input: `device=idx.device`" in err
+    assert err.count("warning:") == 1  # the call with a device is fine

@@ -49,7 +49,7 @@ class Instance:
         run = ShapeInterpreter(self, record)
         result = run.run(fwd.nodes, inputs)
         if record:
-            self.finish(inputs, run.resolved, run.values, run.outputs)
+            self.finish(inputs, run.resolved, run.values, run.outputs, run.warnings)
         if key is not None and (described := describe(result)) is not None:
             self.results[key] = described
         return result
@@ -91,6 +91,7 @@ class Instance:
         nodes: list[ir.FNode],
         values: dict[str, ir.Value],
         outputs: list[Any],
+        warnings: list[ir.CheckWarning] = (),  # type: ignore[assignment]
     ) -> None:
         """Record the checked instance: layers, folded nodes, values and parameter counts."""
         layers = self.layer_instances()
@@ -121,7 +122,7 @@ class Instance:
             trainable=sum(x.trainable for x in layers) - held.shared_trainable,
             ties=held.ties,
             inits=held.inits,
-            warnings=list(dict.fromkeys([*held.warnings, *sub_warnings(layers)])),
+            warnings=list(dict.fromkeys([*held.warnings, *warnings, *sub_warnings(layers)])),
         )
 
     def layer_instances(self) -> list[ir.LayerInstance]:

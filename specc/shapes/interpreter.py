@@ -22,6 +22,13 @@ from specc.values import BINOP_SYMBOLS, BINOPS, evaluate, loc, to_expr, truth
 if TYPE_CHECKING:
     from specc.shapes.instance import Instance
 
+# torch functions that make a new tensor, on the CPU unless given a `device`.
+FACTORIES = frozenset(
+    f"torch.{name}"
+    for name in ("arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint",
+                 "linspace", "logspace", "eye", "tensor")
+)  # fmt: skip
+
 # Explains a failed call in spec terms, or None: the generic message.
 Explain = Callable[[str, list[Any]], str | None]
 
@@ -38,6 +45,7 @@ class ShapeInterpreter(GraphInterpreter):
         self.values: dict[str, ir.Value] = {}
         self.resolved: list[ir.FNode] = []
         self.outputs: list[Any] = []
+        self.warnings: list[ir.CheckWarning] = []  # recorded on the first run
 
     def run_node(self, n: ir.FNode) -> Any:
         out = super().run_node(n)
@@ -162,8 +170,22 @@ class ShapeInterpreter(GraphInterpreter):
             ) from None
         if "device" in kwargs:  # checking never leaves meta, whatever device is named
             kwargs = {**kwargs, "device": "meta"}
+        elif self.record and n.target in FACTORIES:
+            self.warnings.append(self.device_warning(n))
         # factories (zeros, arange...) make meta tensors too
         return self.invoke(n, meta_function(n.target, fn), args, kwargs, key, on_meta=True)
+
+    def device_warning(self, n: ir.FNode) -> ir.CheckWarning:
+        """A factory call without `device=` makes a CPU tensor wherever the model runs: it
+        checks here (on meta) and fails on a GPU."""
+        inputs = self.inst.mdef.forward.inputs if self.inst.mdef.forward else []
+        source = inputs[0].name if inputs else "x"
+        return ir.CheckWarning(
+            message=f"`{self.ck.snippet(n.span)}` creates its tensor on the CPU whatever "
+            "device the model runs on, so it fails on a GPU",
+            span=n.span,
+            hint=f"pass the device of an input: `device={source}.device`",
+        )
 
     def method(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
         in_place = n.target.endswith("_")  # not a pure function of its arguments: no memo
