@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from specc import ir
+from specc.construct import Constructor
 from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.registry import function_by_qualname, init_functions, nn_classes
 from specc.tensors import tensor_value
@@ -30,43 +31,19 @@ def build_module(instance: ir.ModelInstance, plugins: dict[str, type] | None = N
     return _Builder(plugins or {}).instance(instance)
 
 
-class _Builder:
+class _Builder(Constructor):
     def __init__(self, plugins: dict[str, type]) -> None:
         self.plugins = plugins
 
-    def ctor(self, c: Any) -> nn.Module | None:
-        if isinstance(c, ir.TorchCtor):
-            cls = self.cls(c.cls)
-            return cls(*map(literal, c.args), **{k: literal(v) for k, v in c.kwargs.items()})
-        if isinstance(c, ir.SequentialCtor):
-            return self.sequential(c)
-        if isinstance(c, ir.RepeatCtor):
-            return nn.Sequential(OrderedDict(self.repeated(c)))
-        if isinstance(c, ir.ModelCtor):
-            return self.instance(c.instance)
-        if isinstance(c, ir.CondCtor):
-            return self.ctor(c.ctor)
-        if isinstance(c, ir.NoneCtor):
-            return None
-        raise TypeError(f"unknown constructor {c!r}")  # pragma: no cover
+    def torch_module(self, c: ir.TorchCtor) -> nn.Module:
+        cls = self.cls(c.cls)
+        return cls(*map(literal, c.args), **{k: literal(v) for k, v in c.kwargs.items()})
 
-    def sequential(self, c: ir.SequentialCtor) -> nn.Sequential:
-        """Entries in order; a `None` entry is left out and a splatted repeat spliced in,
-        numbered on (torchvision's `nn.Sequential(*layers)`)."""
-        if c.names:
-            named = ((k, self.ctor(i)) for k, i in zip(c.names, c.items, strict=True))
-            return nn.Sequential(OrderedDict((k, m) for k, m in named if m is not None))
-        mods: list[nn.Module] = []
-        for item in c.items:
-            if isinstance(item, ir.RepeatCtor) and item.splat:
-                mods += [m for _, m in self.repeated(item)]
-            elif (m := self.ctor(item)) is not None:
-                mods.append(m)
-        return nn.Sequential(*mods)
+    def model(self, inst: ir.ModelInstance) -> nn.Module:
+        return self.instance(inst)
 
-    def repeated(self, c: ir.RepeatCtor) -> list[tuple[str, nn.Module]]:
-        last = len(c.items) - 1
-        return [(f"{c.prefix}{i}", self.ctor(c.items[min(i, last)])) for i in range(c.count)]
+    def add_tensor(self, root: nn.Module, name: str, c: ir.TensorCtor) -> None:
+        add_tensor(root, name, c)
 
     def cls(self, name: str) -> type:
         if name.startswith("torch.nn."):
@@ -76,18 +53,10 @@ class _Builder:
 
     def instance(self, inst: ir.ModelInstance) -> nn.Module:
         if inst.kind == "sequential":
-            # A `sequential` spec is an nn.Sequential subclass, as one would write it by hand.
-            cls = type(inst.model, (nn.Sequential,), {"__module__": "specc.models"})
-            mods = [(layer.name, self.ctor(layer.ctor)) for layer in inst.layers]
-            if all(layer.name.isdigit() for layer, _ in zip(inst.layers, mods, strict=True)):
-                return cls(*(m for _, m in mods if m is not None))  # numbered on, as torch does
-            return cls(OrderedDict((k, m) for k, m in mods if m is not None))
+            return self.sequential_model(inst)
         root = nn.Module()
         for layer in inst.layers:  # declaration order = parameter order = RNG order
-            if isinstance(layer.ctor, ir.TensorCtor):
-                add_tensor(root, layer.name, layer.ctor)
-            else:
-                root.add_module(layer.name, self.ctor(layer.ctor))
+            self.add(root, layer.name, layer.ctor)
         graph = self.graph(inst)
         gm = fx.GraphModule(root, graph, class_name=inst.model)
         # GraphModule copies sub-modules in order of first use and drops unused ones;

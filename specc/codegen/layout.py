@@ -112,6 +112,9 @@ class Brackets:
     bare: bool = False
     display: bool = False  # a list or tuple display: explodes one item per line
     subscript: bool = False
+    # A method call `receiver.name(...)`: `head` is the receiver's text plus `.name`, and a
+    # receiver with brackets of its own may break instead (`torch.outer(\n...\n).repeat(1)`).
+    receiver: Doc | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,10 @@ def layout(
 
 def _broken(doc: Doc, indent: str, prefix: str, suffix: str, nested: bool) -> list[str]:
     inner = indent + INDENT
+    if isinstance(doc, Brackets) and (
+        receiver_lines := _receiver_broken(doc, indent, prefix, suffix, nested)
+    ):
+        return receiver_lines
     if isinstance(doc, Brackets) and doc.items:
         first = indent + prefix + ("(" if doc.bare else doc.head + doc.open)
         last = indent + (")" if doc.bare else doc.close) + suffix
@@ -204,8 +211,32 @@ def _broken(doc: Doc, indent: str, prefix: str, suffix: str, nested: bool) -> li
             lines = _inline_groups(doc, indent, prefix, suffix)
             if all(map(fits, lines)):
                 return lines
+        if doc.prec == PREC_TEST and fits(inner + flat(doc)):  # `a if c else b` on one line
+            return [indent + prefix + "(", inner + flat(doc), indent + ")" + suffix]
         return [indent + prefix + "(", *_chain_lines(doc, inner, "", ""), indent + ")" + suffix]
     return [indent + prefix + flat(doc) + suffix]  # unbreakable: left long, as ruff leaves it
+
+
+def _receiver_broken(
+    doc: Brackets, indent: str, prefix: str, suffix: str, nested: bool
+) -> list[str] | None:
+    """ruff's "omit optional trailers": when a method call's opening line is too long even
+    with its own arguments split off, the receiver's brackets break and the call's trailer
+    (`.repeat(1, 2)`) follows their closing bracket. None: not such a call."""
+    receiver = doc.receiver
+    if receiver is None or not _own_brackets(receiver):
+        return None
+    if fits(indent + prefix + doc.head + doc.open):
+        return None
+    tail = doc.head[len(flat(receiver)) :]
+    inner = ", ".join(flat(i) for i in doc.items) + ("," if doc.one_tuple else "")
+    lines = _broken(receiver, indent, prefix, f"{tail}{doc.open}{inner}{doc.close}{suffix}", nested)
+    return lines if all(map(fits, lines)) else None
+
+
+def method_call(receiver: Doc, name: str, items: tuple[Doc, ...]) -> Brackets:
+    """`receiver.name(items)`, parenthesising a receiver that would not bind."""
+    return Brackets(attribute_of(receiver, name), items, receiver=receiver)
 
 
 def _own_brackets(doc: Doc) -> bool:
@@ -297,7 +328,8 @@ def statement(doc: Doc, prefix: str, base: int, comment: str = "") -> str:
 def with_prefix(prefix: str, doc: Doc) -> Doc:
     """`prefix` glued in front of `doc` (keyword arguments: `dim=...`); it stays breakable."""
     if isinstance(doc, Brackets) and not doc.bare:
-        return dataclasses.replace(doc, head=prefix + doc.head)
+        receiver = None if doc.receiver is None else with_prefix(prefix, doc.receiver)
+        return dataclasses.replace(doc, head=prefix + doc.head, receiver=receiver)
     if isinstance(doc, Comp):
         return dataclasses.replace(doc, star=prefix + doc.star)
     if isinstance(doc, Chain):
@@ -319,9 +351,9 @@ def binop(op: str, left: Doc, right: Doc) -> Doc:
             left = parens(left)
         if right.prec < PREC_UNARY:
             right = parens(right)
-        hug = _simple(left) and _simple(right)
-        text = f"{flat(left)}**{flat(right)}" if hug else f"{flat(left)} ** {flat(right)}"
-        return Text(text, PREC_POWER)
+        if _simple(left) and _simple(right):  # ruff hugs `**` between simple operands
+            return Text(f"{flat(left)}**{flat(right)}", PREC_POWER)
+        return Chain((left, right), ("**",), PREC_POWER)  # breaks like the other operators
     if left.prec < prec or (op in COMPARISONS and left.prec == prec):  # no `a < b < c`
         left = parens(left)
     if right.prec <= prec:

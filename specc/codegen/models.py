@@ -37,6 +37,7 @@ from specc.codegen.layout import (
     flat,
     layout,
     literal_doc,
+    method_call,
     negate,
     not_,
     parens,
@@ -787,8 +788,8 @@ class _TensorExprs(Exprs):
             check_attribute(fname, e.func_span or e.span, "function")
             return Brackets(f"{alias}.{fname}", self.items(e.args, e.kwargs))
         if isinstance(e, ir.MethodCall):
-            head = attribute_of(self(e.receiver), check_attribute(e.method, e.span, "method"))
-            return Brackets(head, self.items(e.args, e.kwargs))
+            name = check_attribute(e.method, e.span, "method")
+            return method_call(self(e.receiver), name, self.items(e.args, e.kwargs))
         if isinstance(e, ir.Attribute):
             name = check_attribute(e.attr, e.span, "attribute")
             return Text(attribute_of(self(e.value), name), PREC_PRIMARY)
@@ -935,8 +936,8 @@ class _ForwardWriter(GraphInterpreter):
 
     def method(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
         recv = self.exprs(args[0])
-        head = attribute_of(recv, check_attribute(n.target, n.span, "method"))
-        return Brackets(head, self.call_items(args[1:], kwargs))
+        name = check_attribute(n.target, n.span, "method")
+        return method_call(recv, name, self.call_items(args[1:], kwargs))
 
     def attribute(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Doc:
         recv = self.exprs(args[0])

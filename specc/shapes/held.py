@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from specc import ir
+from specc.construct import Constructor
 from specc.errors import SpecNameError, SpecShapeError, SpecTypeError, did_you_mean
 from specc.registry import dtype_name, init_functions, nn_classes, qualname
 from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line
@@ -112,7 +112,7 @@ def check_ties_and_inits(inst: Instance, layers: list[ir.LayerInstance]) -> Held
     held = Held()
     if not mdef.ties and not mdef.inits:
         return held
-    tree = ModuleTree(inst.ck).model(layers, [])
+    tree = ModuleTree(inst.ck).tree(layers, [])
     for tie in mdef.ties:
         held.ties.append(_tie(tree, tie, held))
     for rule in mdef.inits:
@@ -263,6 +263,8 @@ def sub_warnings(layers: list[ir.LayerInstance]) -> list[ir.CheckWarning]:
 def _instances(c: Any) -> Iterator[ir.ModelInstance]:
     if isinstance(c, ir.ModelCtor):
         yield c.instance
+    elif isinstance(c, ir.CondCtor):
+        yield from _instances(c.ctor)
     elif isinstance(c, (ir.SequentialCtor, ir.RepeatCtor)):
         for item in c.items:
             yield from _instances(item)
@@ -271,13 +273,13 @@ def _instances(c: Any) -> Iterator[ir.ModelInstance]:
 # ---- the module tree ----------------------------------------------------------------------
 
 
-class ModuleTree:
+class ModuleTree(Constructor):
     """Checked layers as real modules on meta: what the builder makes, without forwards."""
 
     def __init__(self, ck: Checker) -> None:
         self.ck = ck
 
-    def model(self, layers: list[ir.LayerInstance], ties: list[ir.Tie]) -> nn.Module:
+    def tree(self, layers: list[ir.LayerInstance], ties: list[ir.Tie]) -> nn.Module:
         root = nn.Module()
         for layer in layers:
             self.add(root, layer.name, layer.ctor)
@@ -285,30 +287,17 @@ class ModuleTree:
             tie_in(root, tie.target, root.get_parameter(tie.source))
         return root
 
-    def add(self, root: nn.Module, name: str, c: Any) -> None:
-        if isinstance(c, ir.TensorCtor):
-            value = torch.empty(c.shape, dtype=getattr(torch, c.dtype), device="meta")
-            if c.role == "parameter":
-                root.register_parameter(name, nn.Parameter(value, c.requires_grad))
-            else:
-                root.register_buffer(name, value, persistent=c.persistent)
-        else:
-            root.add_module(name, self.module(c))
+    def model(self, inst: ir.ModelInstance) -> nn.Module:
+        if inst.kind == "sequential":
+            return self.sequential_model(inst)
+        return self.tree(inst.layers, inst.ties)
 
-    def module(self, c: Any) -> nn.Module:
-        if isinstance(c, ir.TorchCtor):
-            return self.torch_module(c)
-        if isinstance(c, ir.SequentialCtor):
-            mods = [self.module(i) for i in c.items]
-            if c.names:
-                return nn.Sequential(OrderedDict(zip(c.names, mods, strict=False)))
-            return nn.Sequential(*mods)
-        if isinstance(c, ir.RepeatCtor):
-            last = len(c.items) - 1
-            return nn.Sequential(*(self.module(c.items[min(i, last)]) for i in range(c.count)))
-        if isinstance(c, ir.ModelCtor):
-            return self.model(c.instance.layers, c.instance.ties)
-        raise TypeError(f"unknown constructor {c!r}")  # pragma: no cover
+    def add_tensor(self, root: nn.Module, name: str, c: ir.TensorCtor) -> None:
+        value = torch.empty(c.shape, dtype=getattr(torch, c.dtype), device="meta")
+        if c.role == "parameter":
+            root.register_parameter(name, nn.Parameter(value, c.requires_grad))
+        else:
+            root.register_buffer(name, value, persistent=c.persistent)
 
     def torch_module(self, c: ir.TorchCtor) -> nn.Module:
         short = c.cls.rsplit(".", 1)[-1]
