@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from specc import ir
 from specc.errors import SpecNameError, SpecTypeError, did_you_mean
-from specc.training.config import CallSpec, DataConfig, TrainConfig, train_config
+from specc.training.config import CallSpec, DataConfig, DataRef, TrainConfig, train_config
 from specc.values import literal, loc
 
 METRICS = ("accuracy", "top5", "loss")
@@ -101,7 +101,7 @@ class InitPlan:
 class DatasetPlan:
     split: Literal["train", "val", "test"]
     name: str
-    kind: Literal["digits", "tensor_file", "torchvision"]
+    kind: Literal["digits", "tensor_file", "text_file", "python_docs", "torchvision"]
     cls: type | None  # the torchvision class
     args: tuple[Any, ...]
     kwargs: dict[str, Any]  # without `verify`
@@ -200,13 +200,15 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     mistake a located SpecError. `--set` overrides are applied to `program` before."""
     train, cfg, data = train_config(program, name)
     spans = {f.key: f.span for f in train.fields}
+    data_plan = _data(program, data)
+    cfg = with_data_refs(cfg, data_plan)
     model = _model(program, cfg.model)
     meta = _meta_module(program, model.instance)
     frozen = frozen_names(train, meta)
     metrics, best, higher = _metrics(cfg, spans)
     return TrainPlan(
         model=model,
-        data=_data(program, data),
+        data=data_plan,
         loss=_loss(program, cfg.loss),
         optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
         scheduler=_scheduler(cfg),
@@ -228,6 +230,56 @@ _PLAIN_SETTINGS = (
     "epochs", "max_steps", "log_every", "seed", "precision", "compile", "accumulate",
     "clip_grad_norm", "early_stop", "checkpoint_every", "on_nan", "strategy",
 )  # fmt: skip
+
+
+def model_reads_data(program: ir.Program) -> bool:
+    """Whether the first train block's model takes an argument `data.<attr>` (read from the
+    IR, so a spec without one is never resolved by `check`)."""
+    field = next((f for f in program.trains[0].fields if f.key == "model"), None) \
+        if program.trains else None  # fmt: skip
+    if field is None or not isinstance(field.value, ir.Call):
+        return False
+    return any(
+        isinstance(a, ir.Attribute) and isinstance(a.value, ir.Name) and a.value.id == "data"
+        for a in (*field.value.args, *field.value.kwargs.values())
+    )
+
+
+def train_model(program: ir.Program, name: str | None = None) -> tuple[ModelPlan, CallSpec]:
+    """The train block's model with `data.<attr>` arguments filled in, and its call as
+    written; for `specc check`, which shows the resolved values."""
+    _, cfg, data = train_config(program, name)
+    resolved = with_data_refs(cfg, _data(program, data))
+    return _model(program, resolved.model), cfg.model
+
+
+def data_refs(call: CallSpec) -> list[tuple[str, DataRef]]:
+    """The arguments of `call` written as `data.<attr>` (by keyword or position)."""
+    named = [*((str(i), v) for i, v in enumerate(call.args)), *call.kwargs.items()]
+    return [(k, v) for k, v in named if isinstance(v, DataRef)]
+
+
+def with_data_refs(cfg: TrainConfig, data: DataPlan) -> TrainConfig:
+    """`cfg` with every `data.<attr>` argument of its constructors replaced by the value the
+    training dataset gives (a located DataError when it gives none)."""
+    from specc.training.data import dataset_attribute
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, DataRef):
+            return dataset_attribute(data.train, v.attr, loc(v.span))
+        if isinstance(v, CallSpec):
+            return v.model_copy(
+                update={
+                    "args": [fill(a) for a in v.args],
+                    "kwargs": {k: fill(a) for k, a in v.kwargs.items()},
+                }  # fmt: skip
+            )
+        if isinstance(v, (list, tuple)):
+            return type(v)(fill(i) for i in v)
+        return v
+
+    ctors = ("model", "loss", "optimizer", "scheduler")
+    return cfg.model_copy(update={k: fill(getattr(cfg, k)) for k in ctors})
 
 
 def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
