@@ -144,21 +144,16 @@ def _check_train_model(program, console) -> None:
     from specc.errors import SpecError
     from specc.lang.loader import source_texts
     from specc.shapes.report import model_table
-    from specc.training.plan import data_refs, train_model
+    from specc.training.plan import train_model
 
     if not _train_reads_data(program):
         return
     try:
-        plan, call = train_model(program)
+        plan = train_model(program)
     except SpecError as err:
         raise err.with_source(source_texts(program)) from None
-    params = [p.name for p in program.model(call.name).params]
-
-    def param(key: str) -> str:  # a positional argument's key is its index
-        return params[int(key)] if key.isdigit() else key
-
-    shown = [f"{param(k)}={plan.args[param(k)]} ({ref})" for k, ref in data_refs(call)]
-    console.print(escape(f"train: {call.name}({', '.join(shown)})"))
+    shown = ", ".join(f"{name}={plan.args[name]} ({ref})" for name, ref in plan.from_data)
+    console.print(escape(f"train: {plan.call.name}({shown})"))
     console.print(model_table(plan.instance, _frozen_counts(program, plan.instance)))
 
 

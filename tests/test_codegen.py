@@ -769,6 +769,19 @@ def test_train_case_features_ran(train_runs):
     assert state["fc1.weight"].shape == (32, 4)
 
 
+def test_text_scripts_import_only_their_tokenizer(train_runs, train_generated):
+    """A tokenizer.json script reads its file with `tokenizers`; the char script needs
+    neither `tokenizers` nor a file. Both ruff-clean."""
+    bpe = train_runs["specs"]["text_bpe"].with_suffix(".py")
+    source = bpe.read_text("utf-8")
+    assert "from tokenizers import Tokenizer" in source and "def file_tokens(" in source
+    assert "python_docs_text" not in source and "char_tokens" not in source
+    assert _ruff("check", "--isolated", "--no-cache", str(bpe)).returncode == 0
+    chars = train_generated("chars")
+    assert "tokenizers" not in chars and "read_text" not in chars
+    assert "    # read from the training data: data.vocab_size = " in chars
+
+
 def test_train_needs_the_train_block_model():
     with pytest.raises(UsageError, match="train block's model `DigitsNet`, not `Other`"):
         specc.compile(ROOT / "specs" / "digits.spec", "Other", train=True)

@@ -108,6 +108,14 @@ def _on_device(name: str, ctor: Doc) -> list[str]:
     return [statement(ctor, f"{name} = ", MAIN), f"{name}.to(device)"]
 
 
+def _from_data_comment(plan: TrainPlan) -> list[str]:
+    """`# read from the training data: data.vocab_size = 103`, when the spec wrote that."""
+    if not plan.model.from_data:
+        return []
+    given = ", ".join(f"{ref} = {plan.model.args[name]!r}" for name, ref in plan.model.from_data)
+    return [f"# read from the training data: {given}"]
+
+
 class TrainScript:
     """`compile --train`: the model module, then the data helpers the plan needs,
     `evaluate`, and a `main()` that trains as `specc run` does."""
@@ -140,7 +148,7 @@ class TrainScript:
         call = plan.model.call
         check_identifier(call.name, call.span, "model name")
         model = call_doc(call.name, call.args, call.kwargs, call.span)
-        groups = [_on_device("model", model)]
+        groups = [_from_data_comment(plan) + _on_device("model", model)]
         groups += [self.init_statements(init) for init in plan.inits]
         if plan.frozen:
             groups.append(self.freeze_statements(plan.freeze_patterns))

@@ -48,6 +48,8 @@ class ModelPlan:
     call: CallSpec  # as written: `DigitsNet()`
     args: dict[str, Any]  # bound to the model's parameters
     instance: ir.ModelInstance
+    # parameters written as `data.<attr>`, e.g. (("vocab_size", "data.vocab_size"),)
+    from_data: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,9 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     train, cfg, data = train_config(program, name)
     spans = {f.key: f.span for f in train.fields}
     data_plan = _data(program, data)
+    written = cfg.model
     cfg = with_data_refs(cfg, data_plan)
-    model = _model(program, cfg.model)
+    model = _model(program, cfg.model, written)
     meta = _meta_module(program, model.instance)
     frozen = frozen_names(train, meta)
     metrics, best, higher = _metrics(cfg, spans)
@@ -245,18 +248,12 @@ def model_reads_data(program: ir.Program) -> bool:
     )
 
 
-def train_model(program: ir.Program, name: str | None = None) -> tuple[ModelPlan, CallSpec]:
-    """The train block's model with `data.<attr>` arguments filled in, and its call as
-    written; for `specc check`, which shows the resolved values."""
+def train_model(program: ir.Program, name: str | None = None) -> ModelPlan:
+    """The train block's model with `data.<attr>` arguments filled in from its training
+    dataset (for `specc check`, which shows the values)."""
     _, cfg, data = train_config(program, name)
     resolved = with_data_refs(cfg, _data(program, data))
-    return _model(program, resolved.model), cfg.model
-
-
-def data_refs(call: CallSpec) -> list[tuple[str, DataRef]]:
-    """The arguments of `call` written as `data.<attr>` (by keyword or position)."""
-    named = [*((str(i), v) for i, v in enumerate(call.args)), *call.kwargs.items()]
-    return [(k, v) for k, v in named if isinstance(v, DataRef)]
+    return _model(program, resolved.model, cfg.model)
 
 
 def with_data_refs(cfg: TrainConfig, data: DataPlan) -> TrainConfig:
@@ -292,7 +289,8 @@ def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
     return dict(zip(names, call.args, strict=False)) | call.kwargs
 
 
-def _model(program: ir.Program, call: CallSpec) -> ModelPlan:
+def _model(program: ir.Program, call: CallSpec, written: CallSpec | None = None) -> ModelPlan:
+    """The model `call` makes; `written`: the same call before `data.<attr>` was filled in."""
     from specc.shapes.check import check_model
 
     mdef = program.model(call.name)
@@ -303,7 +301,9 @@ def _model(program: ir.Program, call: CallSpec) -> ModelPlan:
             hint=did_you_mean(call.name, [m.name for m in program.models]),
         )
     args = model_args(mdef, call)
-    return ModelPlan(call, args, check_model(program, call.name, args=args))
+    as_written = model_args(mdef, written) if written is not None else {}
+    from_data = tuple((k, str(v)) for k, v in as_written.items() if isinstance(v, DataRef))
+    return ModelPlan(call, args, check_model(program, call.name, args=args), from_data)
 
 
 def _meta_module(program: ir.Program, instance: ir.ModelInstance) -> Any:

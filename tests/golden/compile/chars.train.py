@@ -73,6 +73,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # Model
+    # read from the training data: data.vocab_size = 103, data.block_size = 64
     model = CharConv(vocab_size=103, block_size=64).to(device)
 
     # Data
