@@ -112,7 +112,7 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
         root = program.sources[0].path
         targets = [m.name for m in program.models if m.file == root and standalone(m)]
         generic = [m.name for m in program.models if m.file == root and not standalone(m)]
-        if not targets:
+        if not targets and not _train_reads_data(program):
             targets = [None]
             generic = []
     for name in targets:
@@ -121,12 +121,40 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
         frozen = _frozen_counts(program, inst)
         console.print(model_table(inst, frozen))
     if not (model or inputs):
+        _check_train_model(program, console)
         for g in generic:
             console.print(
                 f"{g}: generic (parameters or sizes bound at each use); checked "
                 "through the models that use it"
             )
     console.print("ok")
+
+
+def _train_reads_data(program) -> bool:
+    from specc.training.plan import model_reads_data
+
+    return model_reads_data(program)
+
+
+def _check_train_model(program, console) -> None:
+    """The train block's model when it reads the data (`vocab_size = data.vocab_size`): its
+    table, after a line with the values the training dataset gives."""
+    from rich.markup import escape
+
+    from specc.errors import SpecError
+    from specc.lang.loader import source_texts
+    from specc.shapes.report import model_table
+    from specc.training.plan import train_model
+
+    if not _train_reads_data(program):
+        return
+    try:
+        plan = train_model(program)
+    except SpecError as err:
+        raise err.with_source(source_texts(program)) from None
+    shown = ", ".join(f"{name}={plan.args[name]} ({ref})" for name, ref in plan.from_data)
+    console.print(escape(f"train: {plan.call.name}({shown})"))
+    console.print(model_table(plan.instance, _frozen_counts(program, plan.instance)))
 
 
 def _frozen_counts(program, inst) -> dict[str, int] | None:

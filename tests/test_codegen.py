@@ -625,6 +625,9 @@ def train_runs(tmp_path_factory) -> dict:
     shutil.copy(ROOT / "specs" / "custom.py", root / "custom_parts" / "custom.py")
     specs["custom_parts"] = _train_copy(root / "custom_parts", "custom_parts", {})
 
+    specs["chars"] = _train_copy(root / "chars", "chars", {})
+    specs["text_bpe"] = _text_bpe_copy(root / "text_bpe")
+
     folder = root / "case_train"
     write_tensor_files(folder, n=40)
     specs["case_train"] = _train_copy(folder, "case_train", {}, CASE_TRAIN_SPEC)
@@ -638,6 +641,29 @@ def train_runs(tmp_path_factory) -> dict:
     threads = {"OMP_NUM_THREADS": "1"}
     result = _without_specc(_RUN_SCRIPTS, {"jobs": jobs}, cwd=root, env=threads)
     return {"result": result, "specs": specs, "pretrained": pretrained}
+
+
+def _text_bpe_copy(folder: Path) -> Path:
+    """specs/chars.spec on a TextFile of Python's docs tokenised by a small BPE
+    tokenizer.json trained here (absolute paths: compiling reads the text for its
+    vocabulary size)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from specc.training.text import python_docs_text
+
+    folder.mkdir(parents=True)
+    docs = folder / "docs.txt"
+    docs.write_text(python_docs_text()[:80_000], "utf-8")
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train([str(docs)], trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"]))
+    tok.save(str(folder / "bpe.json"))
+    dataset = f'TextFile("{docs}", block_size=32, tokenizer="{folder / "bpe.json"}"'
+    return _train_copy(folder, "text_bpe", {
+        'PythonDocs(block_size=64, split="train")': dataset + ")",
+        'PythonDocs(block_size=64, split="val")': dataset + ', split="val")',
+        "batch_size = 32": "batch_size = 4"},
+        (ROOT / "specs" / "chars.spec").read_text("utf-8"))  # fmt: skip
 
 
 def _ran(train_runs: dict, stem: str) -> tuple[str, Path]:
@@ -694,8 +720,8 @@ def test_train_other_scripts_run(train_runs, stem):
 
 
 # The guarantee: `python <stem>.py` and `specc run <stem>.spec` end with the same weights.
-SAME_AS_RUN = ["custom_parts", "digits", "digits_finetune", "digits_pretrain", "smooth_loss",
-               "two_tower"]  # fmt: skip
+SAME_AS_RUN = ["chars", "custom_parts", "digits", "digits_finetune", "digits_pretrain",
+               "smooth_loss", "text_bpe", "two_tower"]  # fmt: skip
 
 _RUN_SPECS = """\
 import json, os, sys
@@ -741,6 +767,19 @@ def test_train_case_features_ran(train_runs):
     assert "_IncompatibleKeys" in stdout  # init with skip_mismatched: fc2 kept its weights
     state = torch.load(folder / "case_train.pt", weights_only=True)
     assert state["fc1.weight"].shape == (32, 4)
+
+
+def test_text_scripts_import_only_their_tokenizer(train_runs, train_generated):
+    """A tokenizer.json script reads its file with `tokenizers`; the char script needs
+    neither `tokenizers` nor a file. Both ruff-clean."""
+    bpe = train_runs["specs"]["text_bpe"].with_suffix(".py")
+    source = bpe.read_text("utf-8")
+    assert "from tokenizers import Tokenizer" in source and "def file_tokens(" in source
+    assert "python_docs_text" not in source and "char_tokens" not in source
+    assert _ruff("check", "--isolated", "--no-cache", str(bpe)).returncode == 0
+    chars = train_generated("chars")
+    assert "tokenizers" not in chars and "read_text" not in chars
+    assert "    # read from the training data: data.vocab_size = " in chars
 
 
 def test_train_needs_the_train_block_model():

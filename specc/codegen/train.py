@@ -56,7 +56,8 @@ TRAIN_NAMES = frozenset(
         "torchvision", "v2", "DataLoader", "Dataset", "TensorDataset", "Subset", "fnmatch",
         "math", "np", "load_file", "evaluate", "main", "digits_dataset", "load_tensor_file",
         "TransformedDataset", "UnverifiedCIFAR10", "UnverifiedCIFAR100", "as_tensors",
-        "default_collate",
+        "default_collate", "Tokenizer", "read_text", "python_docs_text", "char_tokens",
+        "byte_tokens", "file_tokens", "text_windows",
         # builtins the script calls
         "print", "len", "round", "max", "sorted", "isinstance", "dict", "tuple", "list",
         "enumerate", "any", "zip", "range", "float", "int",
@@ -107,6 +108,14 @@ def _on_device(name: str, ctor: Doc) -> list[str]:
     return [statement(ctor, f"{name} = ", MAIN), f"{name}.to(device)"]
 
 
+def _from_data_comment(plan: TrainPlan) -> list[str]:
+    """`# read from the training data: data.vocab_size = 103`, when the spec wrote that."""
+    if not plan.model.from_data:
+        return []
+    given = ", ".join(f"{ref} = {plan.model.args[name]!r}" for name, ref in plan.model.from_data)
+    return [f"# read from the training data: {given}"]
+
+
 class TrainScript:
     """`compile --train`: the model module, then the data helpers the plan needs,
     `evaluate`, and a `main()` that trains as `specc run` does."""
@@ -139,7 +148,7 @@ class TrainScript:
         call = plan.model.call
         check_identifier(call.name, call.span, "model name")
         model = call_doc(call.name, call.args, call.kwargs, call.span)
-        groups = [_on_device("model", model)]
+        groups = [_from_data_comment(plan) + _on_device("model", model)]
         groups += [self.init_statements(init) for init in plan.inits]
         if plan.frozen:
             groups.append(self.freeze_statements(plan.freeze_patterns))

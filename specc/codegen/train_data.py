@@ -31,6 +31,9 @@ TENSOR_FILE_IMPORTS = {
 }
 # The kinds of tensor file load_tensor_file tells apart, in the order of its branches.
 TENSOR_FILE_ORDER = ("npz", "safetensors", "pt")
+TEXT_KINDS = ("text_file", "python_docs")
+# The script's helper that turns a text into ids, per tokenizer ("file": a tokenizer.json).
+TOKEN_HELPERS = {"char": "char_tokens", "bytes": "byte_tokens", "file": "file_tokens"}
 
 
 def value_doc(v: Any, span: ir.Span | None) -> Doc:
@@ -86,6 +89,8 @@ class DataWriter:
         self.digits = False  # digits_dataset()
         self.tensor_kinds: set[str] = set()  # load_tensor_file() for these kinds of file
         self.transformed = False  # TransformedDataset
+        self.text_sources: set[str] = set()  # read_text(), python_docs_text()
+        self.tokenizers: set[str] = set()  # the TOKEN_HELPERS the script needs
 
     def transform_doc(self, steps: tuple[TransformPlan, ...]) -> Doc | None:
         """`v2.Compose([...])`; None when there are no steps. ToTensor is the classic one:
@@ -133,6 +138,8 @@ class DataWriter:
 
     def builtin_dataset(self, ds: DatasetPlan) -> Doc:
         self.dataset_names.add("TensorDataset")
+        if ds.kind in TEXT_KINDS:
+            return self.text_dataset(ds)
         if ds.kind == "digits":
             self.digits = True
             return call_doc("digits_dataset", ds.args, ds.kwargs, ds.span)
@@ -141,6 +148,29 @@ class DataWriter:
         self.tensor_kinds.add(kind)
         self.imports |= TENSOR_FILE_IMPORTS.get(kind, set())
         return call_doc("load_tensor_file", ds.args, ds.kwargs, ds.span)
+
+    def text_dataset(self, ds: DatasetPlan) -> Doc:
+        """`text_windows(char_tokens(read_text("a.txt")), block_size=..., ...)`: the script
+        tokenises the text itself (no cache) into the ids `specc run` uses."""
+        from specc.training.data import text_arguments
+
+        a = text_arguments(ds)
+        if ds.kind == "text_file":
+            self.text_sources.add("file")
+            source = call_doc("read_text", (a["path"],), {}, ds.span)
+        else:
+            self.text_sources.add("python_docs")
+            source = Text("python_docs_text()")
+        kind = a["tokenizer"] if a["tokenizer"] in TOKEN_HELPERS else "file"
+        self.tokenizers.add(kind)
+        self.imports.add("import numpy as np")
+        extra: tuple = ()
+        if kind == "file":
+            self.imports.add("from tokenizers import Tokenizer")
+            extra = (a["tokenizer"],)
+        tokens = call_doc(TOKEN_HELPERS[kind], extra, {}, ds.span, lead=(source,))
+        options = {k: a[k] for k in ("block_size", "split", "val_fraction")}
+        return call_doc("text_windows", (), options, ds.span, lead=(tokens,))
 
     def section(self) -> tuple[list[str], dict[str, str]]:
         """Transforms, datasets and the val split; returns the statements and, per split,
@@ -224,4 +254,6 @@ class DataWriter:
             # load_tensor_file: one way of reading per kind of file the spec names
             "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
             "transformed": self.transformed,
+            "text_sources": sorted(self.text_sources),
+            "tokenizers": [k for k in TOKEN_HELPERS if k in self.tokenizers],
         }

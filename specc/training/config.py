@@ -25,6 +25,18 @@ class CallSpec(BaseModel):
     span: ir.Span | None = None
 
 
+class DataRef(BaseModel):
+    """`data.vocab_size` in a train block: a property of the training dataset, filled in
+    when the plan is resolved (specc.training.plan)."""
+
+    model_config = ConfigDict(frozen=True)
+    attr: str
+    span: ir.Span | None = None
+
+    def __str__(self) -> str:
+        return f"data.{self.attr}"
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train: CallSpec
@@ -94,6 +106,8 @@ def _value(e: ir.Expr, names: dict[str, Any] | None = None) -> Any:
         return tuple(_value(i) for i in e.items)
     if isinstance(e, ir.Name):
         return e.id
+    if isinstance(e, ir.Attribute) and isinstance(e.value, ir.Name) and e.value.id == "data":
+        return DataRef(attr=e.attr, span=e.span)
     return evaluate(e, names or {})
 
 

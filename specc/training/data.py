@@ -2,8 +2,9 @@
 
 Resolves the names in a spec's ``data`` block (for the train plan) and turns them into
 objects: transforms from
-``torchvision.transforms.v2``, datasets from ``torchvision.datasets`` plus two built-ins
-(``Digits``, ``TensorFile``), and an optional in-memory fast path (``materialize``).
+``torchvision.transforms.v2``, datasets from ``torchvision.datasets`` plus the built-ins
+(``Digits``, ``TensorFile``, and the text datasets ``TextFile`` and ``PythonDocs`` of
+``specc.training.text``), and an optional in-memory fast path (``materialize``).
 Every user-facing problem (missing files, bad checksums, bad arguments, unsafe pickles)
 becomes a ``DataError`` with the dataset name, the path looked at and how to fix it.
 """
@@ -29,11 +30,15 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import v2
 
 from specc.errors import DataError, Location, did_you_mean
+from specc.training import text
 from specc.training.config import CallSpec
 from specc.training.plan import DatasetPlan, TransformPlan
 from specc.values import loc
 
-BUILTIN_DATASETS = ("Digits", "TensorFile")
+BUILTIN_DATASETS = ("Digits", "TensorFile", "TextFile", "PythonDocs")
+TEXT_DATASETS = ("TextFile", "PythonDocs")
+# What `data.<attribute>` in a train block can read from the training dataset.
+DATASET_ATTRIBUTES = ("vocab_size", "block_size")
 TENSOR_FILE_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
 
 # Transforms that draw random numbers although their name does not start with "Random".
@@ -231,12 +236,48 @@ class TensorFileDataset(_TensorBacked):
         self.path = path
 
 
+class TextDataset(_TensorBacked):
+    """Next-token windows of a tokenised text: inputs and targets are int64 ``[block_size]``
+    (views of one tensor of ids); see specc.training.text for how an epoch is cut."""
+
+    def __init__(self, name: str, inputs: torch.Tensor, targets: torch.Tensor,
+                 tokens: text.Tokens) -> None:  # fmt: skip
+        super().__init__(inputs, targets)
+        self.name = name
+        self.vocab_size = tokens.vocab_size
+        self.decode = tokens.decode
+
+
 def _digits_signature(train: bool = True) -> None:
     """Digits(train=True)."""
 
 
 def _tensorfile_signature(path: str, x: str = "x", y: str = "y") -> None:
     """TensorFile(path, x="x", y="y")."""
+
+
+def _textfile_signature(path: str, block_size: int = 256, tokenizer: str = "char",
+                        split: str = "train", val_fraction: float = 0.1) -> None:  # fmt: skip
+    """TextFile(path, block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
+
+
+def _pythondocs_signature(block_size: int = 256, tokenizer: str = "char", split: str = "train",
+                          val_fraction: float = 0.1) -> None:  # fmt: skip
+    """PythonDocs(block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
+
+
+_BUILTIN_SIGNATURES: dict[str, Callable] = {
+    "Digits": _digits_signature,
+    "TensorFile": _tensorfile_signature,
+    "TextFile": _textfile_signature,
+    "PythonDocs": _pythondocs_signature,
+}
+_BUILTIN_KINDS = {
+    "Digits": "digits",
+    "TensorFile": "tensor_file",
+    "TextFile": "text_file",
+    "PythonDocs": "python_docs",
+}
 
 
 def _bind(name: str, fn: Callable, args: list, kwargs: dict, location) -> inspect.BoundArguments:
@@ -460,7 +501,7 @@ def _torchvision_class(name: str, location) -> type:
     cls = getattr(tv_datasets, name, None) if name in tv_datasets.__all__ else None
     if not (isinstance(cls, type) and issubclass(cls, Dataset)) or name == "VisionDataset":
         raise DataError(
-            f"unknown dataset `{name}`: it is neither a built-in (Digits, TensorFile) "
+            f"unknown dataset `{name}`: it is neither a built-in ({', '.join(BUILTIN_DATASETS)}) "
             "nor a dataset class in torchvision.datasets",
             location,
             hint=did_you_mean(name, _dataset_names())
@@ -592,11 +633,10 @@ def _resolve_dataset(split: str, name: str, args: list, kwargs: dict, location,
             location,
         )
     if name in BUILTIN_DATASETS:
-        signature = _digits_signature if name == "Digits" else _tensorfile_signature
-        bound = _bind(name, signature, args, kwargs, location)
+        bound = _bind(name, _BUILTIN_SIGNATURES[name], args, kwargs, location)
         _check_builtin(name, bound.arguments, location)
-        kind = "digits" if name == "Digits" else "tensor_file"
-        return DatasetPlan(split, name, kind, None, tuple(args), kwargs, True, span)
+        return DatasetPlan(split, name, _BUILTIN_KINDS[name], None, tuple(args), kwargs, True,
+                           span)  # fmt: skip
     cls = _torchvision_class(name, location)
     verify = kwargs.pop("verify", True)
     if not isinstance(verify, bool):
@@ -623,6 +663,75 @@ def _check_builtin(name: str, arguments: dict, location) -> None:
         )
     if name == "TensorFile":
         _check_tensor_file_args(arguments["path"], arguments["x"], arguments["y"], location)
+    if name in TEXT_DATASETS:
+        _check_text_args(name, arguments, location)
+
+
+def _check_text_args(name: str, arguments: dict, location) -> None:
+    if name == "TextFile" and not isinstance(arguments["path"], (str, os.PathLike)):
+        raise DataError(
+            f"TextFile: `path` must be a string, got {type(arguments['path']).__name__}",
+            location,
+        )
+    text.check_tokenizer(arguments["tokenizer"], name, location)
+    text.check_window_args(arguments["block_size"], arguments["split"],
+                           arguments["val_fraction"], name, location)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- text
+
+
+def text_arguments(ds: DatasetPlan, location: Location | None = None) -> dict[str, Any]:
+    """A text dataset's arguments by name, defaults filled in."""
+    return _bind(ds.name, _BUILTIN_SIGNATURES[ds.name], list(ds.args), ds.kwargs,
+                 location or loc(ds.span)).arguments  # fmt: skip
+
+
+def text_tokens(ds: DatasetPlan, location: Location | None = None) -> text.Tokens:
+    """The tokens of a text dataset's whole text (both splits): TextFile's from the cache
+    beside its file when fresh, PythonDocs' tokenised anew (it is small)."""
+    location = location or loc(ds.span)
+    a = text_arguments(ds, location)
+    if ds.kind == "text_file":
+        return text.file_token_ids(a["path"], a["tokenizer"], "TextFile", location)[0]
+    return text.tokenize(text.python_docs_text(), a["tokenizer"], location)
+
+
+def _open_text(ds: DatasetPlan, transform, location: Location | None) -> TextDataset:
+    if transform is not None:
+        raise DataError(
+            f"dataset `{ds.name}` gives token ids: transforms do not apply to it",
+            location,
+            hint="remove `transform` and `train_transform` from the data block",
+        )
+    a = text_arguments(ds, location)
+    tokens = text_tokens(ds, location)
+    ids = text.split_ids(tokens.ids, a["split"], a["val_fraction"])
+    what = f"{ds.name}(split={a['split']!r})"
+    text.check_enough_tokens(len(ids), a["block_size"], what, location)
+    inputs, targets = text.windows(ids, a["block_size"])
+    return TextDataset(ds.name, inputs, targets, tokens)
+
+
+def dataset_attribute(ds: DatasetPlan, attr: str, location: Location | None) -> Any:
+    """`data.<attr>` of a train block: a property of its training dataset, known at plan
+    time (the vocabulary size reads the text, or its fresh token cache)."""
+    if attr not in DATASET_ATTRIBUTES:
+        raise DataError(
+            f"datasets have no attribute `{attr}`",
+            location,
+            hint=did_you_mean(attr, DATASET_ATTRIBUTES)
+            or f"available: {', '.join(f'data.{a}' for a in DATASET_ATTRIBUTES)}",
+        )
+    if ds.name not in TEXT_DATASETS:
+        raise DataError(
+            f"`data.{attr}`: the training dataset `{ds.name}` is not a text dataset",
+            location,
+            hint=f"data.{attr} is known for {' and '.join(TEXT_DATASETS)}",
+        )
+    if attr == "block_size":
+        return text_arguments(ds, location)["block_size"]
+    return text_tokens(ds).vocab_size  # a problem with the text is located at the dataset
 
 
 def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None = None):
@@ -634,6 +743,8 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
       ``(float32 [1, 8, 8] in [0, 1], int64 label)``.
     - ``TensorFile(path, x="x", y="y")``: a .pt (loaded with ``weights_only=True``), .npz
       (no pickles) or .safetensors file with inputs and labels.
+    - ``TextFile(path, ...)`` and ``PythonDocs(...)``: next-token windows of a text
+      (specc.training.text): samples are ``(int64 [block_size], int64 [block_size])``.
     - anything else: the class of that name in ``torchvision.datasets``, called with
       ``args``/``kwargs`` and ``transform=``. ``verify=False`` (default True) skips
       torchvision's MD5 checks of CIFAR10/CIFAR100 files; MNIST/FashionMNIST/KMNIST raw
@@ -646,6 +757,8 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
     if ds.kind == "tensor_file":
         a = _bind(ds.name, _tensorfile_signature, list(ds.args), ds.kwargs, location).arguments
         return _load_tensor_file(a["path"], a["x"], a["y"], transform, location)
+    if ds.kind in ("text_file", "python_docs"):
+        return _open_text(ds, transform, location)
     cls = _UNVERIFIED.get(ds.cls, ds.cls) if not ds.verify else ds.cls
     kwargs = dict(ds.kwargs) | ({"transform": transform} if transform is not None else {})
     bound = _bind(ds.name, cls, list(ds.args), kwargs, location)
@@ -773,6 +886,8 @@ def materialize(
         return None
     if n == 0:
         return None
+    if isinstance(dataset, TextDataset):  # targets are windows, not one label per sample
+        return dataset.data, dataset.targets
     if isinstance(dataset, _TensorBacked) and dataset.transform is None:
         labels = _label_tensor(dataset.targets)
         if labels is None or not _fits(dataset.data[0], n, max_bytes):

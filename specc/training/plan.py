@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from specc import ir
 from specc.errors import SpecNameError, SpecTypeError, did_you_mean
-from specc.training.config import CallSpec, DataConfig, TrainConfig, train_config
+from specc.training.config import CallSpec, DataConfig, DataRef, TrainConfig, train_config
 from specc.values import literal, loc
 
 METRICS = ("accuracy", "top5", "loss")
@@ -48,6 +48,8 @@ class ModelPlan:
     call: CallSpec  # as written: `DigitsNet()`
     args: dict[str, Any]  # bound to the model's parameters
     instance: ir.ModelInstance
+    # parameters written as `data.<attr>`, e.g. (("vocab_size", "data.vocab_size"),)
+    from_data: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class InitPlan:
 class DatasetPlan:
     split: Literal["train", "val", "test"]
     name: str
-    kind: Literal["digits", "tensor_file", "torchvision"]
+    kind: Literal["digits", "tensor_file", "text_file", "python_docs", "torchvision"]
     cls: type | None  # the torchvision class
     args: tuple[Any, ...]
     kwargs: dict[str, Any]  # without `verify`
@@ -200,13 +202,16 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     mistake a located SpecError. `--set` overrides are applied to `program` before."""
     train, cfg, data = train_config(program, name)
     spans = {f.key: f.span for f in train.fields}
-    model = _model(program, cfg.model)
+    data_plan = _data(program, data)
+    written = cfg.model
+    cfg = with_data_refs(cfg, data_plan)
+    model = _model(program, cfg.model, written)
     meta = _meta_module(program, model.instance)
     frozen = frozen_names(train, meta)
     metrics, best, higher = _metrics(cfg, spans)
     return TrainPlan(
         model=model,
-        data=_data(program, data),
+        data=data_plan,
         loss=_loss(program, cfg.loss),
         optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
         scheduler=_scheduler(cfg),
@@ -230,6 +235,50 @@ _PLAIN_SETTINGS = (
 )  # fmt: skip
 
 
+def model_reads_data(program: ir.Program) -> bool:
+    """Whether the first train block's model takes an argument `data.<attr>` (read from the
+    IR, so a spec without one is never resolved by `check`)."""
+    field = next((f for f in program.trains[0].fields if f.key == "model"), None) \
+        if program.trains else None  # fmt: skip
+    if field is None or not isinstance(field.value, ir.Call):
+        return False
+    return any(
+        isinstance(a, ir.Attribute) and isinstance(a.value, ir.Name) and a.value.id == "data"
+        for a in (*field.value.args, *field.value.kwargs.values())
+    )
+
+
+def train_model(program: ir.Program, name: str | None = None) -> ModelPlan:
+    """The train block's model with `data.<attr>` arguments filled in from its training
+    dataset (for `specc check`, which shows the values)."""
+    _, cfg, data = train_config(program, name)
+    resolved = with_data_refs(cfg, _data(program, data))
+    return _model(program, resolved.model, cfg.model)
+
+
+def with_data_refs(cfg: TrainConfig, data: DataPlan) -> TrainConfig:
+    """`cfg` with every `data.<attr>` argument of its constructors replaced by the value the
+    training dataset gives (a located DataError when it gives none)."""
+    from specc.training.data import dataset_attribute
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, DataRef):
+            return dataset_attribute(data.train, v.attr, loc(v.span))
+        if isinstance(v, CallSpec):
+            return v.model_copy(
+                update={
+                    "args": [fill(a) for a in v.args],
+                    "kwargs": {k: fill(a) for k, a in v.kwargs.items()},
+                }  # fmt: skip
+            )
+        if isinstance(v, (list, tuple)):
+            return type(v)(fill(i) for i in v)
+        return v
+
+    ctors = ("model", "loss", "optimizer", "scheduler")
+    return cfg.model_copy(update={k: fill(getattr(cfg, k)) for k in ctors})
+
+
 def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
     if len(call.args) > len(mdef.params):
         raise SpecTypeError(
@@ -240,7 +289,8 @@ def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
     return dict(zip(names, call.args, strict=False)) | call.kwargs
 
 
-def _model(program: ir.Program, call: CallSpec) -> ModelPlan:
+def _model(program: ir.Program, call: CallSpec, written: CallSpec | None = None) -> ModelPlan:
+    """The model `call` makes; `written`: the same call before `data.<attr>` was filled in."""
     from specc.shapes.check import check_model
 
     mdef = program.model(call.name)
@@ -251,7 +301,9 @@ def _model(program: ir.Program, call: CallSpec) -> ModelPlan:
             hint=did_you_mean(call.name, [m.name for m in program.models]),
         )
     args = model_args(mdef, call)
-    return ModelPlan(call, args, check_model(program, call.name, args=args))
+    as_written = model_args(mdef, written) if written is not None else {}
+    from_data = tuple((k, str(v)) for k, v in as_written.items() if isinstance(v, DataRef))
+    return ModelPlan(call, args, check_model(program, call.name, args=args), from_data)
 
 
 def _meta_module(program: ir.Program, instance: ir.ModelInstance) -> Any:
