@@ -108,6 +108,29 @@ __all__ = [
     "compile",
     "gc_paused",
     "load",
+    "sample",
     "train",
     "train_plan",
 ]
+
+
+def sample(
+    source: Any,
+    ckpt: Any,
+    prompt: str = "\n",
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    stream: Any = None,
+) -> str:
+    """Continue `prompt` with the model of checkpoint `ckpt` (a spec trained on a text
+    dataset); returns the prompt and its continuation, also written to `stream` as drawn."""
+    from pathlib import Path
+
+    from specc.training.sample import SampleSettings, sample_checkpoint
+
+    settings = SampleSettings(max_new_tokens, temperature, top_k, seed)
+    return sample_checkpoint(load(source), Path(ckpt), prompt, settings, overrides, stream)

@@ -346,6 +346,33 @@ def eval_cmd(
     evaluate_checkpoint(program, ckpt, overrides=set_)
 
 
+@app.command("sample")
+def sample_cmd(
+    spec: SpecPath,
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint of the trained model.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "\n",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="How many tokens to draw.")
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Below 1: safer; above 1: wilder.")
+    ] = 1.0,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Draw only from the k likeliest tokens.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draws.")] = 0,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")] = [],  # noqa: B006
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Continue a prompt with a language model trained on a text dataset, streaming it."""
+    from specc.lang.loader import load
+    from specc.training.sample import SampleSettings, sample_checkpoint
+
+    program = load(spec, plugins=not no_plugins)
+    settings = SampleSettings(max_new_tokens, temperature, top_k, seed)
+    sample_checkpoint(program, ckpt, prompt, settings, overrides=set_, stream=sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning user errors into exit code 2."""
     try:

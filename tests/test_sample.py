@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+import specc
+from specc.cli import main
 from specc.errors import UsageError
+from specc.training import checkpoint
+from specc.training.build import build_model
 from specc.training.sample import SampleSettings, generate
 
 
@@ -63,3 +67,68 @@ def test_bad_settings_are_usage_errors(settings, flag):
     with pytest.raises(UsageError) as exc:
         settings.check()
     assert exc.value.message.startswith(flag)
+
+
+BIGRAM = """
+model Bigram(vocab_size: int, block_size: int = 8) {
+    table = Embedding(vocab_size, vocab_size)
+    forward(idx: [block_size] long) {
+        return table(idx)                      # (B, T, vocab) logits
+    }
+}
+data docs {
+    train      = PythonDocs(block_size=8)
+    batch_size = 4
+}
+train {
+    model     = Bigram(vocab_size = data.vocab_size)
+    data      = docs
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+}
+"""
+
+
+@pytest.fixture
+def bigram(tmp_path):
+    """A spec trained on PythonDocs' characters and a checkpoint of its (untrained) model."""
+    spec = tmp_path / "bigram.spec"
+    spec.write_text(BIGRAM)
+    torch.manual_seed(0)
+    program = specc.load(spec)
+    state = build_model(program, specc.train_plan(program)).state_dict()
+    checkpoint.save({"model": state}, tmp_path / "ckpt.pt")
+    return spec, tmp_path / "ckpt.pt"
+
+
+def test_sample_streams_the_prompt_and_its_continuation(bigram, capsys):
+    spec, ckpt = bigram
+    assert main(["sample", str(spec), "--ckpt", str(ckpt), "--prompt", "The ",
+                 "--max-new-tokens", "30", "--seed", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("The ") and out.endswith("\n")
+    again = specc.sample(spec, ckpt, "The ", max_new_tokens=30, seed=1)
+    assert out == again + "\n"  # the stream is the text, token by token
+    assert len(again) == 34  # characters: one token each
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "snow ☃"], "character '☃' (at position 5) is not in the vocabulary"),
+        (["--prompt", ""], "the prompt is empty"),
+        (["--temperature", "0"], "--temperature must be a number > 0"),
+    ],
+)
+def test_sample_mistakes_are_clear_errors(bigram, capsys, args, message):
+    spec, ckpt = bigram
+    assert main(["sample", str(spec), "--ckpt", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_sample_needs_a_checkpoint_that_fits(bigram, tmp_path, capsys):
+    spec, _ = bigram
+    checkpoint.save({"model": {"table.weight": torch.zeros(3, 3)}}, tmp_path / "other.pt")
+    assert main(["sample", str(spec), "--ckpt", str(tmp_path / "other.pt")]) == 2
+    assert "does not fit model `Bigram`" in capsys.readouterr().err

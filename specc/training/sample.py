@@ -7,12 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specc.errors import UsageError
+from specc import ir
+from specc.errors import CheckpointError, DataError, SpecError, UsageError
+from specc.lang.loader import source_texts
+from specc.training import checkpoint
+from specc.training.build import build_model, pick_device
+from specc.training.config import apply_overrides
+from specc.training.data import text_tokens
+from specc.training.plan import TrainPlan, resolve
+from specc.training.text import Tokens
 
 
 @dataclass(frozen=True)
@@ -67,3 +77,128 @@ def generate(
         if on_token is not None:
             on_token(int(next_id[0, 0]))
     return idx
+
+
+# ---- `specc sample`: a checkpoint of a spec trained on a text dataset -------------------
+
+
+def sample_checkpoint(
+    program: ir.Program,
+    ckpt: Path,
+    prompt: str,
+    settings: SampleSettings,
+    overrides: list[str] | None = None,
+    stream: TextIO | None = None,
+) -> str:
+    """The prompt followed by the text the checkpoint's model writes; with `stream`, each
+    piece is written there as it is drawn."""
+    settings.check()
+    texts = source_texts(program)
+    try:
+        plan = resolve(apply_overrides(program, overrides or []))
+        block_size = _block_size(plan)
+        tokens = _text_tokens(plan)
+        ids = _prompt_ids(prompt, tokens, plan.data.train.name)
+        device = pick_device(plan.device)
+        model = _load_model(program, plan, ckpt).to(device).eval()
+    except SpecError as err:
+        raise err.with_source(texts) from None
+    echo = _Echo(tokens.decode, ids, stream)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = generate(model, idx, block_size, settings, echo.token)
+    echo.finish()
+    return tokens.decode(out[0].tolist())
+
+
+def _block_size(plan: TrainPlan) -> int:
+    """The context a language model reads: its one `[T] long` input's T. Its output must be
+    `[B, T, V]` logits."""
+    inst = plan.model.instance
+    inputs = [t for _, t in inst.inputs]
+    out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
+    ok = (
+        len(inputs) == 1
+        and inputs[0].batched
+        and len(inputs[0].shape) == 1
+        and inputs[0].dtype in ("int64", "int32")
+        and out is not None
+        and out.batched
+        and len(out.shape) == 2
+        and out.shape[0] == inputs[0].shape[0]
+    )
+    if not ok:
+        raise UsageError(
+            f"`specc sample` needs a language model: `{inst.model}` must take token ids "
+            "`[T] long` and return logits `[B, T, vocab]`",
+            hint="a model whose logits are `[B, vocab, T]` can return `x.transpose(1, 2)`",
+        )
+    return int(inputs[0].shape[0])
+
+
+def _text_tokens(plan: TrainPlan) -> Tokens:
+    ds = plan.data.train
+    if ds.kind not in ("text_file", "python_docs"):
+        raise UsageError(
+            f"`specc sample` needs the tokenizer of a text dataset, and the train set is "
+            f"`{ds.name}`",
+            hint="train on TextFile(...) or PythonDocs(...)",
+        )
+    return text_tokens(ds)
+
+
+def _prompt_ids(prompt: str, tokens: Tokens, dataset: str) -> list[int]:
+    if not prompt:
+        raise UsageError("the prompt is empty", hint='give at least one character: --prompt "\\n"')
+    try:
+        ids = tokens.encode(prompt)
+    except KeyError as exc:
+        char = exc.args[0]
+        raise DataError(
+            f"the prompt's character {char!r} (at position {prompt.index(char)}) is not in "
+            f"the vocabulary of `{dataset}` ({tokens.vocab_size} tokens)",
+            hint="the model can only continue text made of the characters it was trained on",
+        ) from None
+    if not ids:
+        raise DataError(f"the tokenizer of `{dataset}` gives no tokens for the prompt")
+    return ids
+
+
+def _load_model(program: ir.Program, plan: TrainPlan, ckpt: Path) -> nn.Module:
+    model = build_model(program, plan)
+    state = checkpoint.load(ckpt)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{ckpt} does not fit model `{plan.model.call.name}`: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    return model
+
+
+class _Echo:
+    """Writes the text as it grows: the prompt, then each token's new characters (decoding
+    the whole sequence, so a character split over several byte tokens comes out whole)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], ids: list[int], out: TextIO | None):
+        self.decode, self.ids, self.out = decode, list(ids), out
+        self.shown = decode(self.ids)
+        if out is not None:
+            out.write(self.shown)
+            out.flush()
+
+    def token(self, token: int) -> None:
+        self.ids.append(token)
+        if self.out is None:
+            return
+        text = self.decode(self.ids)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):  # a whole character
+            self.out.write(text[len(self.shown) :])
+            self.out.flush()
+            self.shown = text
+
+    def finish(self) -> None:
+        if self.out is not None:
+            text = self.decode(self.ids)
+            self.out.write(text[len(self.shown) :] if text.startswith(self.shown) else "")
+            self.out.write("\n")
+            self.out.flush()

@@ -41,6 +41,8 @@ class Tokens:
     ids: np.ndarray  # uint16 or int32, one id per token
     vocab_size: int
     decode: Callable[[list[int]], str]
+    # a string's ids (sampling prompts); a character outside a char vocabulary: KeyError
+    encode: Callable[[str], list[int]]
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -92,17 +94,31 @@ def char_tokens(text: str) -> Tokens:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     points, ids = np.unique(codes, return_inverse=True)  # sorted code points = sorted(set)
     chars = [chr(p) for p in points]
-    return Tokens(ids.astype(_id_dtype(len(chars))), len(chars), _char_decoder(chars))
+    ids = ids.astype(_id_dtype(len(chars)))
+    return Tokens(ids, len(chars), _char_decoder(chars), _char_encoder(chars))
 
 
 def _char_decoder(chars: list[str]) -> Callable[[list[int]], str]:
     return lambda ids: "".join(chars[i] for i in ids)
 
 
+def _char_encoder(chars: list[str]) -> Callable[[str], list[int]]:
+    index = {c: i for i, c in enumerate(chars)}
+    return lambda s: [index[c] for c in s]
+
+
+def _byte_encode(s: str) -> list[int]:
+    return list(s.encode("utf-8"))
+
+
 def byte_tokens(text: str) -> Tokens:
     """One id per UTF-8 byte; the vocabulary is the 256 byte values."""
     ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-    return Tokens(ids, 256, lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    return Tokens(ids, 256, _byte_decode, _byte_encode)
+
+
+def _byte_decode(ids: list[int]) -> str:
+    return bytes(ids).decode("utf-8", errors="replace")
 
 
 def load_tokenizer(path: Path, location: Location | None):
@@ -136,7 +152,14 @@ def file_tokens(text: str, tokenizer) -> Tokens:
     """The ids a Hugging Face tokenizer gives the whole text, without special tokens."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     ids = tokenizer.encode(text, add_special_tokens=False).ids
-    return Tokens(np.asarray(ids, dtype=_id_dtype(vocab_size)), vocab_size, tokenizer.decode)
+    return Tokens(
+        np.asarray(ids, dtype=_id_dtype(vocab_size)), vocab_size, tokenizer.decode,
+        _tokenizer_encoder(tokenizer),
+    )  # fmt: skip
+
+
+def _tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:
+    return lambda s: tokenizer.encode(s, add_special_tokens=False).ids
 
 
 def check_tokenizer(tokenizer: object, what: str, location: Location | None) -> None:
@@ -240,19 +263,22 @@ def file_token_ids(path: str | os.PathLike, tokenizer: str, what: str,
     cached = _read_cache(npy, sidecar, fingerprint)
     if cached is not None:
         ids, meta = cached
-        return Tokens(ids, int(meta["vocab_size"]), _cached_decoder(meta, tokenizer)), True
+        decode, encode = _cached_codec(meta, tokenizer)
+        return Tokens(ids, int(meta["vocab_size"]), decode, encode), True
     tokens = tokenize(text, tokenizer, location)
     vocab = sorted(set(text)) if tokenizer == "char" else None
     _write_cache(npy, sidecar, tokens, fingerprint, vocab)
     return tokens, False
 
 
-def _cached_decoder(meta: dict, tokenizer: str) -> Callable[[list[int]], str]:
+def _cached_codec(meta: dict, tokenizer: str) -> tuple[Callable, Callable]:
+    """Decode and encode for cached ids: the char vocabulary is in the sidecar."""
     if tokenizer == "char":
-        return _char_decoder(meta["chars"])
+        return _char_decoder(meta["chars"]), _char_encoder(meta["chars"])
     if tokenizer == "bytes":
-        return byte_tokens("").decode
-    return load_tokenizer(resolve_path(tokenizer), None).decode
+        return _byte_decode, _byte_encode
+    loaded = load_tokenizer(resolve_path(tokenizer), None)
+    return loaded.decode, _tokenizer_encoder(loaded)
 
 
 # ---- windows --------------------------------------------------------------------------
