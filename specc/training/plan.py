@@ -45,7 +45,7 @@ class Ctor:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    call: CallSpec  # as written: `DigitsNet()`
+    call: CallSpec  # as written: `DigitsNet()` (`data.<attr>` arguments filled in)
     args: dict[str, Any]  # bound to the model's parameters
     instance: ir.ModelInstance
     # parameters written as `data.<attr>`, e.g. (("vocab_size", "data.vocab_size"),)
@@ -269,7 +269,7 @@ def with_data_refs(cfg: TrainConfig, data: DataPlan) -> TrainConfig:
                 update={
                     "args": [fill(a) for a in v.args],
                     "kwargs": {k: fill(a) for k, a in v.kwargs.items()},
-                }  # fmt: skip
+                }
             )
         if isinstance(v, (list, tuple)):
             return type(v)(fill(i) for i in v)
