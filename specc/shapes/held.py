@@ -21,7 +21,7 @@ from torch import nn
 from specc import ir
 from specc.errors import SpecNameError, SpecShapeError, SpecTypeError, did_you_mean
 from specc.registry import dtype_name, init_functions, nn_classes, qualname
-from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line
+from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line, on_meta
 from specc.tensors import fold, tensor_value
 from specc.values import evaluate, literal, loc, to_expr
 
@@ -187,7 +187,7 @@ def _init_rule(inst: Instance, tree: nn.Module, rule: ir.InitRule, held: Held) -
             continue  # meta tensors of one shape fail alike
         tried.add(key)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), on_meta(device=False):
                 fn(tensor, *args, **kwargs)
         except Exception as exc:  # torch.nn.init raises ValueError, RuntimeError, ...
             raise SpecTypeError(
