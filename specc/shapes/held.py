@@ -316,7 +316,7 @@ class ModuleTree:
         args = [literal(a) for a in c.args]
         kwargs = {k: literal(v) for k, v in c.kwargs.items()}
         try:
-            with torch.device("meta"):
+            with on_meta():
                 return cls(*args, **kwargs)
         except Exception:  # a plugin whose code needs real tensors (checked so already)
             with torch.random.fork_rng(devices=[]):  # checking draws nothing the build draws
