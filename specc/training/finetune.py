@@ -15,6 +15,7 @@ import fnmatch
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def read_weights(stmt: InitPlan) -> dict[str, torch.Tensor]:
             hint=f'write it with a trailing slash to read its {FOLDER_WEIGHTS}: "{stmt.path}/"',
         )
     if stmt.file != stmt.path and not path.exists():
-        return _missing_folder_weights(stmt)
+        _missing_folder_weights(stmt)
     try:
         return checkpoint.load(path)["model"]
     except CheckpointError as err:
@@ -98,7 +99,8 @@ def read_weights(stmt: InitPlan) -> dict[str, torch.Tensor]:
                               hint=err.hint) from None  # fmt: skip
 
 
-def _missing_folder_weights(stmt: InitPlan) -> dict[str, torch.Tensor]:
+def _missing_folder_weights(stmt: InitPlan) -> NoReturn:
+    """A located error saying what the folder holds instead of model.safetensors."""
     folder = Path(stmt.file).parent
     if not folder.is_dir():
         raise CheckpointError(f"init from {stmt.path!r}: no such file or folder",
