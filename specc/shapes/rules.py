@@ -36,6 +36,8 @@ def meta_forward(module: Any) -> Any:
 
 def meta_function(qualname: str, fn: Any) -> Any:
     """What runs a function at check time: the function, or its shape rule (`ShapeRule`)."""
+    if SHAPE_RULES and qualname == "torch.arange":
+        return functools.partial(_arange, fn)
     rule = FUNCTION_RULES.get(qualname) if SHAPE_RULES else None
     return fn if rule is None else ShapeRule(fn, rule, qualname in ANY_STRIDES)
 
@@ -66,8 +68,7 @@ class ShapeRule:
             for t in (a if isinstance(a, (list, tuple)) else (a,))  # cat's list of tensors
             if isinstance(t, torch.Tensor)
         ]
-        # a rule of a function without tensor arguments (arange) is asked too
-        if all(_plain(t, tensors[0].dtype, self.any_strides) for t in tensors):
+        if tensors and all(_plain(t, tensors[0].dtype, self.any_strides) for t in tensors):
             try:
                 shape = self.rule(*args, **kwargs)
             except Exception:  # arguments the rule cannot read (a bad call): torch says why
@@ -403,20 +404,21 @@ def _attention(
     return (*q[:3], v[3])
 
 
-def _arange(*args: Any, dtype: Any = None, device: Any = None, **rest: Any) -> Any:
-    """`arange(end)`, `arange(start, end[, step])` of ints on meta: an int64 (or `dtype`)
-    meta tensor of ceil((end - start) / step) items, without torch's reference
-    implementation (whose first call imports sympy: about 1 s)."""
-    if rest or not all(_int(a) for a in args) or not 1 <= len(args) <= 3:
-        return None
-    if device is not None and torch.device(device).type != "meta":
-        return None
-    if device is None and torch.empty(0).device.type != "meta":  # not under a meta device
-        return None
-    start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
-    if step == 0 or (end - start) * step < 0 or not (dtype is None or dtype == torch.int64):
-        return None
-    return torch.empty(-(-(end - start) // step), dtype=torch.int64, device="meta")
+def _arange(real: Any, *args: Any, dtype: Any = None, device: Any = None, **rest: Any) -> Any:
+    """`arange(end)`, `arange(start, end[, step])` of ints on meta: an int64 meta tensor of
+    ceil((end - start) / step) items, without torch's reference implementation (whose first
+    call imports sympy: about 1 s). Not a `ShapeRule`: it takes no tensor. Anything else
+    (floats, a dtype, another device, a wrong direction) goes to torch."""
+    on_meta = (
+        torch.empty(0).device.type == "meta"
+        if device is None
+        else (torch.device(device).type == "meta")
+    )
+    if on_meta and not rest and dtype in (None, torch.int64) and 1 <= len(args) <= 3:
+        start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+        if all(_int(v) for v in (start, end, step)) and step and (end - start) * step >= 0:
+            return torch.empty(-(-(end - start) // step), dtype=torch.int64, device="meta")
+    return real(*args, dtype=dtype, device=device, **rest)
 
 
 def _embedding(m: nn.Embedding, input: Any) -> Any:
@@ -481,7 +483,6 @@ LAYER_RULES: dict[type, Any] = {
 FUNCTION_RULES: dict[str, Any] = {
     "torch.cat": _cat,
     "torch.nn.functional.scaled_dot_product_attention": _attention,
-    "torch.arange": _arange,
     **{
         f"torch.nn.functional.{name}": rule
         for rule, names in (
