@@ -300,6 +300,20 @@ MISTAKES = {
     "init_unknown_option": (spec_text('    init from "net.pt" (strip=True)'),
                             ("(strip=True)", "True"),
                             "init has no option `strip`", "did you mean `strict`?"),
+    "init_transpose_matches_nothing": (
+        spec_text('    init from "net.pt" (transpose=["*.c_fc.weight"])'), '["*.c_fc.weight"]',
+        "init: transpose pattern '*.c_fc.weight' matches no key of the model",
+        "patterns name the model's keys, such as backbone.1.weight, backbone.1.bias, "
+        "head.weight"),
+    "init_transpose_a_bias": (spec_text('    init from "net.pt" (transpose="head.*")'),
+                              '"head.*"', "init: transpose pattern 'head.*' matches "
+                              "`head.bias`, a 1-D tensor; only 2-D weights can be transposed",
+                              "name the 2-D ones alone, e.g. 'head.weight'"),
+    "init_ignore_not_patterns": (spec_text('    init from "net.pt" (ignore=3)'), ("ignore=3", "3"),
+                                 "init: `ignore` takes a list of key patterns, not 3",
+                                 'for example ignore=["*.attn.bias"]'),
+    "init_strict_not_a_bool": (spec_text('    init from "net.pt" (strict="yes")'), '"yes"',
+                               "init: `strict` is True or False, not 'yes'", ""),
     "init_missing_sub_module": (spec_text('    init bakbone from "net.pt"'),
                                 'init bakbone from "net.pt"',
                                 "init: the model has no sub-module `bakbone`",

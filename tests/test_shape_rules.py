@@ -62,7 +62,7 @@ def compare(real: Any, hooked: Any, *args: Any, **kwargs: Any) -> str:
             want, refused = real(*args, **kwargs), None
         except Exception as exc:  # torch refuses calls with several exception types
             want, refused = None, exc
-    rule = shapes.ShapeRule(_decline, hooked.rule)
+    rule = shapes.ShapeRule(_decline, hooked.rule, hooked.any_strides)
     try:
         got = rule(*args, **kwargs)
     except _NotCovered:
@@ -572,6 +572,58 @@ def test_cat_cases():
     assert compare(real, hooked, [meta((2, 3)), meta((2, 3))], 0, out=meta((4, 3))) != "covered"
 
 
+# ---- GPT-2's calls: attention, positions, token embeddings -----------------------------
+
+
+def _heads(b: int, h: int, t: int, e: int, transposed: bool = False) -> torch.Tensor:
+    """(b, h, t, e), or the same shape split from one projection: (b, t, h, e) transposed."""
+    return meta((b, t, h, e)).transpose(1, 2) if transposed else meta((b, h, t, e))
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "v", "kwargs", "status"),
+    [
+        ((2, 4, 16, 8, True),) * 3 + ({"is_causal": True}, "covered"),
+        ((2, 4, 16, 8), (2, 4, 10, 8), (2, 4, 10, 6), {}, "covered"),
+        ((2, 4, 16, 8), (2, 4, 10, 8), (2, 4, 10, 6), {"dropout_p": 0.1, "scale": 0.5}, "covered"),
+        ((2, 4, 16, 8), (2, 4, 10, 8), (2, 4, 9, 6), {}, "torch refuses"),
+        ((2, 4, 16, 8), (2, 4, 10, 7), (2, 4, 10, 6), {}, "torch refuses"),
+        ((2, 4, 16, 8), (2, 2, 16, 8), (2, 2, 16, 8), {"enable_gqa": True}, "declined"),
+        ((2, 4, 16, 8), (2, 4, 16, 8), (2, 4, 16, 8), {"is_causal": 1}, "torch refuses"),
+    ],
+)
+def test_attention_matches_torch(q, k, v, kwargs, status):
+    real, hooked = function("scaled_dot_product_attention")
+    assert compare(real, hooked, _heads(*q), _heads(*k), _heads(*v), **kwargs) == status
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((16,), {}), ((2, 17, 3), {}), ((5, 5), {}), ((9, 0, -2), {}), ((4.0,), {}),
+     ((4,), {"dtype": torch.float32}), ((5, 1), {})],
+)  # fmt: skip
+def test_arange_matches_torch(args, kwargs):
+    hooked = shapes.meta_function("torch.arange", torch.arange)
+    try:
+        want = torch.arange(*args, device="meta", **kwargs)
+    except RuntimeError:  # a range in the wrong direction: torch's own error
+        with pytest.raises(RuntimeError):
+            hooked(*args, device="meta", **kwargs)
+        return
+    got = hooked(*args, device="meta", **kwargs)
+    assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device)
+
+
+def test_embedding_of_indices_matches_torch():
+    emb = layer(nn.Embedding, 100, 8)
+    tokens = meta((2, 16), torch.int64)
+    for idx in (tokens, tokens.t(), meta((3,), torch.int64)):
+        got, want = shapes.meta_forward(emb)(idx), emb(idx)
+        assert (got.shape, got.dtype, got.stride()) == (want.shape, want.dtype, want.stride())
+    with pytest.raises(RuntimeError):  # float indices: torch's own error
+        shapes.meta_forward(emb)(meta((2, 16)))
+
+
 # ---- what rules never see ------------------------------------------------------------------
 
 
@@ -622,7 +674,9 @@ def test_switch_turns_every_rule_off(monkeypatch):
 # ---- real specs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["cifar_net", "tower", "digits", "mnist_convnet", "two_tower"])
+@pytest.mark.parametrize(
+    "spec", ["cifar_net", "tower", "digits", "mnist_convnet", "two_tower", "gpt2"]
+)
 def test_checking_real_specs_imports_no_sympy_or_dynamo(spec):
     code = (
         "import sys, specc; specc.check({!r}); "

@@ -410,7 +410,7 @@ class ModuleWriter:
             used.add(e.id)
             return Text(f"self.{e.id}", PREC_PRIMARY, "attr")
 
-        values = Exprs(name, _no_hole, _no_ref)
+        values = Exprs(name, _no_hole, _no_ref, self.uses)  # sqrt() needs `import math`
         check_attribute(rule.func, rule.func_span, "init function")
         if rule.glob is not None:
             self.uses["fnmatch"] = True

@@ -68,6 +68,7 @@ TRAIN_NAMES = frozenset(
         "state", "own", "name", "param", "loss_fn", "optimizer", "scheduler", "warmup",
         "steps_per_epoch", "scaler", "step", "epoch", "running_loss", "i", "inputs", "labels",
         "outputs", "loss", "bad_epochs", "best_state", "k", "v", "p", "x", "other_params",
+        "ignored", "transposed", "alias", "source",
         *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in ("loss", "accuracy", "top5")),
     }
 )  # fmt: skip
@@ -160,9 +161,9 @@ class TrainScript:
         """`init [target] from "file" (options)`: the checkpoint's weights, mapped onto the
         target's keys as the runner maps them, loaded with `load_state_dict`."""
         target = _module_path("model", init.target) if init.target else "model"
-        path = literal_doc(init.path)
+        path = literal_doc(init.file)
         out = [f"# init {init.target or 'the model'}"]
-        if init.path.lower().endswith(".safetensors"):
+        if init.file.lower().endswith(".safetensors"):
             self.imports.add("from safetensors.torch import load_file")
             out.append(statement(Brackets("load_file", (path,)), "state = ", MAIN))
         else:
@@ -181,6 +182,14 @@ class TrainScript:
         if init.target and not (init.strip_prefix or init.add_prefix):
             strip = self.strip_prefix(init.target + ".", MAIN + 4)
             out.append(block_of("take_submodule_weights", target, init.target, strip))
+        if init.ignore:
+            out += self.ignore_statements(init.ignore, target)
+        if init.transpose:
+            out += self.transpose_statements(init.transpose)
+        if init.ties:
+            pairs = tuple(Brackets("", (literal_doc(a), literal_doc(b))) for a, b in init.ties)
+            ties = Brackets("", pairs, "[", "]", display=True)
+            out.append(block_of("fill_ties", self.condition(ties, "for alias, source in", MAIN)))
         if init.skip_mismatched:
             keep = "k not in own or v.shape == own[k].shape"
             out += [
@@ -193,6 +202,34 @@ class TrainScript:
         else:
             out.append(f"print({target}.load_state_dict(state, strict=False))")
         return out
+
+    def patterns_statement(self, name: str, patterns: tuple[str, ...]) -> str:
+        """`name = ["*.c_attn.weight", ...]`: the fnmatch patterns of an init option."""
+        self.imports.add("import fnmatch")
+        items = tuple(literal_doc(p) for p in patterns)
+        return statement(Brackets("", items, "[", "]", display=True), f"{name} = ", MAIN)
+
+    def ignore_statements(self, patterns: tuple[str, ...], target: str) -> list[str]:
+        """`ignore=`: the file's matching keys are dropped, the model's keep their tensors."""
+        hit = "any(fnmatch.fnmatchcase(k, p) for p in ignored)"
+        own = Comp("", Text("k: v"), "for k, v in own.items()", more=(f"if {hit}",),
+                   open="{", close="}")  # fmt: skip
+        return [
+            "# ignore=: these keys are left out of the file; the model keeps its own",
+            self.patterns_statement("ignored", patterns),
+            f"own = {target}.state_dict()",
+            statement(self.dict_comp("k: v", f"not {hit}"), "state = ", MAIN),
+            statement(own, "state |= ", MAIN),
+        ]
+
+    def transpose_statements(self, patterns: tuple[str, ...]) -> list[str]:
+        """`transpose=`: tensors stored as [in, out] (HF's Conv1D), Linear's are [out, in]."""
+        hit = "any(fnmatch.fnmatchcase(k, p) for p in transposed)"
+        return [
+            "# transpose=: stored as [in, out] (HF's Conv1D); Linear's weight is [out, in]",
+            self.patterns_statement("transposed", patterns),
+            statement(self.dict_comp(f"k: v.t() if {hit} else v"), "state = ", MAIN),
+        ]
 
     @staticmethod
     def dict_comp(elt: str, condition: str | None = None) -> Doc:
@@ -234,10 +271,10 @@ class TrainScript:
         return "get_parameter" if pattern in self.parameters else "get_submodule"
 
     @staticmethod
-    def condition(test: Doc, keyword: str = "if") -> str:
-        """`test` laid out as the condition of an `if` (or `elif`) in a loop in `main()`:
-        what goes between the keyword and `:`, continuation lines relative to the keyword."""
-        base = MAIN + 4
+    def condition(test: Doc, keyword: str = "if", base: int = MAIN + 4) -> str:
+        """`test` laid out as the condition of an `if` (or `elif`) in a loop in `main()`
+        (or of a `for` at `base`): what goes between the keyword and `:`, continuation
+        lines relative to the keyword."""
         lines = layout(test, " " * base, f"{keyword} ", ":")
         text = block(lines, base).removeprefix(f"{keyword} ").removesuffix(":")
         return text.replace("\n" + " " * base, "\n")

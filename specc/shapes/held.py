@@ -21,7 +21,7 @@ from specc import ir
 from specc.construct import Constructor
 from specc.errors import SpecNameError, SpecShapeError, SpecTypeError, did_you_mean
 from specc.registry import dtype_name, init_functions, nn_classes, qualname
-from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line
+from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, first_line, on_meta
 from specc.tensors import fold, tensor_value
 from specc.values import evaluate, literal, loc, to_expr
 
@@ -187,7 +187,7 @@ def _init_rule(inst: Instance, tree: nn.Module, rule: ir.InitRule, held: Held) -
             continue  # meta tensors of one shape fail alike
         tried.add(key)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), on_meta(device=False):
                 fn(tensor, *args, **kwargs)
         except Exception as exc:  # torch.nn.init raises ValueError, RuntimeError, ...
             raise SpecTypeError(
@@ -305,7 +305,7 @@ class ModuleTree(Constructor):
         args = [literal(a) for a in c.args]
         kwargs = {k: literal(v) for k, v in c.kwargs.items()}
         try:
-            with torch.device("meta"):
+            with on_meta():
                 return cls(*args, **kwargs)
         except Exception:  # a plugin whose code needs real tensors (checked so already)
             with torch.random.fork_rng(devices=[]):  # checking draws nothing the build draws

@@ -15,7 +15,15 @@ from specc.registry import HOLE_DIMS, HOLE_WORDS, TENSOR_CTORS, accepts, qualnam
 from specc.shapes.held import held_tensor
 from specc.shapes.inputs import bind_model_args
 from specc.shapes.memo import sig
-from specc.shapes.meta import MAX_PARAM_BYTES, bytes_text, dim_text, first_line, fit, shape_text
+from specc.shapes.meta import (
+    MAX_PARAM_BYTES,
+    bytes_text,
+    dim_text,
+    first_line,
+    fit,
+    on_meta,
+    shape_text,
+)
 from specc.shapes.probes import Probes, apply, first
 from specc.shapes.rules import meta_forward
 from specc.values import evaluate, loc, to_expr, truth
@@ -398,7 +406,7 @@ class LayerMaker:
         if cached is not None:
             return cached  # same class, same arguments: one meta instance serves all
         try:
-            with torch.device("meta"):
+            with on_meta():
                 module = cls(*args, **kwargs)
         except Exception as exc:  # torch validates arguments with several exception types
             if not plugin:

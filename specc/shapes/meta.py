@@ -4,9 +4,12 @@ values are written in messages, tables and generated comments (`dim_text`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from specc import ir
 from specc.registry import dtype_name
@@ -15,6 +18,43 @@ from specc.shapes.probes import PROBES, Probes, first, is_tensor
 # Sizes past these are mistakes, not models: refused at check time with an estimate.
 MAX_PARAM_BYTES = 1 << 40  # 1 TiB of float32 parameters (a 20B model is 80 GB)
 MAX_INPUT_BYTES = 1 << 40  # 1 TiB per sample (a 4K video clip of 1,000 frames is 100 GB)
+
+
+class _NormalOnMeta(TorchFunctionMode):
+    """`normal_` on a meta tensor, without its cost: torch runs it through a Python
+    reference that imports torch._dynamo on first use (4-5 s cold, most of checking GPT-2,
+    whose Embedding layers and init rules draw from a normal). The arguments are still
+    checked, on a 0-d CPU stand-in, with the global RNG left as it was."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if func in _NORMALS:
+            by_name = "tensor" in kwargs  # torch.nn.init.normal_ passes it as a keyword
+            tensor = kwargs["tensor"] if by_name else args[0]
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                stand_in = torch.empty((), dtype=tensor.dtype)
+                with torch.random.fork_rng(devices=[]):
+                    if by_name:
+                        func(*args, **(kwargs | {"tensor": stand_in}))
+                    else:
+                        func(stand_in, *args[1:], **kwargs)
+                return tensor
+        return func(*args, **kwargs)
+
+
+_NORMALS = (torch.Tensor.normal_, torch.nn.init.normal_)
+
+
+@contextmanager
+def on_meta(device: bool = True) -> Iterator[None]:
+    """Build on the meta device (`device=False`: tensors already there), with `normal_`
+    made cheap."""
+    with _NormalOnMeta():
+        if device:
+            with torch.device("meta"):
+                yield
+        else:
+            yield
 
 
 class ProbeMismatch(Exception):

@@ -28,14 +28,18 @@ Shape = tuple[int, ...]
 
 def meta_forward(module: Any) -> Any:
     """What runs a torch layer at check time: the module, or its shape rule (`ShapeRule`)."""
+    if SHAPE_RULES and type(module) is nn.Embedding:
+        return functools.partial(_embedding, module)
     rule = LAYER_RULES.get(type(module)) if SHAPE_RULES else None
     return module if rule is None else ShapeRule(module, functools.partial(rule, module))
 
 
 def meta_function(qualname: str, fn: Any) -> Any:
     """What runs a function at check time: the function, or its shape rule (`ShapeRule`)."""
+    if SHAPE_RULES and qualname == "torch.arange":
+        return functools.partial(_arange, fn)
     rule = FUNCTION_RULES.get(qualname) if SHAPE_RULES else None
-    return fn if rule is None else ShapeRule(fn, rule)
+    return fn if rule is None else ShapeRule(fn, rule, qualname in ANY_STRIDES)
 
 
 def meta_operator(op: str, fn: Any) -> Any:
@@ -52,9 +56,10 @@ class ShapeRule:
     dtype, as torch's is for such inputs.
     """
 
-    def __init__(self, real: Any, rule: Any) -> None:
+    def __init__(self, real: Any, rule: Any, any_strides: bool = False) -> None:
         self.real = real
         self.rule = rule
+        self.any_strides = any_strides  # torch's output is contiguous whatever the inputs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = [
@@ -63,7 +68,7 @@ class ShapeRule:
             for t in (a if isinstance(a, (list, tuple)) else (a,))  # cat's list of tensors
             if isinstance(t, torch.Tensor)
         ]
-        if tensors and all(_plain(t, tensors[0].dtype) for t in tensors):
+        if tensors and all(_plain(t, tensors[0].dtype, self.any_strides) for t in tensors):
             try:
                 shape = self.rule(*args, **kwargs)
             except Exception:  # arguments the rule cannot read (a bad call): torch says why
@@ -75,8 +80,13 @@ class ShapeRule:
         return self.real(*args, **kwargs)
 
 
-def _plain(t: torch.Tensor, dtype: torch.dtype) -> bool:
-    return t.is_meta and t.dtype == dtype and t.is_floating_point() and t.is_contiguous()
+def _plain(t: torch.Tensor, dtype: torch.dtype, any_strides: bool = False) -> bool:
+    return (
+        t.is_meta
+        and t.dtype == dtype
+        and t.is_floating_point()
+        and (any_strides or t.is_contiguous())
+    )
 
 
 def _int(v: Any) -> bool:
@@ -368,6 +378,59 @@ def _pool_layers(nd: int) -> dict[type, Any]:
     }
 
 
+def _attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Any = None,
+    dropout_p: Any = 0.0,
+    is_causal: Any = False,
+    scale: Any = None,
+    enable_gqa: Any = False,
+) -> Shape | None:
+    """scaled_dot_product_attention of 4-D (B, heads, L, E) queries over (B, heads, S, E)
+    keys and (B, heads, S, Ev) values, without a mask or GQA: (B, heads, L, Ev). On meta
+    torch returns it contiguous even for transposed inputs (q, k, v split from one
+    projection), hence `ANY_STRIDES`."""
+    if attn_mask is not None or enable_gqa is not False or not isinstance(is_causal, bool):
+        return None
+    if not (_number(dropout_p) and 0 <= dropout_p <= 1) or not (scale is None or _number(scale)):
+        return None
+    q, k, v = (tuple(t.shape) for t in (query, key, value))
+    if not len(q) == len(k) == len(v) == 4 or 0 in (*q, *k, *v):
+        return None
+    if q[:2] != k[:2] or k[:3] != v[:3] or q[3] != k[3]:
+        return None
+    return (*q[:3], v[3])
+
+
+def _arange(real: Any, *args: Any, dtype: Any = None, device: Any = None, **rest: Any) -> Any:
+    """`arange(end)`, `arange(start, end[, step])` of ints on meta: an int64 meta tensor of
+    ceil((end - start) / step) items, without torch's reference implementation (whose first
+    call imports sympy: about 1 s). Not a `ShapeRule`: it takes no tensor. Anything else
+    (floats, a dtype, another device, a wrong direction) goes to torch."""
+    on_meta = (
+        torch.empty(0).device.type == "meta"
+        if device is None
+        else (torch.device(device).type == "meta")
+    )
+    if on_meta and not rest and dtype in (None, torch.int64) and 1 <= len(args) <= 3:
+        start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+        if all(_int(v) for v in (start, end, step)) and step and (end - start) * step >= 0:
+            return torch.empty(-(-(end - start) // step), dtype=torch.int64, device="meta")
+    return real(*args, dtype=dtype, device=device, **rest)
+
+
+def _embedding(m: nn.Embedding, input: Any) -> Any:
+    """Embedding of int64 indices on meta: (*input, embedding_dim) in the weight's dtype,
+    without torch's reference implementation (whose first call imports sympy). Not a
+    `ShapeRule`: its input is an index tensor, its output takes the weight's dtype."""
+    plain = isinstance(input, torch.Tensor) and input.is_meta and input.dtype == torch.int64
+    if plain and m.weight.is_meta and m.max_norm is None and input.dim() >= 1:
+        return m.weight.new_empty((*input.shape, m.embedding_dim))
+    return m(input)
+
+
 def _cat(tensors: Any, dim: Any = 0, *, out: Any = None) -> Shape | None:
     """cat of same-rank tensors (one dtype) that agree on every dim but `dim`."""
     if out is not None or not isinstance(tensors, (list, tuple)) or not tensors:
@@ -419,6 +482,7 @@ LAYER_RULES: dict[type, Any] = {
 # Function qualname -> rule, called with the function's own arguments.
 FUNCTION_RULES: dict[str, Any] = {
     "torch.cat": _cat,
+    "torch.nn.functional.scaled_dot_product_attention": _attention,
     **{
         f"torch.nn.functional.{name}": rule
         for rule, names in (
@@ -445,5 +509,8 @@ FUNCTION_RULES: dict[str, Any] = {
         for name in names
     },
 }
+
+# Functions whose rule also takes inputs of any strides (their output is contiguous anyway).
+ANY_STRIDES = frozenset({"torch.nn.functional.scaled_dot_product_attention"})
 
 OPERATOR_RULES = frozenset({"add", "sub", "mul", "div"})

@@ -11,6 +11,7 @@ SpecError at its place in the spec. Two consumers read the plan and nothing else
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from specc.values import literal, loc
 
 METRICS = ("accuracy", "top5", "loss")
 STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # stepped per optimizer step by default
-INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix")
+INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix", "transpose", "ignore")
+# What `save_pretrained` writes in its folder: `init from "folder"` reads this file.
+FOLDER_WEIGHTS = "model.safetensors"
 
 
 # ---- the records ----------------------------------------------------------------------
@@ -96,6 +99,11 @@ class InitPlan:
     skip_mismatched: bool
     strip_prefix: str | None
     add_prefix: str | None
+    file: str  # what is read: `path`, or `path/model.safetensors` when `path` is a folder
+    # fnmatch patterns over the target's full keys, after the prefix mapping:
+    transpose: tuple[str, ...]  # 2-D tensors the file stores as [in, out] (HF's Conv1D)
+    ignore: tuple[str, ...]  # keys left out on both sides: the model keeps its own
+    ties: tuple[tuple[str, str], ...]  # (alias, source): the target's keys of one tensor
     span: ir.Span
 
 
@@ -308,12 +316,11 @@ def _model(program: ir.Program, call: CallSpec, written: CallSpec | None = None)
 
 def _meta_module(program: ir.Program, instance: ir.ModelInstance) -> Any:
     """The model on the meta device: its parameter and module names, and its op sizes."""
-    import torch
-
     from specc.builder import build_module
     from specc.lang.plugins import load_plugins
+    from specc.shapes.meta import on_meta
 
-    with torch.device("meta"):
+    with on_meta():
         return build_module(instance, load_plugins(program))
 
 
@@ -593,15 +600,24 @@ def _init(stmt: ir.InitStmt, meta: Any) -> InitPlan:
     for key in ("strip_prefix", "add_prefix"):
         if opts.get(key) is not None and not isinstance(opts[key], str):
             raise SpecTypeError("init: prefixes must be strings", loc(stmt.span))
+    for key in ("strict", "skip_mismatched"):
+        if key in opts and not isinstance(opts[key], bool):
+            raise SpecTypeError(
+                f"init: `{key}` is True or False, not {opts[key]!r}",
+                loc(stmt.options[key].span) or loc(stmt.span),
+            )
+    target = meta
     if stmt.target:
         try:
-            meta.get_submodule(stmt.target)
+            target = meta.get_submodule(stmt.target)
         except AttributeError:
             raise SpecTypeError(
                 f"init: the model has no sub-module `{stmt.target}`",
                 loc(stmt.span),
                 hint=did_you_mean(stmt.target, [n for n, _ in meta.named_modules() if n]),
             ) from None
+    patterns = {key: _init_patterns(stmt, key, opts.get(key)) for key in ("transpose", "ignore")}
+    _check_transposable(stmt, patterns["transpose"], target.state_dict())
     return InitPlan(
         target=stmt.target or None,
         path=stmt.path,
@@ -609,8 +625,79 @@ def _init(stmt: ir.InitStmt, meta: Any) -> InitPlan:
         skip_mismatched=bool(opts.get("skip_mismatched", False)),
         strip_prefix=opts.get("strip_prefix") or None,
         add_prefix=opts.get("add_prefix") or None,
+        file=weights_file(stmt.path),
+        transpose=patterns["transpose"],
+        ignore=patterns["ignore"],
+        ties=tied_keys(target),
         span=stmt.span,
     )
+
+
+def weights_file(path: str) -> str:
+    """The file `init from "path"` reads: a path without a suffix (or ending in `/`) names a
+    folder such as `save_pretrained` writes, whose weights are `model.safetensors`."""
+    from pathlib import PurePosixPath
+
+    if path.endswith(("/", "\\")) or not PurePosixPath(path).suffix:
+        return path.rstrip("/\\") + "/" + FOLDER_WEIGHTS
+    return path
+
+
+_PATTERN_EXAMPLES = {"transpose": '["*.c_attn.weight"]', "ignore": '["*.attn.bias"]'}
+
+
+def _init_patterns(stmt: ir.InitStmt, key: str, value: Any) -> tuple[str, ...]:
+    """`transpose=`/`ignore=`: one fnmatch pattern or a list of them (a name without `*`
+    matches that key alone)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise SpecTypeError(
+            f"init: `{key}` takes a list of key patterns, not {value!r}",
+            loc(stmt.options[key].span) or loc(stmt.span),
+            hint=f"for example {key}={_PATTERN_EXAMPLES[key]}",
+        )
+    return tuple(items)
+
+
+def _check_transposable(stmt: ir.InitStmt, patterns: tuple[str, ...], own: dict) -> None:
+    """Each `transpose` pattern names at least one of the target's keys, all of them 2-D:
+    a typo would otherwise surface as a shape error, or not at all."""
+    span = loc(stmt.options["transpose"].span) if patterns else None
+    target = f"`{stmt.target}`" if stmt.target else "the model"
+    for pattern in patterns:
+        hits = [k for k in own if fnmatch.fnmatchcase(k, pattern)]
+        if not hits:
+            raise SpecNameError(
+                f"init: transpose pattern {pattern!r} matches no key of {target}",
+                span or loc(stmt.span),
+                hint=did_you_mean(pattern, own)
+                or f"patterns name the model's keys, such as {', '.join(list(own)[:3])}",
+            )
+        flat = [k for k in hits if own[k].dim() != 2]
+        if flat:
+            raise SpecTypeError(
+                f"init: transpose pattern {pattern!r} matches `{flat[0]}`, a "
+                f"{own[flat[0]].dim()}-D tensor; only 2-D weights can be transposed",
+                span or loc(stmt.span),
+                hint=next(
+                    (f"name the 2-D ones alone, e.g. {k!r}" for k in hits if own[k].dim() == 2),
+                    "leave it out of transpose",
+                ),
+            )
+
+
+def tied_keys(module: Any) -> tuple[tuple[str, str], ...]:
+    """(alias, source) for each key of `module` that holds the same tensor as an earlier
+    key (weight tying): a file that stores the tensor once still fills both."""
+    first: dict[int, str] = {}
+    ties = []
+    for key, value in module.state_dict(keep_vars=True).items():
+        source = first.setdefault(id(value), key)
+        if source != key:
+            ties.append((key, source))
+    return tuple(ties)
 
 
 # ---- data and kernels -----------------------------------------------------------------
