@@ -127,7 +127,7 @@ class _Window:
     """What the log line reports since the previous one."""
 
     start: float = field(default_factory=time.perf_counter)
-    samples: int = 0
+    units: int = 0  # samples, or tokens for a sequence loss
     loss: float = 0.0
 
 
@@ -328,7 +328,7 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaling else loss).backward()
         done = units(y, plan.loss.targets)  # tokens for a sequence loss, else samples
         self.seen += done
-        self.window.samples += done
+        self.window.units += done
         self.window.loss += value
         return value
 
@@ -372,7 +372,7 @@ class Trainer:
             "epoch": epoch,
             "loss": w.loss / max(self.plan.log_every * self.plan.accumulate, 1),
             "lr": self.lr(),
-            f"{self.unit}_per_s": w.samples / max(now - w.start, 1e-9),
+            f"{self.unit}_per_s": w.units / max(now - w.start, 1e-9),
         })  # fmt: skip
         self.window = _Window(start=now)
 
@@ -406,7 +406,7 @@ class Trainer:
 
     def evaluate_epoch(self, record: dict[str, Any]) -> bool:
         """Evaluate on the val (else test) set into `record`; True when the best metric
-        improved (lower is better for the loss, higher for the accuracies)."""
+        improved (higher is better for the accuracies, lower for the others)."""
         plan, state, split = self.plan, self.state, self.eval_split
         ev = evaluate(self.model, split, self.loss_fn, plan, self.device, self.amp, self.ctx,
                       self.limits)  # fmt: skip
