@@ -212,3 +212,34 @@ def write_tensor_files(directory: str | Path, n: int = 40, seed: int = 0) -> dic
     np.savez(paths["npz"], x=x, y=y)
     save_file({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, str(paths["safetensors"]))
     return paths
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def token_windows(n: int = 200, context: int = 8, vocab: int = 16, seed: int = 0):
+    """int64 windows x [n, context] of a token stream whose next token follows from the
+    current one ((5t + 3) mod vocab, so a bigram model learns it), and their next-token
+    targets y; every fourth window's last target is -1 (padding a loss may ignore)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    start = torch.from_numpy(rng.integers(0, vocab, n))
+    steps = [start]
+    for _ in range(context):
+        steps.append((5 * steps[-1] + 3) % vocab)
+    stream = torch.stack(steps, dim=1)
+    x, y = stream[:, :-1].clone(), stream[:, 1:].clone()
+    y[::4, -1] = -1
+    return x, y
+
+
+def write_token_windows(directory: str | Path, name: str = "tokens.pt", **kwargs) -> Path:
+    """`token_windows` saved as {"x": ..., "y": ...} for `TensorFile`."""
+    import torch
+
+    x, y = token_windows(**kwargs)
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"x": x, "y": y}, path)
+    return path

@@ -590,7 +590,7 @@ def _train_copy(folder: Path, stem: str, edits: dict[str, str], text: str | None
 @pytest.fixture(scope="session")
 def train_runs(tmp_path_factory) -> dict:
     """Compile several specs with --train and run each script (1-2 epochs, small data)."""
-    from datafiles import write_cifar10, write_tensor_files
+    from datafiles import write_cifar10, write_tensor_files, write_token_windows
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("train_runs")
@@ -634,6 +634,10 @@ def train_runs(tmp_path_factory) -> dict:
     torch.manual_seed(1)
     init = specc.build(specs["case_train"]).state_dict()  # hidden=16: only fc2.bias fits
     save_file({k: v.contiguous() for k, v in init.items()}, str(folder / "init.safetensors"))
+
+    folder = root / "case_lm"  # a token model: [B, T, V] scores per token
+    write_token_windows(folder)
+    specs["case_lm"] = _train_copy(folder, "case_lm", {}, CASE_PATHS["case_lm"].read_text("utf-8"))
 
     jobs = [{"id": stem, "dir": str(spec.parent), "script": f"{stem}.py"}
             for stem, spec in specs.items()]  # fmt: skip
@@ -720,8 +724,8 @@ def test_train_other_scripts_run(train_runs, stem):
 
 
 # The guarantee: `python <stem>.py` and `specc run <stem>.spec` end with the same weights.
-SAME_AS_RUN = ["chars", "custom_parts", "digits", "digits_finetune", "digits_pretrain",
-               "smooth_loss", "text_bpe", "two_tower"]  # fmt: skip
+SAME_AS_RUN = ["case_lm", "chars", "custom_parts", "digits", "digits_finetune",
+               "digits_pretrain", "smooth_loss", "text_bpe", "two_tower"]  # fmt: skip
 
 _RUN_SPECS = """\
 import json, os, sys

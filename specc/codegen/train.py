@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from specc.codegen.naming import check_attribute, check_identifier
 from specc.codegen.train_data import MAIN, DataWriter, call_doc, paragraphs, value_doc
 from specc.lang.plugins import load_plugins
 from specc.training.plan import (
+    METRICS,
+    ClassTargets,
     Ctor,
     GroupPlan,
     InitPlan,
@@ -68,10 +71,16 @@ TRAIN_NAMES = frozenset(
         "state", "own", "name", "param", "loss_fn", "optimizer", "scheduler", "warmup",
         "steps_per_epoch", "scaler", "step", "epoch", "running_loss", "i", "inputs", "labels",
         "outputs", "loss", "bad_epochs", "best_state", "k", "v", "p", "x", "other_params",
-        "ignored", "transposed", "alias", "source",
-        *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in ("loss", "accuracy", "top5")),
+        "ignored", "transposed", "alias", "source", "counted", "tokens", "top5",
+        *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in METRICS),
     }
 )  # fmt: skip
+# The script's count of each counted metric, and how it writes each derived one.
+COUNTERS = {"accuracy": "correct", "top5": "correct_top5"}
+METRIC_RESULTS = {
+    "perplexity": "math.exp(total_loss / total)",
+    "bits_per_token": "total_loss / total / math.log(2)",
+}
 # Why the script sets each kernel choice of the plan (specc.training.kernels).
 KERNEL_REASONS = {
     "threads": "every op of this model is small: a second thread's wake-up costs more than "
@@ -98,6 +107,12 @@ def _module_path(root: str, path: str, getter: str = "get_submodule") -> str:
         else:  # a name Python cannot write after a dot: look it up by its string
             return f"{root}.{getter}({string_literal(path)})"
     return out
+
+
+def _wrap(text: str, width: int = 80) -> list[str]:
+    """A docstring's lines at `main()`'s indent, "(inputs, labels)" kept on one line."""
+    lines = textwrap.wrap(text.replace("(inputs, labels)", "(inputs,\0labels)"), width)
+    return [line.replace("\0", " ") for line in lines]
 
 
 def _on_device(name: str, ctor: Doc) -> list[str]:
@@ -290,9 +305,13 @@ class TrainScript:
         else:
             doc = self.ctor_call(loss.ctor, self.class_head(loss.ctor, "nn"))
             stateful = loss.stateful
+        why = []
+        if self.sequence_targets() is not None:
+            why = ["# one class per token: the [B, T, V] scores and [B, T] targets are scored "
+                   "as [B*T, V] and [B*T]"]  # fmt: skip
         if stateful:
-            return _on_device("loss_fn", doc)
-        return [statement(doc, "loss_fn = ", MAIN)]
+            return why + _on_device("loss_fn", doc)
+        return [*why, statement(doc, "loss_fn = ", MAIN)]
 
     def optimizer_statements(self) -> list[str]:
         """Parameter groups (`group` statements, first match wins; frozen parameters left
@@ -395,29 +414,66 @@ class TrainScript:
         out = self.plan.model.instance.outputs
         tensor = out[0].tensor if len(out) == 1 else None
         shape = list(tensor.shape) if tensor is not None else []
+        sequence = self.sequence_targets()
         dim = "1" if len(shape) == 1 else "-1"
-        counts, names = [], []
+        names = [COUNTERS[m] for m in metrics if m in COUNTERS]
+        counts = self.weigh_statements(sequence)
+        # for a sequence, hits of the tokens the loss counts (`counted`); else of samples
+        hits = "[counted].sum()" if sequence else ".sum()"
         if "accuracy" in metrics:
-            names.append("correct")
-            counts.append(f"correct += (outputs.argmax({dim}) == labels).sum().item()")
+            counts.append(f"correct += (outputs.argmax({dim}) == labels){hits}.item()")
         if "top5" in metrics:
             k = min(5, shape[-1]) if shape and isinstance(shape[-1], int) else 5
-            names.append("correct_top5")
             counts += [
                 f"top5 = outputs.topk({k}, dim={dim}).indices",
-                f"correct_top5 += (top5 == labels.unsqueeze({dim})).any({dim}).sum().item()",
+                f"correct_top5 += (top5 == labels.unsqueeze({dim})).any({dim}){hits}.item()",
             ]
-        what = {"accuracy": "accuracy", "top5": "top-5 accuracy"}
+        counts.append(f"total += {'tokens' if sequence else 'len(labels)'}")
+        if any(m in METRIC_RESULTS for m in metrics):
+            self.imports.add("import math")
+        what = {"accuracy": "accuracy", "top5": "top-5 accuracy", "perplexity": "perplexity",
+                "bits_per_token": "bits per token"}  # fmt: skip
         described = ["loss", *(what[m] for m in metrics)]
         listed = ", ".join(described[:-1]) + " and " + described[-1] if metrics else "loss"
+        per = " per token" if sequence else ""
+        results = ["total_loss / total"]
+        results += [METRIC_RESULTS.get(m, f"{COUNTERS.get(m)} / total") for m in metrics]
+        values: Doc = Text(results[0])
+        if len(results) > 1:
+            values = Brackets("", tuple(Text(r) for r in results), bare=True, display=True)
+        doc = f"The mean {listed}{per} of `model` over `batches` of (inputs, labels)."
         return {
-            "doc": f"The mean {listed} of `model` over `batches` of (inputs, labels).",
+            "doc": '"""' + "\n    ".join(_wrap(doc)) + '"""',
             "init": ", ".join(["total_loss", *names, "total"])
             + " = "
             + ", ".join(["0.0", *("0" for _ in names), "0"]),
             "counts": counts,
-            "result": ", ".join(f"{n} / total" for n in ["total_loss", *names]),
+            "result": statement(values, "return ", 4),
         }
+
+    def sequence_targets(self) -> ClassTargets | None:
+        """The plan's class targets when the loss scores every token of a sequence."""
+        targets = self.plan.loss.targets
+        return targets if targets is not None and targets.flatten_sequence else None
+
+    def weigh_statements(self, sequence: ClassTargets | None) -> list[str]:
+        """The batch's loss into the sum: weighted by samples, or for a sequence by the
+        tokens the loss counts (not `ignore_index`), as `specc run` weighs it."""
+        if sequence is None:
+            return ["total_loss += loss.item() * len(labels)"]
+        ignore = sequence.ignore_index
+        return [
+            f"counted = labels != {ignore}  # the tokens the loss counts (ignore_index={ignore})",
+            "tokens = counted.sum().item()",
+            "if not tokens:  # every target ignored: the batch counts for nothing\n    continue",
+            "total_loss += loss.item() * tokens",
+        ]
+
+    def loss_call(self) -> str:
+        """The loss of a batch: for a sequence, every position's scores against its target."""
+        if self.sequence_targets() is not None:
+            return "loss_fn(outputs.flatten(0, -2), labels.flatten())"
+        return "loss_fn(outputs, labels)"
 
     def evaluation(self, split: str, held: str, base: int, epoch: bool) -> dict[str, str]:
         """`val_loss, val_accuracy = evaluate(...)` and the line printing the results."""
@@ -566,6 +622,7 @@ class TrainScript:
             "setup": self.setup_section(n_train),
             **self.epochs_context(n_train),
             **self.step_context(),
+            "loss_call": self.loss_call(),
             **self.evaluation_context(held),
             "weights": string_literal(weights),
             "saved": string_literal(f"saved the weights to {weights}"),

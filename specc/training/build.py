@@ -14,6 +14,7 @@ from specc import ir
 from specc.errors import SpecTypeError, UsageError
 from specc.training import kernels
 from specc.training.plan import Ctor, OptimizerPlan, SchedulerPlan, TrainPlan, spec_loss_instance
+from specc.training.sequence import per_token
 from specc.values import loc
 
 
@@ -57,9 +58,10 @@ def build_model(program: ir.Program, plan: TrainPlan) -> nn.Module:
 
 
 def build_loss(program: ir.Program, plan: TrainPlan, label_shape: list[int]) -> nn.Module:
-    """The loss; one written as a spec model is checked against the labels' shape."""
+    """The loss; one written as a spec model is checked against the labels' shape. A class
+    loss on a [B, T, V] output is scored per token (specc.training.sequence)."""
     if plan.loss.ctor.origin != "spec":
-        return construct(plan.loss.ctor)
+        return per_token(construct(plan.loss.ctor), plan.loss.targets)
     from specc.builder import build_module
     from specc.lang.plugins import load_plugins
 

@@ -805,8 +805,12 @@ def _plain(x: Any) -> Any:
     return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
 
 
-def _label_tensor(labels: torch.Tensor) -> torch.Tensor | None:
-    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+def _label_tensor(labels: torch.Tensor, any_rank: bool = False) -> torch.Tensor | None:
+    """Integer labels as int64: one per sample, or (`any_rank`) a tensor per sample, such
+    as the next-token targets of a token window."""
+    if labels.dim() == 0 or (labels.dim() != 1 and not any_rank):
+        return None
+    if labels.is_floating_point() or labels.is_complex():
         return None
     return labels.long()
 
@@ -889,7 +893,7 @@ def materialize(
     if isinstance(dataset, TextDataset):  # targets are windows, not one label per sample
         return dataset.data, dataset.targets
     if isinstance(dataset, _TensorBacked) and dataset.transform is None:
-        labels = _label_tensor(dataset.targets)
+        labels = _label_tensor(dataset.targets, any_rank=True)
         if labels is None or not _fits(dataset.data[0], n, max_bytes):
             return None
         return dataset.data, labels

@@ -13,8 +13,10 @@ from typing import Any
 class Progress:
     """A live bar on a terminal, plain lines every `log_every` steps otherwise."""
 
-    def __init__(self, total_steps: int, log_every: int, quiet: bool = False) -> None:
+    def __init__(self, total_steps: int, log_every: int, quiet: bool = False,
+                 unit: str = "samples") -> None:  # fmt: skip
         self.total = total_steps
+        self.unit = unit  # what throughput counts: "tokens" for a sequence loss
         self.log_every = log_every
         self.quiet = quiet
         self.live = sys.stderr.isatty() and not quiet
@@ -46,7 +48,7 @@ class Progress:
         return not self.quiet and (step % self.log_every == 0 or step == self.total)
 
     def step(self, step: int, epoch: int, loss: float, lr: float, ips: float) -> None:
-        info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} samples/s"
+        info = f"loss {loss:.4f}  lr {lr:.3g}  {ips:,.0f} {self.unit}/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, epoch=epoch, info=info)
         elif self.due(step):
@@ -67,7 +69,11 @@ class Progress:
 
 class RunLog:
     """`metrics.jsonl` (one JSON object per line) and TensorBoard scalars. Workers other
-    than rank 0 write nothing."""
+    than rank 0 write nothing. Per `log_every` steps: step, epoch, loss, lr and
+    samples_per_s (tokens_per_s for a sequence loss: target tokens, padding included).
+    Per epoch: epoch, step and `<split>_<metric>` of the evaluation (loss, accuracy, top5,
+    perplexity, bits_per_token; per counted token for a sequence loss). At the end:
+    final and the test metrics."""
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.file = (out_dir / "metrics.jsonl").open("a") if enabled else None

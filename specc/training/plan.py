@@ -22,7 +22,11 @@ from specc.errors import SpecNameError, SpecTypeError, did_you_mean
 from specc.training.config import CallSpec, DataConfig, DataRef, TrainConfig, train_config
 from specc.values import literal, loc
 
-METRICS = ("accuracy", "top5", "loss")
+METRICS = ("accuracy", "top5", "loss", "perplexity", "bits_per_token")
+# Ranked lower-is-better (best.pt, early stopping); the accuracies higher-is-better.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "bits_per_token"})
+# Metrics computed from the mean token cross-entropy: exp(loss) and loss / ln 2.
+CROSS_ENTROPY_METRICS = ("perplexity", "bits_per_token")
 STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # stepped per optimizer step by default
 INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix", "transpose", "ignore")
 # What `save_pretrained` writes in its folder: `init from "folder"` reads this file.
@@ -61,6 +65,22 @@ class LossPlan:
     stateful: bool  # holds tensors (parameters or buffers): moved to the device
     definition: ir.ModelDef | None = None  # a loss written as a spec model
     model_args: dict[str, Any] = field(default_factory=dict)
+    targets: ClassTargets | None = None  # CrossEntropyLoss and NLLLoss
+
+
+@dataclass(frozen=True)
+class ClassTargets:
+    """A loss over class indices (CrossEntropyLoss, NLLLoss) and how it meets the model.
+    `flatten_sequence`: the model gives [B, T, V] scores, one row per position (a language
+    model); the loss sees `outputs.flatten(0, -2)` and `labels.flatten()`, as nanoGPT's
+    `F.cross_entropy(logits.view(-1, V), y.view(-1))`, so each token is one sample.
+    `ignore_index`: the target the loss leaves out, also left out of the token counts and
+    metrics. `plain`: reduction="mean" without weight or label_smoothing, so the loss is
+    the mean negative log-likelihood per counted target (what perplexity needs)."""
+
+    flatten_sequence: bool
+    ignore_index: int
+    plain: bool
 
 
 @dataclass(frozen=True)
@@ -216,11 +236,12 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     model = _model(program, cfg.model, written)
     meta = _meta_module(program, model.instance)
     frozen = frozen_names(train, meta)
-    metrics, best, higher = _metrics(cfg, spans)
+    loss = _loss(program, cfg.loss, model.instance)
+    metrics, best, higher = _metrics(cfg, spans, loss)
     return TrainPlan(
         model=model,
         data=data_plan,
-        loss=_loss(program, cfg.loss),
+        loss=loss,
         optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
         scheduler=_scheduler(cfg),
         inits=tuple(_init(stmt, meta) for stmt in train.inits),
@@ -324,9 +345,10 @@ def _meta_module(program: ir.Program, instance: ir.ModelInstance) -> Any:
         return build_module(instance, load_plugins(program))
 
 
-def _metrics(cfg: TrainConfig, spans: dict[str, ir.Span]) -> tuple[tuple[str, ...], str, bool]:
+def _metrics(cfg: TrainConfig, spans: dict[str, ir.Span],
+             loss: LossPlan) -> tuple[tuple[str, ...], str, bool]:  # fmt: skip
     """The metrics, the one that picks `best.pt` and early stopping, and its direction:
-    the loss is lower-is-better, accuracies higher-is-better."""
+    the loss, perplexity and bits per token are lower-is-better, accuracies higher."""
     for m in cfg.metrics:
         if m not in METRICS:
             raise SpecNameError(
@@ -349,7 +371,30 @@ def _metrics(cfg: TrainConfig, spans: dict[str, ir.Span]) -> tuple[tuple[str, ..
             loc(spans.get("best_metric")),
             hint=f"add it to `metrics`, or use one of {', '.join(computed)}",
         )
-    return metrics, best, best != "loss"
+    _check_cross_entropy_metrics(metrics, loss, spans.get("metrics"))
+    return metrics, best, best not in LOWER_IS_BETTER
+
+
+def _check_cross_entropy_metrics(metrics: tuple[str, ...], loss: LossPlan,
+                                 span: ir.Span | None) -> None:  # fmt: skip
+    """Perplexity and bits per token are exp(loss) and loss / ln 2 only when the loss is
+    the plain mean negative log-likelihood of the targets."""
+    asked = [m for m in metrics if m in CROSS_ENTROPY_METRICS]
+    if not asked:
+        return
+    if loss.targets is None:
+        raise SpecTypeError(
+            f"metric `{asked[0]}` needs a cross-entropy loss, not `{loss.ctor.name}`",
+            loc(span),
+            hint="use loss = CrossEntropyLoss() (or NLLLoss() after log_softmax)",
+        )
+    if not loss.targets.plain:
+        raise SpecTypeError(
+            f"metric `{asked[0]}` is computed from the mean loss per token, which "
+            f"`{loss.ctor.name}` changes with weight, label_smoothing or reduction",
+            loc(span),
+            hint="drop those loss options, or the metric",
+        )
 
 
 def _device(name: str, span: ir.Span | None) -> str:
@@ -422,7 +467,7 @@ def _plugins(program: ir.Program) -> dict[str, type]:
     return load_plugins(program) if program.plugins else {}
 
 
-def _loss(program: ir.Program, spec: CallSpec) -> LossPlan:
+def _loss(program: ir.Program, spec: CallSpec, model: ir.ModelInstance) -> LossPlan:
     """A torch.nn loss, a plugin loss class, or a spec model taking (output, target)."""
     import torch
     from torch import nn
@@ -450,7 +495,23 @@ def _loss(program: ir.Program, spec: CallSpec) -> LossPlan:
         raise SpecTypeError(
             f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}", loc(spec.span)
         ) from None
-    return LossPlan(ctor, stateful=any(True for _ in loss.state_dict()))
+    targets = _class_targets(loss, model)
+    return LossPlan(ctor, stateful=any(True for _ in loss.state_dict()), targets=targets)
+
+
+def _class_targets(loss: Any, model: ir.ModelInstance) -> ClassTargets | None:
+    """How a CrossEntropyLoss or NLLLoss meets the model's output: a [B, T, V] output is
+    scored per position with the class (vocabulary) last, the language-model layout.
+    (torch's own layout, class scores in dimension 1, stays for [B, C] and [B, C, H, W].)"""
+    from torch import nn
+
+    if type(loss) not in (nn.CrossEntropyLoss, nn.NLLLoss):
+        return None
+    out = model.outputs[0].tensor if len(model.outputs) == 1 else None
+    sequence = out is not None and out.batched and len(out.shape) == 2
+    plain = (loss.reduction == "mean" and loss.weight is None
+             and getattr(loss, "label_smoothing", 0.0) == 0.0)  # fmt: skip
+    return ClassTargets(flatten_sequence=sequence, ignore_index=loss.ignore_index, plain=plain)
 
 
 def spec_loss_instance(program: ir.Program, plan: TrainPlan,

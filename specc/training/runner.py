@@ -47,48 +47,49 @@ from specc.training.config import apply_overrides
 from specc.training.finetune import apply_train_setup
 from specc.training.logs import Progress, RunLog, print_summary
 from specc.training.plan import TrainPlan, resolve
+from specc.training.sequence import (
+    EvalSums,
+    TokenLimits,
+    check_before_training,
+    checked_batches,
+    is_sequence,
+    split_label,
+    split_span,
+    units,
+)
 from specc.values import loc
 
 # ---- evaluation -----------------------------------------------------------------------
 
 
-def _topk(out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, out.shape[-1])
-    return (out.topk(k, dim=-1).indices == y.unsqueeze(-1)).any(-1).sum()
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, loss_fn: nn.Module, plan: TrainPlan,
-             device: torch.device, amp, ctx: Any = None) -> dict[str, float]:  # fmt: skip
-    """The mean loss and each metric of `model` on `split` (summed over the workers)."""
+             device: torch.device, amp, ctx: Any = None,
+             limits: TokenLimits | None = None) -> dict[str, float]:  # fmt: skip
+    """The mean loss and each metric of `model` on `split` (summed over the workers); for
+    a sequence loss per counted token."""
     from specc.training import batches as B
 
     was_training = model.training
     model.eval()
-    total, loss_sum = 0, 0.0
-    correct = dict.fromkeys(plan.metrics, 0)
+    sums = EvalSums(plan.metrics, plan.loss.targets)
     if ctx is not None and ctx.enabled:
         split = shard(split, ctx.rank, ctx.world)
     data = plan.data
-    for x, y in B.batches(split, data.eval_batch_size, perm=None, start=0,
-                          workers=data.workers, drop_last=False, device=device):  # fmt: skip
+    batches = B.batches(split, data.eval_batch_size, perm=None, start=0, workers=data.workers,
+                        drop_last=False, device=device)  # fmt: skip
+    if limits is not None and split.x is None:
+        batches = checked_batches(batches, limits, split_label(plan, split.name),
+                                  split_span(plan, split.name))  # fmt: skip
+    for x, y in batches:
         with amp():
             out = model(x)
             loss = loss_fn(out, y)
-        n = y.shape[0]
-        total += n
-        loss_sum += float(loss) * n
-        for m in correct:
-            correct[m] += int(_topk(out, y, 1 if m == "accuracy" else 5))
+        sums.add(out, y, loss)
     model.train(was_training)
     if ctx is not None and ctx.enabled:
-        keys = list(correct)
-        sums = distributed.all_sum([total, loss_sum, *(correct[k] for k in keys)], ctx, device)
-        total, loss_sum = int(sums[0]), sums[1]
-        correct = dict(zip(keys, sums[2:], strict=True))
-    result = {"loss": loss_sum / max(total, 1)}
-    result.update({m: c / max(total, 1) for m, c in correct.items()})
-    return result
+        return sums.result(distributed.all_sum(sums.values(), ctx, device))
+    return sums.result()
 
 
 # ---- the run's state ------------------------------------------------------------------
@@ -126,7 +127,7 @@ class _Window:
     """What the log line reports since the previous one."""
 
     start: float = field(default_factory=time.perf_counter)
-    samples: int = 0
+    units: int = 0  # samples, or tokens for a sequence loss
     loss: float = 0.0
 
 
@@ -175,6 +176,8 @@ class Trainer:
             )
         check_input_shapes(self.splits, plan.model.instance, data)
         check_label_ranges(self.splits, plan.model.instance, data)
+        # the ids streamed batches are checked against (in-memory splits are, here)
+        self.limits = check_before_training(plan, self.splits)
 
     def _build_optimization(self) -> None:
         plan = self.plan
@@ -213,7 +216,8 @@ class Trainer:
         total = self.per_epoch * plan.epochs
         if plan.max_steps:
             total = min(total, plan.max_steps * plan.accumulate)
-        self.progress = Progress(total, plan.log_every, self.quiet)
+        self.unit = "tokens" if is_sequence(plan.loss.targets) else "samples"
+        self.progress = Progress(total, plan.log_every, self.quiet, self.unit)
         if self.ctx.is_main:
             for stale in self.out_dir.glob(".*.tmp"):  # left by a run killed while saving
                 stale.unlink(missing_ok=True)
@@ -295,10 +299,14 @@ class Trainer:
         data = self.plan.data
         gen = torch.Generator().manual_seed(self.plan.seed * 1000003 + epoch)
         perm = torch.randperm(len(self.train), generator=gen) if data.shuffle else None
-        return B.batches(self.train, data.batch_size, perm=perm, start=self.state.batch,
-                         workers=data.workers, drop_last=data.drop_last, device=self.device,
-                         augment=True, rank=self.ctx.rank, world=self.ctx.world,
-                         generator=gen)  # fmt: skip
+        batches = B.batches(self.train, data.batch_size, perm=perm, start=self.state.batch,
+                            workers=data.workers, drop_last=data.drop_last, device=self.device,
+                            augment=True, rank=self.ctx.rank, world=self.ctx.world,
+                            generator=gen)  # fmt: skip
+        if self.limits is not None and self.train.x is None:
+            return checked_batches(batches, self.limits, split_label(self.plan, "train"),
+                                   data.train.span)  # fmt: skip
+        return batches
 
     def forward_backward(self, x: Any, y: torch.Tensor, epoch: int) -> float | None:
         """The loss of one batch and its gradients; None when it was not finite and the
@@ -318,8 +326,9 @@ class Trainer:
         if plan.accumulate != 1:
             loss = loss / plan.accumulate
         (self.scaler.scale(loss) if self.scaling else loss).backward()
-        self.seen += y.shape[0]
-        self.window.samples += y.shape[0]
+        done = units(y, plan.loss.targets)  # tokens for a sequence loss, else samples
+        self.seen += done
+        self.window.units += done
         self.window.loss += value
         return value
 
@@ -363,7 +372,7 @@ class Trainer:
             "epoch": epoch,
             "loss": w.loss / max(self.plan.log_every * self.plan.accumulate, 1),
             "lr": self.lr(),
-            "samples_per_s": w.samples / max(now - w.start, 1e-9),
+            f"{self.unit}_per_s": w.units / max(now - w.start, 1e-9),
         })  # fmt: skip
         self.window = _Window(start=now)
 
@@ -397,9 +406,10 @@ class Trainer:
 
     def evaluate_epoch(self, record: dict[str, Any]) -> bool:
         """Evaluate on the val (else test) set into `record`; True when the best metric
-        improved (lower is better for the loss, higher for the accuracies)."""
+        improved (higher is better for the accuracies, lower for the others)."""
         plan, state, split = self.plan, self.state, self.eval_split
-        ev = evaluate(self.model, split, self.loss_fn, plan, self.device, self.amp, self.ctx)
+        ev = evaluate(self.model, split, self.loss_fn, plan, self.device, self.amp, self.ctx,
+                      self.limits)  # fmt: skip
         if split.name == "test":
             self.test_eval = (state.step, ev)
         record.update({f"{split.name}_{k}": v for k, v in ev.items()})
@@ -504,7 +514,7 @@ class Trainer:
             test = self.test_eval[1]  # the model has not changed since the last epoch's test
         else:
             test = evaluate(self.model, self.splits["test"], self.loss_fn, self.plan,
-                            self.device, self.amp, self.ctx)  # fmt: skip
+                            self.device, self.amp, self.ctx, self.limits)  # fmt: skip
         summary.update({f"test_{k}": v for k, v in test.items()})
         self.log.write({"final": True, **{f"test_{k}": v for k, v in test.items()}})
         return summary
@@ -571,12 +581,14 @@ def evaluate_checkpoint(
         if split is None:
             raise UsageError("the data block has no `test` set to evaluate on")
         check_input_shapes({split.name: split}, plan.model.instance, plan.data)
+        limits = check_before_training(plan, {split.name: split})
         label_shape = list(split.y.shape[1:]) if split.y is not None else []
         loss_fn = build_loss(program, plan, label_shape).to(device)
         with kernels.restored():  # the kernels the run trained with
             recorded = state.get("state") or {}
             kernels.use(recorded.get("conv_kernels"), recorded.get("threads"))
-            result = evaluate(model, split, loss_fn, plan, device, autocast(plan.precision, device))
+            result = evaluate(model, split, loss_fn, plan, device,
+                              autocast(plan.precision, device), limits=limits)  # fmt: skip
     except SpecError as err:
         raise err.with_source(texts) from None
     if not quiet:

@@ -46,7 +46,8 @@ def as_tensors(dataset, device):
 
 @torch.no_grad()
 def evaluate(model, batches, loss_fn, device):
-    """The mean loss, accuracy and top-5 accuracy of `model` over `batches` of (inputs, labels)."""
+    """The mean loss, accuracy and top-5 accuracy of `model` over `batches` of
+    (inputs, labels)."""
     model.eval()
     total_loss, correct, correct_top5, total = 0.0, 0, 0, 0
     for inputs, labels in batches:
