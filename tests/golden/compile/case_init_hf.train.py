@@ -169,6 +169,7 @@ def main():
     train_x, train_y = as_tensors(load_tensor_file("tokens.pt"), device)
 
     # Loss, optimizer and schedule
+    # one class per token: the [B, T, V] scores and [B, T] targets are scored as [B*T, V] and [B*T]
     loss_fn = nn.CrossEntropyLoss()
     # torch's fused step on CPU: one kernel for every tensor, as `specc run`
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, fused=device.type == "cpu")
@@ -183,7 +184,7 @@ def main():
         for i, batch in enumerate(batches, start=1):
             inputs, labels = train_x[batch], train_y[batch]
             outputs = model(inputs)
-            loss = loss_fn(outputs, labels)
+            loss = loss_fn(outputs.flatten(0, -2), labels.flatten())
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
