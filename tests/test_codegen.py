@@ -62,6 +62,8 @@ def _targets() -> list:
             except SpecError:
                 default = None
         for m in program.models:
+            if Path(m.file).resolve() != SPEC_PATHS[stem].resolve():
+                continue  # imported from another spec: that spec's row
             if m is default or standalone(m):
                 model = None if m is default else m.name
                 rows.append(pytest.param(stem, model, id=f"{stem}:{m.name}"))
