@@ -184,6 +184,11 @@ def to_expr(value: Any) -> ir.Expr:
     raise SpecTypeError(f"value {value!r} cannot be written in a spec")
 
 
+def is_none(e: ir.Expr) -> bool:
+    """Is `e` the literal `None` (an absent layer: `X if c else None`)?"""
+    return isinstance(e, ir.Const) and e.value is None
+
+
 def literal(expr: ir.Expr) -> Any:
     """The Python value of a literal Expr (no names)."""
     return evaluate(expr, {})

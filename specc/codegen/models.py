@@ -52,7 +52,7 @@ from specc.errors import (
 from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.lang.plugins import load_plugins, plugin_module_for
 from specc.shapes.meta import tensor_dims
-from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, loc
+from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, is_none, loc
 
 # ---- templates ------------------------------------------------------------------------
 
@@ -645,12 +645,12 @@ class ModuleWriter:
         """A Sequential entry that may be None: spliced as `*([X] if test else [])`."""
         assert isinstance(doc, Chain) and len(doc.operands) == 3
         body, test, orelse = doc.operands
-        present = orelse if _is_none(a.body) else body
+        present = orelse if is_none(a.body) else body
         listed = Brackets("", (present,), "[", "]", PREC_ATOM)
         empty = Text("[]")
         inner = (
             conditional(listed, test, empty)
-            if not _is_none(a.body)
+            if not is_none(a.body)
             else conditional(empty, test, listed)
         )
         return with_prefix("*", parens(inner))
@@ -736,15 +736,11 @@ class ModuleWriter:
 
 def _optional(e: ir.Expr) -> bool:
     """A conditional layer one of whose branches is `None`."""
-    return isinstance(e, ir.IfExp) and (_is_none(e.body) or _is_none(e.orelse))
+    return isinstance(e, ir.IfExp) and (is_none(e.body) or is_none(e.orelse))
 
 
 def _list_as_tuple(e: ir.Node) -> ir.Node:
     return ir.TupleExpr(items=e.items, span=e.span) if isinstance(e, ir.ListExpr) else e
-
-
-def _is_none(e: ir.Expr) -> bool:
-    return isinstance(e, ir.Const) and e.value is None
 
 
 def _unstarred(e: ir.Expr) -> ir.Expr:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from specc import ir
 from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
 from specc.registry import TENSOR_CTORS, init_functions, nn_classes, tensor_methods
-from specc.values import CONST_FUNCTIONS, PARAM_TYPES, loc
+from specc.values import CONST_FUNCTIONS, PARAM_TYPES, is_none, loc
 
 MAX_ERRORS = 20
 _LITERALS = ("True", "False", "None")
@@ -131,7 +131,7 @@ def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
     if isinstance(e, ir.IfExp):
         _check_value(e.test, params, errors)
         for branch in (e.body, e.orelse):
-            if not (isinstance(branch, ir.Const) and branch.value is None):
+            if not is_none(branch):
                 _check_ctor(branch, reg, params, errors)
     elif isinstance(e, ir.Call):
         if reg.layer(e.func) is None:

@@ -26,7 +26,7 @@ from specc.shapes.meta import (
 )
 from specc.shapes.probes import Probes, apply, first
 from specc.shapes.rules import meta_forward
-from specc.values import evaluate, loc, to_expr, truth
+from specc.values import evaluate, is_none, loc, to_expr, truth
 
 if TYPE_CHECKING:
     from specc.shapes.check import Checker
@@ -70,7 +70,7 @@ class LayerMaker:
         """Is the layer `e` declares there at all (a conditional may choose `None`)?"""
         while isinstance(e, ir.IfExp):
             e = e.body if truth(evaluate(e.test, self.names), e.test) else e.orelse
-        return not _is_none(e)
+        return not is_none(e)
 
     def make(
         self, e: ir.Expr, incoming: list[Any] | None, use: ir.Span | None, layer: ir.Layer
@@ -93,7 +93,7 @@ class LayerMaker:
     ) -> Built:
         if isinstance(e, ir.IfExp):
             return self.conditional(e, incoming, use, layer)
-        if _is_none(e):
+        if is_none(e):
             return Built(ir.NoneCtor(span=e.span), None, 0, "None", [])
         if not isinstance(e, ir.Call):
             raise SpecTypeError("a layer must be a constructor call", loc(getattr(e, "span", None)))
@@ -555,10 +555,6 @@ def _same_shapes(a: Any, b: Any) -> bool:
         and a.shape == b.shape
         and a.dtype == b.dtype
     )
-
-
-def _is_none(e: ir.Expr) -> bool:
-    return isinstance(e, ir.Const) and e.value is None
 
 
 def _size_at(x: Any, dim: int) -> ir.Size:
