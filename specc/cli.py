@@ -122,6 +122,7 @@ def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -
         console.print(model_table(inst, frozen))
     if not (model or inputs):
         _check_train_model(program, console)
+        _check_train_blocks(program, console)
         for g in generic:
             console.print(
                 f"{g}: generic (parameters or sizes bound at each use); checked "
@@ -155,6 +156,36 @@ def _check_train_model(program, console) -> None:
     shown = ", ".join(f"{name}={plan.args[name]} ({ref})" for name, ref in plan.from_data)
     console.print(escape(f"train: {plan.call.name}({shown})"))
     console.print(model_table(plan.instance, _frozen_counts(program, plan.instance)))
+
+
+def _check_train_blocks(program, console) -> None:
+    """Each train block of the spec resolved as `specc run` resolves it (optimizer, loss,
+    metrics, init, freeze), and the model's output checked through the loss against each
+    split's labels: one line per block. Labels that only a data file can tell, when that
+    file cannot be opened here, are left unchecked with a note saying why."""
+    root = program.sources[0].path
+    trains = [t for t in program.trains if t.span.file == root]
+    if not trains:
+        return  # no torchvision import for a spec of models only
+    from rich.markup import escape
+
+    from specc.errors import DataError, SpecError
+    from specc.lang.loader import source_texts
+    from specc.training.plan import resolve
+    from specc.training.sequence import check_data_fit, spec_labels
+
+    for train in trains:
+        title = f"train {train.name}" if train.name else "train"
+        try:
+            plan = resolve(program, train.name)
+            try:
+                labels = spec_labels(plan)
+            except DataError as err:
+                console.print(escape(f"{title}: labels not checked: {err.message}"))
+                continue
+            console.print(escape(f"{title}: {check_data_fit(plan, labels)}"))
+        except SpecError as err:
+            raise err.with_source(source_texts(program)) from None
 
 
 def _frozen_counts(program, inst) -> dict[str, int] | None:

@@ -63,3 +63,20 @@ def test_console_script_exit_codes(tmp_path):
     assert proc.returncode == 2
     assert "expects 4 input features but receives 3" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_check_resolves_the_train_block_as_run_does(tmp_path, capsys):
+    spec = tmp_path / "digits.spec"
+    spec.write_text((SPECS / "digits.spec").read_text().replace("AdamW(", "Adamx("))
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown optimizer `Adamx`" in err.splitlines()[0]
+    assert "Traceback" not in err
+
+
+def test_check_knows_class_labels_without_the_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no CIFAR files here
+    assert main(["check", str(SPECS / "cifar10.spec")]) == 0
+    out = capsys.readouterr().out
+    assert "train: output [B, 10] -> CrossEntropyLoss <- labels [B] int64" in out
+    assert out.splitlines()[-1] == "ok"

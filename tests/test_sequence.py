@@ -174,3 +174,24 @@ def test_window_labels_for_one_score_row_per_sample_are_a_located_error(tmp_path
         "labels of `TensorFile` (train), [B, 8] int64: it needs [B] integer class indices or "
         "[B, 16] float class probabilities"
     )
+
+
+def test_check_finds_the_loss_misfit_before_any_run(tmp_path, capsys):
+    x, _ = token_windows()
+    spec = _lm_copy(tmp_path, y=x[:, -1])
+    assert main(["check", spec]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "loss `CrossEntropyLoss` cannot compare `Bigram`'s output [B, 8, 16] with the " \
+        "labels of `TensorFile` (train), [B] int64" in err.splitlines()[0]  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_shows_output_loss_and_labels(tmp_path, capsys):
+    spec = _lm_copy(tmp_path)
+    assert main(["check", spec]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "train: output [B, 8, 16] -> CrossEntropyLoss (per token) <- labels [B, 8] int64",
+        "ok",
+    ]

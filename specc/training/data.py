@@ -773,6 +773,25 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
         raise _explain(ds.name, cls, exc, root, download, ds.verify, location) from exc
 
 
+# torchvision datasets whose sample's target is one class index (an int) by default.
+_CLASS_INDEX_DATASETS = frozenset({
+    "CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST", "SVHN",
+    "STL10", "USPS", "SEMEION", "ImageFolder", "ImageNet", "Imagenette", "Food101",
+    "Flowers102", "GTSRB", "DTD", "EuroSAT", "Country211", "SUN397", "FGVCAircraft",
+    "StanfordCars", "Places365",
+})  # fmt: skip
+
+
+def known_label(ds: DatasetPlan) -> tuple[tuple[int, ...], str] | None:
+    """One sample's label shape and dtype when the dataset's kind settles them without
+    reading any file (`specc check` opens nothing it need not); None: read sample 0."""
+    if ds.kind == "digits" or (ds.kind == "torchvision" and ds.name in _CLASS_INDEX_DATASETS):
+        return (), "int64"
+    if ds.kind in ("text_file", "python_docs"):
+        return (text_arguments(ds)["block_size"],), "int64"
+    return None
+
+
 def make_dataset(name: str, args: list, kwargs: dict, *, transform=None,
                  location: Location | None = None):  # fmt: skip
     """``open_dataset`` of a dataset given by name and arguments."""

@@ -23,6 +23,8 @@ from torch import nn
 
 from specc import ir
 from specc.errors import DataError, SpecTypeError
+from specc.shapes.meta import tensor_dims
+from specc.training import data as D
 from specc.training.batches import Split
 from specc.training.plan import ClassTargets, DatasetPlan, TrainPlan
 from specc.values import loc
@@ -124,11 +126,26 @@ def _dims(shape: list[Any]) -> str:
     return "[" + ", ".join(["B", *map(str, shape)]) + "]"
 
 
-def first_label(split: Split) -> torch.Tensor | None:
-    """One sample's label as a tensor: from the split's tensor, else its dataset's sample 0
-    read without consuming any random number."""
+@dataclass(frozen=True)
+class LabelType:
+    """One sample's label as the loss sees it: its shape and dtype (`int64`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @staticmethod
+    def of(label: torch.Tensor) -> LabelType:
+        return LabelType(tuple(label.shape), str(label.dtype).removeprefix("torch."))
+
+    def text(self) -> str:
+        return f"{_dims(list(self.shape))} {self.dtype}"
+
+
+def first_label(split: Split) -> LabelType | None:
+    """Sample 0's label type: from the split's tensor, else its dataset's sample 0 read
+    without consuming any random number."""
     if split.y is not None:
-        return split.y[0] if len(split.y) else None
+        return LabelType.of(split.y[0]) if len(split.y) else None
     if not len(split.dataset):
         return None
     state = random.getstate()
@@ -138,9 +155,20 @@ def first_label(split: Split) -> torch.Tensor | None:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         return None
     try:
-        return torch.as_tensor(item[1])
+        return LabelType.of(torch.as_tensor(item[1]))
     except (TypeError, ValueError, RuntimeError):
         return None
+
+
+def spec_labels(plan: TrainPlan) -> dict[str, LabelType | None]:
+    """Each split's label type for `specc check`: from the dataset's kind when it settles
+    it, else from sample 0 of the opened dataset (a DataError when it cannot be opened)."""
+    labels = {}
+    for ds in plan.data.splits():
+        known = D.known_label(ds)
+        labels[ds.split] = LabelType(*known) if known is not None else \
+            first_label(Split(ds.split, dataset=D.open_dataset(ds)))  # fmt: skip
+    return labels
 
 
 def expected_targets(targets: ClassTargets, per_sample: list[int]) -> list[int] | None:
@@ -156,13 +184,27 @@ def check_before_training(plan: TrainPlan, splits: dict[str, Split]) -> TokenLim
     """The loss against the output and every split's labels, and the token ids of the
     splits held as tensors (scanned once). Returns the limits streamed batches are checked
     against (`checked_batches`), None when there are none."""
-    check_loss_fit(plan, splits)
+    check_loss_fit(plan, {name: first_label(split) for name, split in splits.items()})
     limits = token_limits(plan)
     if limits is not None:
         for name, split in splits.items():
             if split.x is not None:
                 limits.check(split.x, split.y, split_label(plan, name), split_span(plan, name))
     return limits
+
+
+def check_data_fit(plan: TrainPlan, labels: dict[str, LabelType | None]) -> str:
+    """`specc check`'s train line: the model's output against the loss and each split's
+    label type (a located error, as `specc run` gives), summed up as
+    `output [B, T, V] -> CrossEntropyLoss (per token) <- labels [B, T] int64`."""
+    check_loss_fit(plan, labels)
+    outputs = plan.model.instance.outputs
+    out = outputs[0].tensor if len(outputs) == 1 else None
+    shown = "" if out is None else f"output [{', '.join(tensor_dims(out))}] -> "
+    per = " (per token)" if is_sequence(plan.loss.targets) else ""
+    label = next((t for t in labels.values() if t is not None), None)
+    shown_labels = "" if label is None else f" <- labels {label.text()}"
+    return f"{shown}{plan.loss.ctor.name}{per}{shown_labels}"
 
 
 def _dataset(plan: TrainPlan, split: str) -> DatasetPlan:
@@ -178,9 +220,10 @@ def split_span(plan: TrainPlan, split: str) -> ir.Span | None:
     return _dataset(plan, split).span
 
 
-def check_loss_fit(plan: TrainPlan, splits: dict[str, Split]) -> None:
-    """A class-index loss that cannot compare the model's output with a split's labels is
-    a located error at the loss, naming the output's and the labels' shapes."""
+def check_loss_fit(plan: TrainPlan, labels: dict[str, LabelType | None]) -> None:
+    """A class-index loss that cannot compare the model's output with a split's labels
+    (None: unknown) is a located error at the loss, naming the output's and the labels'
+    shapes."""
     targets = plan.loss.targets
     outputs = plan.model.instance.outputs
     out = outputs[0].tensor if len(outputs) == 1 else None
@@ -190,18 +233,17 @@ def check_loss_fit(plan: TrainPlan, splits: dict[str, Split]) -> None:
     index_shape = expected_targets(targets, per_sample)
     if index_shape is None:
         return
-    for name, split in splits.items():
-        label = first_label(split)
+    for name, label in labels.items():
         if label is None:
             continue
         shape = list(label.shape)
-        floating = label.is_floating_point()
+        floating = label.dtype.startswith(("float", "bfloat"))
         if not floating and shape == index_shape:
             continue
         if floating and shape == per_sample and plan.loss.ctor.name == "CrossEntropyLoss":
             continue  # class probabilities (torch's soft targets)
         raise _misfit(plan, targets, per_sample, index_shape, split_label(plan, name), shape,
-                      str(label.dtype).removeprefix("torch."))  # fmt: skip
+                      label.dtype)  # fmt: skip
 
 
 def _misfit(plan: TrainPlan, targets: ClassTargets, per_sample: list[int], index_shape: list[int],
