@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SPECS
 
 import specc
 from specc.training import checkpoint
@@ -122,3 +123,39 @@ def test_killing_one_worker_ends_the_job_quickly(spec, tmp_path):
     assert "failed" in err.decode()
     time.sleep(0.5)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+# specs/gpt.spec made small; no dropout, so two workers see what one worker with twice the
+# batch sees. The GPT ties lm_head.weight to transformer.wte.weight: FSDP must keep both
+# users of that weight in one group.
+GPT_SMALL = ["max_steps=12", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+             "model.dropout=0.0"]  # fmt: skip
+
+
+def _gpt_run(tmp_path: Path, runs: str, *settings: str) -> Path:
+    sets = [a for s in (*GPT_SMALL, *settings) for a in ("--set", s)]
+    proc = _specc("run", str(SPECS / "gpt.spec"), "--nproc-per-node", "2",
+                  "--runs-dir", runs, *sets, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / runs / "gpt" / "last.pt"
+
+
+def _gpt_sample(ckpt: Path) -> str:
+    return specc.sample(SPECS / "gpt.spec", ckpt, "The ", max_new_tokens=40, seed=1,
+                        overrides=list(GPT_SMALL))  # fmt: skip
+
+
+def test_gpt_trains_on_two_workers_with_ddp_and_fsdp_and_samples_in_one_process(tmp_path):
+    ddp = _gpt_run(tmp_path, "ddp", "data.batch_size=8")
+    fsdp = _gpt_run(tmp_path, "fsdp", "data.batch_size=8", 'strategy="fsdp"')
+    specc.train(SPECS / "gpt.spec", [*GPT_SMALL, "data.batch_size=16"],
+                runs_dir=tmp_path / "single", quiet=True)  # fmt: skip
+    single = tmp_path / "single" / "gpt" / "last.pt"
+    states = {p: checkpoint.load(p)["model"] for p in (ddp, fsdp, single)}
+    assert list(states[fsdp]) == list(states[single])  # full keys, both tied names
+    for k, v in states[single].items():
+        for other in (ddp, fsdp):
+            assert torch.allclose(states[other][k], v, atol=1e-5, rtol=0), (other, k)
+    text = _gpt_sample(single)
+    assert len(text) > len("The ") + 20
+    assert _gpt_sample(ddp) == _gpt_sample(fsdp) == text

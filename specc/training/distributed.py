@@ -105,13 +105,42 @@ def wrap(model: nn.Module, ctx: Dist, device: torch.device) -> nn.Module:
     if ctx.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # Shard every direct child that holds parameters, then the root (FSDP2 style).
-        for child in model.children():
-            if any(True for _ in child.parameters()):
-                fully_shard(child)
-        fully_shard(model)
+        for unit in shard_units(model):
+            fully_shard(unit)
+        fully_shard(model)  # the root holds what no unit took: tied weights, buffers
         return model
     raise UsageError(f"unknown strategy {ctx.strategy!r}", hint='use "ddp" or "fsdp"')
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards one by one before the root: every child holding parameters,
+    each entry of a repeated stack (`ModuleList`/`Sequential`) on its own, as torchtitan
+    shards transformer blocks. A child sharing a parameter with a module outside it (a tied
+    `lm_head.weight = wte.weight`) is looked into instead, since FSDP needs both users of
+    a parameter in one group: its parts that share nothing become units, the tied weight
+    stays with the root."""
+    users: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        users.setdefault(id(param), []).append(name)
+
+    def inside(path: str, param: nn.Parameter) -> bool:
+        return all(n.startswith(path + ".") for n in users[id(param)])
+
+    def units(module: nn.Module, prefix: str) -> list[nn.Module]:
+        found = []
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            params = list(child.parameters())
+            if not params:
+                continue
+            stack = isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > 1
+            if stack or not all(inside(path, p) for p in params):
+                found += units(child, path + ".")
+            else:
+                found.append(child)
+        return found
+
+    return units(model, "")
 
 
 def state_dicts(model: nn.Module, opt: torch.optim.Optimizer | None,
