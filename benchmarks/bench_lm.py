@@ -1,0 +1,196 @@
+"""Section 6, language models: `specs/gpt.spec` against nanoGPT written by hand.
+
+- Training: `specc run specs/gpt.spec --set max_steps=N` in this process (quiet) against
+  nanoGPT's loop (`benchmarks/nanogpt.py`: its model, `get_batch`, AdamW groups, gradient
+  clipping) on the same model sizes, dropout, optimizer settings, batch and text (CPython's
+  reference topics, character-level). Tokens per second end to end, from reading the text
+  to the last step, alternating round by round.
+- Sampling: specc's sampler (`specc.training.sample.generate` on the module specc builds,
+  as `specc sample` runs it) against nanoGPT's `generate`, the same weights in both, 200
+  new tokens from a one-token prompt (the context grows to block_size, then is cropped).
+- Checking the 124M GPT-2 config (`specs/gpt2.spec`'s defaults) in a fresh process,
+  beyond `import torch`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks import nanogpt
+from benchmarks.report import INFO, PASS, Context, Row, ratio_row, verdict
+from benchmarks.timing import Background, Spread, paired, ratio
+
+SECTION = "lm"
+BATCH, BLOCK = 32, 128  # specs/gpt.spec's
+SIZES = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.1}
+
+
+class SpeccTrain:
+    """`specc run specs/gpt.spec --set max_steps=N` in this process; tokens/s end to end."""
+
+    def __init__(self, ctx: Context, steps: int) -> None:
+        self.ctx, self.steps, self.count = ctx, steps, 0
+
+    def __call__(self) -> float:
+        import specc
+        from specc.training.runner import run
+
+        self.count += 1
+        start = time.perf_counter()
+        summary = run(specc.load(self.ctx.repo / "specs" / "gpt.spec"),
+                      [f"max_steps={self.steps}", "log_every=1000"], runs_dir=self.ctx.tmp / "lm",
+                      name=f"gpt{self.count}", quiet=True)  # fmt: skip
+        assert summary["steps"] == self.steps, summary
+        return self.steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+def nanogpt_train(steps: int) -> float:
+    """nanoGPT's train.py loop (no lr schedule, as the spec has none); tokens/s end to end."""
+    from pydoc_data.topics import topics
+
+    start = time.perf_counter()
+    data, vocab = nanogpt.char_ids("".join(topics.values()))
+    train_data = data[: int(0.9 * len(data))]
+    model = nanogpt.GPT(vocab, BLOCK, **SIZES)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
+    model.train()
+    for it in range(steps):
+        x, y = nanogpt.get_batch(train_data, BLOCK, BATCH)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if it % 50 == 0:
+            loss.item()
+    return steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+def _samplers(ctx: Context, new_tokens: int):
+    """specc's sampler and nanoGPT's generate over the same weights."""
+    import specc
+    from specc.training.build import build_model
+    from specc.training.plan import resolve
+    from specc.training.sample import SampleSettings, generate
+
+    program = specc.load(ctx.repo / "specs" / "gpt.spec")
+    plan = resolve(program)
+    ours = build_model(program, plan).eval()
+    vocab = plan.model.args["vocab_size"]
+    hand = nanogpt.GPT(vocab, BLOCK, **SIZES).eval()
+    hand.load_state_dict(ours.state_dict())
+    settings = SampleSettings(max_new_tokens=new_tokens, temperature=0.8, top_k=20)
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+
+    def specc_sample() -> float:
+        start = time.perf_counter()
+        generate(ours, prompt, BLOCK, settings)
+        return new_tokens / (time.perf_counter() - start)
+
+    def nanogpt_sample() -> float:
+        start = time.perf_counter()
+        hand.generate(prompt, new_tokens, temperature=0.8, top_k=20)
+        return new_tokens / (time.perf_counter() - start)
+
+    return specc_sample, nanogpt_sample
+
+
+CHECK_124M = (
+    "import time, torch; t = time.perf_counter(); import specc; "
+    "inst = specc.check({spec!r}); "
+    "print(__import__('json').dumps([time.perf_counter() - t, inst.params]))"
+)
+
+
+def cold_check_124m(ctx: Context, rounds: int) -> tuple[Spread, int]:
+    """Seconds to import specc and check specs/gpt2.spec's 124M GPT in a fresh process
+    that has imported torch already."""
+    code = CHECK_124M.format(spec=str(ctx.repo / "specs" / "gpt2.spec"))
+    times, params = [], 0
+    for _ in range(rounds):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, cwd=ctx.repo).stdout  # fmt: skip
+        seconds, params = json.loads(out.strip().splitlines()[-1])
+        times.append(seconds)
+    return Spread(tuple(times)), params
+
+
+def _logged(ctx: Context, name: str, fn, unit: str, background: dict):
+    def measure() -> float:
+        meter = Background()
+        rate = fn()
+        bg = meter.cores()
+        background.setdefault(name, []).append(bg or 0.0)
+        ctx.log(f"    {name}: {rate:,.0f} {unit} (others used {bg or 0:.1f} cores)")
+        return rate
+
+    return measure
+
+
+def run(ctx: Context) -> list[Row]:
+    steps, rounds, new_tokens = (3, 1, 20) if ctx.quick else (30, 4, 200)
+    background: dict[str, list[float]] = {}
+    train = {"specc run": SpeccTrain(ctx, steps), "nanoGPT loop": lambda: nanogpt_train(steps)}
+    if not ctx.quick:
+        ctx.log("  warm-up (3 steps each)")
+        SpeccTrain(ctx, 3)()
+        nanogpt_train(3)
+    ctx.log(f"  training, {steps} steps of {BATCH}x{BLOCK} tokens")
+    rates = paired({n: _logged(ctx, n, f, "tokens/s", background) for n, f in train.items()},
+                   rounds=rounds, warmup=0)  # fmt: skip
+    ctx.log(f"  sampling, {new_tokens} tokens")
+    ours, hand = _samplers(ctx, new_tokens)
+    samples = paired({"specc sample": _logged(ctx, "specc sample", ours, "tokens/s", background),
+                      "nanoGPT generate": _logged(ctx, "nanoGPT generate", hand, "tokens/s",
+                                                  background)},
+                     rounds=rounds * 2, warmup=1)  # fmt: skip
+    ctx.log("  checking the 124M config, cold")
+    check, params = cold_check_124m(ctx, rounds=1 if ctx.quick else 3)
+
+    def vs(table: dict[str, Spread], a: str, b: str) -> str:
+        loads = background.get(a, []) + background.get(b, [])
+        return (f"{table[a].fmt(0)} vs {table[b].fmt(0)} tokens/s; others used ≤ "
+                f"{max(loads):.1f} cores")  # fmt: skip
+
+    return [
+        ratio_row(
+            SECTION,
+            f"specc run specs/gpt.spec / nanoGPT's loop, training tokens/s "
+            f"(CPU, batch {BATCH}x{BLOCK}, {steps} steps, end to end)",
+            ratio(rates["specc run"], rates["nanoGPT loop"]),
+            ">=",
+            1.0,
+            vs(rates, "specc run", "nanoGPT loop"),
+        ),  # fmt: skip
+        ratio_row(
+            SECTION,
+            f"specc sample / nanoGPT's generate, tokens/s ({new_tokens} new "
+            "tokens, top-k 20, same weights)",
+            ratio(samples["specc sample"], samples["nanoGPT generate"]),
+            ">=",
+            1.0,
+            vs(samples, "specc sample", "nanoGPT generate"),
+        ),  # fmt: skip
+        Row(
+            SECTION,
+            f"check the 124M GPT-2 config ({params:,} parameters), beyond import "
+            "torch (cold: specc import + check)",
+            "< 1 s",
+            f"{check.fmt(2)} s",
+            "",
+            verdict(check.median, "<", 1.0),
+        ),  # fmt: skip
+        Row(
+            SECTION,
+            "GPU rows (bf16 autocast, flash SDPA, fused AdamW, torch.compile, MFU)",
+            "on a GPU",
+            "no GPU on this machine",
+            "",
+            INFO if not torch.cuda.is_available() else PASS,
+        ),  # fmt: skip
+    ]
