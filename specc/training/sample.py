@@ -63,13 +63,16 @@ def generate(
 ) -> torch.Tensor:
     """`idx` `[B, T]` extended by `settings.max_new_tokens` tokens drawn from `model`, whose
     forward maps `[B, t]` token ids (t <= block_size) to `[B, t, V]` logits. The draws come
-    from a generator seeded with `settings.seed` on idx's device, never the global RNG."""
+    from a generator seeded with `settings.seed` on idx's device, never the global RNG.
+    The `generate` method of generated code (templates/generate.py.j2) takes the same steps,
+    so that both give the same tokens: change them together."""
     generator = torch.Generator(device=idx.device).manual_seed(settings.seed)
+    temperature, top_k = settings.temperature, settings.top_k
     for _ in range(settings.max_new_tokens):
-        context = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits = model(context)[:, -1, :] / settings.temperature
-        if settings.top_k is not None:
-            kth = torch.topk(logits, min(settings.top_k, logits.size(-1))).values[:, [-1]]
+        context = idx[:, -block_size:]  # forward reads at most block_size tokens
+        logits = model(context)[:, -1, :] / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
             logits = logits.masked_fill(logits < kth, -float("inf"))
         probs = F.softmax(logits.float(), dim=-1)
         next_id = torch.multinomial(probs, num_samples=1, generator=generator)
