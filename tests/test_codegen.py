@@ -32,6 +32,9 @@ from specc.codegen import train as codegen_train
 from specc.errors import DataError, SpecError, SpecNameError, SpecTypeError, UsageError
 from specc.lang.plugins import plugin_path
 from specc.shapes.check import check_model, default_model, standalone
+from specc.training import checkpoint, sample
+from specc.training.build import build_model
+from specc.training.data import text_tokens
 
 GOLDEN_DIR = GOLDEN / "compile"
 RUFF = Path(sys.executable).parent / "ruff"
@@ -929,6 +932,156 @@ def test_hostile_train_strings_stay_literals(tmp_path, monkeypatch):
     assert check.returncode == 0, check.stdout + check.stderr
     _import_file(file, "specc_hostile_train")  # defines, does not run main()
     assert not (tmp_path / "MARKER").exists()
+
+
+# ---- 8. generate: the class of a model trained on text ---------------------------------
+
+# GPT from specs/gpt2.spec, tiny, trained on PythonDocs' characters with a context of 8.
+TINY_GPT = """
+import "gpt2.spec"
+data docs {
+    train      = PythonDocs(block_size=8)
+    batch_size = 4
+}
+train {
+    model     = GPT(vocab_size=data.vocab_size, block_size=data.block_size, n_layer=1,
+                    n_head=2, n_embd=16, dropout=0.1)
+    data      = docs
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+}
+"""
+
+
+CROPS = "  # generate() crops the context to this"
+
+
+@pytest.fixture
+def tiny_gpt(tmp_path):
+    """The spec, a checkpoint of its (untrained) interpreted model, and its train plan."""
+    shutil.copy(SPECS / "gpt2.spec", tmp_path / "gpt2.spec")
+    spec = tmp_path / "tiny_gpt.spec"
+    spec.write_text(TINY_GPT, "utf-8")
+    program = specc.load(spec)
+    plan = specc.train_plan(program)
+    torch.manual_seed(0)
+    checkpoint.save({"model": build_model(program, plan).state_dict()}, tmp_path / "ckpt.pt")
+    return spec, tmp_path / "ckpt.pt", plan
+
+
+def test_generate_is_written_for_a_model_trained_on_text(train_generated, tmp_path):
+    """`compile` and `compile --train` give GPT (specs/gpt.spec) nanoGPT's generate, its
+    block size kept on the module; the output parses and is ruff-clean."""
+    for source in (specc.compile(SPECS / "gpt.spec"), train_generated("gpt")):
+        ast.parse(source)
+        lines = source.splitlines()
+        assert f"        self.block_size = block_size{CROPS}" in lines
+        assert "    @torch.no_grad()" in lines and "    def generate(" in lines
+        assert "            context = idx[:, -self.block_size :]" in lines
+    file = tmp_path / "gpt.py"
+    file.write_text(specc.compile(SPECS / "gpt.spec"), "utf-8")
+    check = _ruff("check", "--isolated", "--no-cache", str(file))
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = _ruff("format", "--isolated", "--no-cache", "--check", "--diff", str(file))
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_no_generate_without_a_text_dataset(generated, train_generated):
+    """Image classifiers, a token model trained on a tensor file (no tokenizer to read its
+    output with) and a model no train block trains get no generate."""
+    sources = [generated("digits"), train_generated("digits"), generated("cifar_net"),
+               train_generated("case_lm"), generated("gpt2")]  # fmt: skip
+    for source in sources:
+        assert "def generate(" not in source and "self.block_size" not in source
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.8, 5)])
+def test_generate_draws_what_specc_sample_draws(tiny_gpt, tmp_path, temperature, top_k):
+    """One checkpoint, prompt and seed: the generated class's generate gives the tokens of
+    `specc.sample` and of the sampler itself, with a prompt longer than the context."""
+    spec, ckpt, plan = tiny_gpt
+    file = tmp_path / "tiny_gpt.py"
+    file.write_text(specc.compile(spec), "utf-8")
+    module = _import_file(file, f"specc_generated_tiny_gpt_{top_k}")
+    state = checkpoint.load(ckpt)["model"]
+    model = module.GPT(**plan.model.args)
+    model.load_state_dict(state)
+    model.eval()
+    prompt = "The return statement"  # 20 characters, the context 8: cropped
+    tokens = text_tokens(plan.data.train)
+    idx = torch.tensor([tokens.encode(prompt)])
+    seed = torch.Generator().manual_seed(7)
+    out = model.generate(idx, 30, temperature=temperature, top_k=top_k, generator=seed)
+
+    built = build_model(specc.load(spec), plan)
+    built.load_state_dict(state)
+    built.eval()
+    settings = sample.SampleSettings(30, temperature, top_k, seed=7)
+    assert torch.equal(out, sample.generate(built, idx, 8, settings))
+    text = specc.sample(spec, ckpt, prompt, max_new_tokens=30, temperature=temperature,
+                        top_k=top_k, seed=7)  # fmt: skip
+    assert tokens.decode(out[0].tolist()) == text
+
+
+BIGRAM_ON_TEXT = """
+{model}
+data docs {{
+    train      = PythonDocs(block_size=8)
+    batch_size = 4
+}}
+train {{
+    model     = Bigram(vocab_size=data.vocab_size)
+    data      = docs
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+}}
+"""
+# How the block size is kept: the input's size as the definition writes it, a parameter of
+# another name, a literal, or a parameter forward already stores (not set twice).
+BLOCK_SIZES = {
+    "sequential_parameter": ("""
+sequential Bigram(vocab_size: int = 5, context: int = 8) {
+    input(idx: [context] long)
+    Embedding(vocab_size, vocab_size)
+}""", f"        self.block_size = context{CROPS}"),
+    "literal_size": ("""
+model Bigram(vocab_size: int = 5) {
+    table = Embedding(vocab_size, vocab_size)
+    forward(idx: [8] long) { return table(idx) }
+}""", f"        self.block_size = 8{CROPS}"),
+    "stored_parameter": ("""
+model Bigram(vocab_size: int = 5, block_size: int = 8) {
+    table = Embedding(vocab_size, vocab_size)
+    forward(idx: [block_size] long) { return table(idx)[:, :block_size] }
+}""", "        self.block_size = block_size"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(BLOCK_SIZES))
+def test_generate_keeps_the_block_size_the_spec_writes(name, tmp_path):
+    model, line = BLOCK_SIZES[name]
+    source = specc.compile(BIGRAM_ON_TEXT.format(model=model))
+    assert source.count("self.block_size = ") == 1 and line in source.splitlines()
+    file = tmp_path / f"{name}.py"
+    file.write_text(source, "utf-8")
+    check = _ruff("check", "--isolated", "--no-cache", str(file))
+    assert check.returncode == 0, check.stdout + check.stderr
+    bigram = _import_file(file, f"specc_generated_bigram_{name}").Bigram(vocab_size=5)
+    out = bigram.generate(torch.zeros(1, 10, dtype=torch.long), 4)
+    assert out.shape == (1, 14)
+
+
+def test_a_layer_named_generate_is_a_located_error():
+    model = """
+model Bigram(vocab_size: int = 5) {
+    generate = Embedding(vocab_size, vocab_size)
+    forward(idx: [8] long) { return generate(idx) }
+}"""
+    text = BIGRAM_ON_TEXT.format(model=model)
+    with pytest.raises(SpecNameError, match="layer `generate` clashes with `generate`") as info:
+        specc.compile(text)
+    line = text.splitlines().index("    generate = Embedding(vocab_size, vocab_size)") + 1
+    assert info.value.location is not None and info.value.location.line == line
 
 
 # ---- the pieces -----------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from conftest import CASES, SPECS
 from torch import nn
 
 import specc
@@ -11,6 +14,7 @@ from specc.cli import main
 from specc.errors import UsageError
 from specc.training import checkpoint
 from specc.training.build import build_model
+from specc.training.plan import LanguageModel
 from specc.training.sample import SampleSettings, generate
 
 
@@ -132,3 +136,22 @@ def test_sample_needs_a_checkpoint_that_fits(bigram, tmp_path, capsys):
     checkpoint.save({"model": {"table.weight": torch.zeros(3, 3)}}, tmp_path / "other.pt")
     assert main(["sample", str(spec), "--ckpt", str(tmp_path / "other.pt")]) == 2
     assert "does not fit model `Bigram`" in capsys.readouterr().err
+
+
+def test_the_plan_holds_the_language_model(bigram):
+    spec, _ = bigram
+    assert specc.train_plan(specc.load(spec)).language_model == LanguageModel("Bigram", 8)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SPECS / "digits.spec", "needs a language model: `DigitsNet` must take token ids"),
+        # token ids in, logits out, but no tokenizer: trained on a tensor file
+        (CASES / "compile" / "case_lm.spec", "needs the tokenizer of a text dataset, and the "
+         "train set is `TensorFile`"),
+    ],
+)  # fmt: skip
+def test_sample_needs_a_model_trained_on_text(spec, message, tmp_path):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        specc.sample(spec, tmp_path / "none.pt")

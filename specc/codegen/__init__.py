@@ -7,7 +7,8 @@ the instances. Only a test keeps the two in step:
 compares the modules. The output has one ``nn.Module`` class per model (the
 models the chosen one uses first), layers constructed in declaration order (same seed, same
 weights), and a ``forward`` that mirrors the spec's statements with the spec's own variable
-names.
+names. The class of the model a train block trains on a text dataset (a ``LanguageModel`` of
+``specc.training.plan``) also gets nanoGPT's ``generate``, the steps of ``specc sample``.
 
 Layer arguments are written from the model *definition*, so parameters keep their names
 (``nn.Linear(84, num_classes)``); every ``_`` is replaced by the literal it resolved to. A
@@ -67,11 +68,13 @@ def generate(
         else:
             from specc.codegen.models import ModuleWriter
             from specc.shapes.check import check_model
+            from specc.training.plan import trained_language_model
 
             instance = check_model(program, model)
             if warn:
                 print_warnings(instance, program)
-            source = ModuleWriter(program, [instance]).module()
+            language_model = trained_language_model(program, instance)
+            source = ModuleWriter(program, [instance], language_model=language_model).module()
     except SpecError as err:
         raise err.with_source(texts) from None
     try:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -53,6 +53,9 @@ from specc.graph import Args, GraphInterpreter, Kwargs
 from specc.lang.plugins import load_plugins, plugin_module_for
 from specc.shapes.meta import tensor_dims
 from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, is_none, loc
+
+if TYPE_CHECKING:
+    from specc.training.plan import LanguageModel
 
 # ---- templates ------------------------------------------------------------------------
 
@@ -212,15 +215,18 @@ def _model_attrs(sequential: bool) -> frozenset[str]:
 
 class ModuleWriter:
     """One generated module: a class per model that `tops` (checked instances) use.
-    `reserved`: further module-level names the output uses (the training script's)."""
+    `reserved`: further module-level names the output uses (the training script's).
+    `language_model`: the model trained on text, whose class gets a `generate` method."""
 
     def __init__(
         self,
         program: ir.Program,
         tops: list[ir.ModelInstance],
         reserved: dict[str, str] | None = None,
+        language_model: LanguageModel | None = None,
     ) -> None:
         self.program = program
+        self.language_model = language_model
         self.plans: dict[str, _Plan] = {}
         self.collected: set[int] = set()
         for top in tops:
@@ -306,7 +312,10 @@ class ModuleWriter:
             {n: f"`{n}`, which the generated code uses" for n in MODULE_NAMES}
             | {n: f"the class `{n}`" for n in self.plans}
         )
-        attrs = Namespace({n: f"`nn.Module.{n}`" for n in _model_attrs(sequential)})
+        reserved = {n: f"`nn.Module.{n}`" for n in _model_attrs(sequential)}
+        if self.generates(mdef):
+            reserved["generate"] = "`generate`, the method of a model trained on text"
+        attrs = Namespace(reserved)
         params: list[str] = []
         fills: list[str] = []
         seen_default = None
@@ -358,6 +367,7 @@ class ModuleWriter:
         if sequential:
             out["template"] = "sequential.py.j2"
             out["super_call"] = statement(self.sequential_items(mdef, layers), "", BODY_INDENT)
+            out["generate"] = self.generate_context(mdef, attrs, [])
             return out
         out["template"] = "model.py.j2"
         out["layers"] = [
@@ -377,7 +387,36 @@ class ModuleWriter:
         out["stored"] = stored
         out["forward_def"] = forward_def
         out["forward_body"] = body
+        out["generate"] = self.generate_context(mdef, attrs, stored)
         return out
+
+    # ---- generate -------------------------------------------------------------------
+    def generates(self, mdef: ir.ModelDef) -> bool:
+        """Whether the class gets nanoGPT's `generate`: it is the model trained on text."""
+        return self.language_model is not None and self.language_model.model == mdef.name
+
+    def generate_context(
+        self, mdef: ir.ModelDef, attrs: Namespace, stored: list[str]
+    ) -> dict[str, str | None] | None:
+        """What templates/generate.py.j2 needs: the attribute holding the block size (its
+        input's T as the definition writes it: a parameter or a size) and the `__init__`
+        line setting it, None when a parameter stored for forward already is that line."""
+        if not self.generates(mdef):
+            return None
+        assert mdef.forward is not None and len(mdef.forward.inputs) == 1  # a language model
+        dim = mdef.forward.inputs[0].shape[0]
+        if isinstance(dim.value, str) and dim.value not in {p.name for p in mdef.params}:
+            raise SpecTypeError(  # pragma: no cover - a trained model's sizes are all known
+                f"cannot write `generate`: the block size `{dim.value}` is not a parameter",
+                loc(dim.span),
+            )
+        self.uses["torch"] = self.uses["F"] = True
+        value = dim.value if isinstance(dim.value, str) else flat(literal_doc(dim.value))
+        if f"self.block_size = {value}" in stored:
+            return {"block_size": "block_size", "init": None}
+        attr = attrs.fresh("block_size", "block size `generate` crops the context to")
+        init = f"self.{attr} = {value}  # generate() crops the context to this"
+        return {"block_size": attr, "init": init}
 
     # ---- tensors, ties and init rules ---------------------------------------------------
     def layer_statement(self, layer: ir.Layer, c: Any, doc: Doc) -> str:

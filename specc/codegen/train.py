@@ -143,7 +143,7 @@ class TrainScript:
         self.loss_inst = spec_loss_instance(program, plan, []) if loss.definition else None
         tops = [plan.model.instance] + ([self.loss_inst] if self.loss_inst else [])
         reserved = {n: f"`{n}`, which the generated training script uses" for n in TRAIN_NAMES}
-        self.gen = ModuleWriter(program, tops, reserved)
+        self.gen = ModuleWriter(program, tops, reserved, plan.language_model)
         self.imports = {"import torch"}
         self.data = DataWriter(plan.data, plan.seed)
         self.parameters = set(plan.parameters)

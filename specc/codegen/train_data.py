@@ -20,7 +20,7 @@ from specc.codegen.layout import (
 )
 from specc.codegen.naming import check_attribute
 from specc.errors import SpecTypeError
-from specc.training.plan import DataPlan, DatasetPlan, TransformPlan
+from specc.training.plan import TEXT_KINDS, DataPlan, DatasetPlan, TransformPlan
 from specc.values import loc
 
 MAIN = 4  # indent of main()'s statements
@@ -31,7 +31,6 @@ TENSOR_FILE_IMPORTS = {
 }
 # The kinds of tensor file load_tensor_file tells apart, in the order of its branches.
 TENSOR_FILE_ORDER = ("npz", "safetensors", "pt")
-TEXT_KINDS = ("text_file", "python_docs")
 # The script's helper that turns a text into ids, per tokenizer ("file": a tokenizer.json).
 TOKEN_HELPERS = {"char": "char_tokens", "bytes": "byte_tokens", "file": "file_tokens"}
 

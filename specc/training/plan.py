@@ -31,6 +31,8 @@ STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")  # stepped per optimizer step by de
 INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix", "transpose", "ignore")
 # What `save_pretrained` writes in its folder: `init from "folder"` reads this file.
 FOLDER_WEIGHTS = "model.safetensors"
+# The dataset kinds that are a text read as token ids (their tokens decode back to text).
+TEXT_KINDS = ("text_file", "python_docs")
 
 
 # ---- the records ----------------------------------------------------------------------
@@ -173,6 +175,16 @@ class DataPlan:
 
 
 @dataclass(frozen=True)
+class LanguageModel:
+    """A model trained on a text dataset that maps `[B, T]` token ids to `[B, T, vocab]`
+    logits: `specc sample` continues a prompt with it, and generated code gives its class
+    nanoGPT's `generate`."""
+
+    model: str  # the model definition's name
+    block_size: int  # the context it reads: its one `[T]` input's T, at the checked arguments
+
+
+@dataclass(frozen=True)
 class Kernels:
     """Convolution kernels and CPU threads (specc.training.kernels). A choice made by a
     shape rule holds for a single-process fp32 CPU run only; one the spec set, always."""
@@ -196,6 +208,7 @@ class TrainPlan:
     model: ModelPlan
     data: DataPlan
     loss: LossPlan
+    language_model: LanguageModel | None  # the model, when it is one trained on text
     optimizer: OptimizerPlan
     scheduler: SchedulerPlan
     inits: tuple[InitPlan, ...]
@@ -242,6 +255,7 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
         model=model,
         data=data_plan,
         loss=loss,
+        language_model=language_model(model.instance, data_plan.train),
         optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
         scheduler=_scheduler(cfg),
         inits=tuple(_init(stmt, meta) for stmt in train.inits),
@@ -264,17 +278,63 @@ _PLAIN_SETTINGS = (
 )  # fmt: skip
 
 
+def _model_field(program: ir.Program) -> ir.Call | None:
+    """The call `model = Name(...)` of the first train block, read from the IR."""
+    field = next((f for f in program.trains[0].fields if f.key == "model"), None) \
+        if program.trains else None  # fmt: skip
+    return field.value if field is not None and isinstance(field.value, ir.Call) else None
+
+
 def model_reads_data(program: ir.Program) -> bool:
     """Whether the first train block's model takes an argument `data.<attr>` (read from the
     IR, so a spec without one is never resolved by `check`)."""
-    field = next((f for f in program.trains[0].fields if f.key == "model"), None) \
-        if program.trains else None  # fmt: skip
-    if field is None or not isinstance(field.value, ir.Call):
-        return False
-    return any(
+    call = _model_field(program)
+    return call is not None and any(
         isinstance(a, ir.Attribute) and isinstance(a.value, ir.Name) and a.value.id == "data"
-        for a in (*field.value.args, *field.value.kwargs.values())
+        for a in (*call.args, *call.kwargs.values())
     )
+
+
+def language_model(instance: ir.ModelInstance, train_set: DatasetPlan) -> LanguageModel | None:
+    """`instance` as a language model when `train_set` is a text and the model maps token
+    ids to logits per position; else None."""
+    if train_set.kind not in TEXT_KINDS:
+        return None
+    block_size = token_context(instance)
+    return LanguageModel(instance.model, block_size) if block_size is not None else None
+
+
+def token_context(instance: ir.ModelInstance) -> int | None:
+    """T, when the model's one input is `[T]` token ids (long or int) and its output
+    `[B, T, V]` logits; else None."""
+    inputs = [t for _, t in instance.inputs]
+    out = instance.outputs[0].tensor if len(instance.outputs) == 1 else None
+    ok = (
+        len(inputs) == 1
+        and inputs[0].batched
+        and len(inputs[0].shape) == 1
+        and isinstance(inputs[0].shape[0], int)
+        and inputs[0].dtype in ("int64", "int32")
+        and out is not None
+        and out.batched
+        and len(out.shape) == 2
+        and out.shape[0] == inputs[0].shape[0]
+    )
+    return inputs[0].shape[0] if ok else None  # type: ignore[return-value]
+
+
+def trained_language_model(program: ir.Program, instance: ir.ModelInstance) -> LanguageModel | None:
+    """`language_model` for `specc compile` without --train: `instance`, the compiled model,
+    when the first train block trains that model. Its training set is resolved without
+    reading anything, and only for a model shaped like a language model (the train block
+    is validated only then)."""
+    call = _model_field(program)
+    if call is None or call.func != instance.model or token_context(instance) is None:
+        return None
+    from specc.training.data import resolve_dataset
+
+    _, _, data = train_config(program)
+    return language_model(instance, resolve_dataset("train", data.train))
 
 
 def train_model(program: ir.Program, name: str | None = None) -> ModelPlan:

@@ -21,7 +21,7 @@ from specc.training import checkpoint
 from specc.training.build import build_model, pick_device
 from specc.training.config import apply_overrides
 from specc.training.data import text_tokens
-from specc.training.plan import TrainPlan, resolve
+from specc.training.plan import LanguageModel, TrainPlan, resolve, token_context
 from specc.training.text import Tokens
 
 
@@ -63,13 +63,16 @@ def generate(
 ) -> torch.Tensor:
     """`idx` `[B, T]` extended by `settings.max_new_tokens` tokens drawn from `model`, whose
     forward maps `[B, t]` token ids (t <= block_size) to `[B, t, V]` logits. The draws come
-    from a generator seeded with `settings.seed` on idx's device, never the global RNG."""
+    from a generator seeded with `settings.seed` on idx's device, never the global RNG.
+    The `generate` method of generated code (templates/generate.py.j2) takes the same steps,
+    so that both give the same tokens: change them together."""
     generator = torch.Generator(device=idx.device).manual_seed(settings.seed)
+    temperature, top_k = settings.temperature, settings.top_k
     for _ in range(settings.max_new_tokens):
-        context = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits = model(context)[:, -1, :] / settings.temperature
-        if settings.top_k is not None:
-            kth = torch.topk(logits, min(settings.top_k, logits.size(-1))).values[:, [-1]]
+        context = idx[:, -block_size:]  # forward reads at most block_size tokens
+        logits = model(context)[:, -1, :] / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
             logits = logits.masked_fill(logits < kth, -float("inf"))
         probs = F.softmax(logits.float(), dim=-1)
         next_id = torch.multinomial(probs, num_samples=1, generator=generator)
@@ -96,8 +99,8 @@ def sample_checkpoint(
     texts = source_texts(program)
     try:
         plan = resolve(apply_overrides(program, overrides or []))
-        block_size = _block_size(plan)
-        tokens = _text_tokens(plan)
+        block_size = _language_model(plan).block_size
+        tokens = text_tokens(plan.data.train)
         ids = _prompt_ids(prompt, tokens, plan.data.train.name)
         device = pick_device(plan.device)
         model = _load_model(program, plan, ckpt).to(device).eval()
@@ -110,40 +113,22 @@ def sample_checkpoint(
     return tokens.decode(out[0].tolist())
 
 
-def _block_size(plan: TrainPlan) -> int:
-    """The context a language model reads: its one `[T] long` input's T. Its output must be
-    `[B, T, V]` logits."""
+def _language_model(plan: TrainPlan) -> LanguageModel:
+    """The plan's language model, or a usage error saying why the model is not one."""
+    if plan.language_model is not None:
+        return plan.language_model
     inst = plan.model.instance
-    inputs = [t for _, t in inst.inputs]
-    out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
-    ok = (
-        len(inputs) == 1
-        and inputs[0].batched
-        and len(inputs[0].shape) == 1
-        and inputs[0].dtype in ("int64", "int32")
-        and out is not None
-        and out.batched
-        and len(out.shape) == 2
-        and out.shape[0] == inputs[0].shape[0]
-    )
-    if not ok:
+    if token_context(inst) is None:
         raise UsageError(
             f"`specc sample` needs a language model: `{inst.model}` must take token ids "
             "`[T] long` and return logits `[B, T, vocab]`",
             hint="a model whose logits are `[B, vocab, T]` can return `x.transpose(1, 2)`",
         )
-    return int(inputs[0].shape[0])
-
-
-def _text_tokens(plan: TrainPlan) -> Tokens:
-    ds = plan.data.train
-    if ds.kind not in ("text_file", "python_docs"):
-        raise UsageError(
-            f"`specc sample` needs the tokenizer of a text dataset, and the train set is "
-            f"`{ds.name}`",
-            hint="train on TextFile(...) or PythonDocs(...)",
-        )
-    return text_tokens(ds)
+    raise UsageError(
+        f"`specc sample` needs the tokenizer of a text dataset, and the train set is "
+        f"`{plan.data.train.name}`",
+        hint="train on TextFile(...) or PythonDocs(...)",
+    )
 
 
 def _prompt_ids(prompt: str, tokens: Tokens, dataset: str) -> list[int]:

@@ -15,12 +15,33 @@ class CharConv(nn.Module):
         self.conv1 = nn.Conv1d(dim, dim, 4)
         self.conv2 = nn.Conv1d(dim, dim, 4, dilation=4)
         self.head = nn.Conv1d(dim, vocab_size, 1)
+        self.block_size = block_size  # generate() crops the context to this
 
     def forward(self, tokens):  # tokens: (B, 64) int64
         x = self.embed(tokens).transpose(1, 2)  # (B, 64, 64)
         x = F.relu(self.conv1(F.pad(x, [3, 0])))
         x = F.relu(self.conv2(F.pad(x, [12, 0])))
         return self.head(x).transpose(1, 2)
+
+    @torch.no_grad()
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None
+    ):
+        """Token ids `idx` (B, T) followed by `max_new_tokens` more, each drawn from the
+        last position's logits divided by `temperature`, only the `top_k` likeliest kept.
+        `generator` (a torch.Generator on idx's device) makes the draws repeatable. Call
+        `model.eval()` first, so dropout is off."""
+        for _ in range(max_new_tokens):
+            # forward reads at most block_size tokens: the last ones
+            context = idx[:, -self.block_size :]
+            logits = self(context)[:, -1, :] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, -float("inf"))
+            probs = F.softmax(logits.float(), dim=-1)
+            next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
 
 
 def python_docs_text():

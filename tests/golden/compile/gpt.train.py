@@ -89,6 +89,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.n_layer = n_layer
+        self.block_size = block_size  # generate() crops the context to this
         self._init_weights()
 
     def _init_weights(self):
@@ -107,6 +108,26 @@ class GPT(nn.Module):
 
     def forward(self, idx):  # idx: (B, 128) int64
         return self.lm_head(self.transformer(idx))
+
+    @torch.no_grad()
+    def generate(
+        self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None
+    ):
+        """Token ids `idx` (B, T) followed by `max_new_tokens` more, each drawn from the
+        last position's logits divided by `temperature`, only the `top_k` likeliest kept.
+        `generator` (a torch.Generator on idx's device) makes the draws repeatable. Call
+        `model.eval()` first, so dropout is off."""
+        for _ in range(max_new_tokens):
+            # forward reads at most block_size tokens: the last ones
+            context = idx[:, -self.block_size :]
+            logits = self(context)[:, -1, :] / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, -float("inf"))
+            probs = F.softmax(logits.float(), dim=-1)
+            next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
 
 
 def python_docs_text():
