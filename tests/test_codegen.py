@@ -976,7 +976,7 @@ def test_generate_is_written_for_a_model_trained_on_text(train_generated, tmp_pa
         ast.parse(source)
         lines = source.splitlines()
         assert f"        self.block_size = block_size{CROPS}" in lines
-        assert "    @torch.no_grad()" in lines and "    def generate(" in lines
+        assert "    @torch.inference_mode()" in lines and "    def generate(" in lines
         assert "            context = idx[:, -self.block_size :]" in lines
     file = tmp_path / "gpt.py"
     file.write_text(specc.compile(SPECS / "gpt.spec"), "utf-8")

@@ -23,7 +23,7 @@ class CharConv(nn.Module):
         x = F.relu(self.conv2(F.pad(x, [12, 0])))
         return self.head(x).transpose(1, 2)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None
     ):

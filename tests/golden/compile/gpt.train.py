@@ -109,7 +109,7 @@ class GPT(nn.Module):
     def forward(self, idx):  # idx: (B, 128) int64
         return self.lm_head(self.transformer(idx))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None
     ):
