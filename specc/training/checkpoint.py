@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from specc.errors import CheckpointError
 
@@ -79,3 +80,20 @@ def load(path: Path) -> dict[str, Any]:
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": obj}
     raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")
+
+
+def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
+    """Load checkpoint `path` (`load`'s checks) into `model`, the spec's model `name`, and
+    return the checkpoint; weights that do not fit the model are a CheckpointError."""
+    state = load(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        # torch's first line only says "Error(s) in loading state_dict for X:"
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        reason = next((ln for ln in lines if ln and not ln.startswith("Error(s) in")), "")
+        raise CheckpointError(
+            f"{path} does not fit model `{name}`: {reason[:300] or type(exc).__name__}",
+            hint="a checkpoint of a run with --set overrides needs the same --set here",
+        ) from None
+    return state
