@@ -106,6 +106,7 @@ __all__ = [
     "build",
     "check",
     "compile",
+    "export",
     "gc_paused",
     "load",
     "sample",
@@ -134,3 +135,25 @@ def sample(
 
     settings = SampleSettings(max_new_tokens, temperature, top_k, seed)
     return sample_checkpoint(load(source), Path(ckpt), prompt, settings, overrides, stream)
+
+
+def export(
+    source: Any,
+    ckpt: Any,
+    output: Any,
+    *,
+    format: str | None = None,
+    model: str | None = None,
+    overrides: list[str] | None = None,
+) -> Any:
+    """Write the model of checkpoint `ckpt` to `output` as "onnx", "pt2" or "safetensors"
+    (default: from the output's suffix), checked against the model first; returns what was
+    written (`.path`, `.describe()`)."""
+    from pathlib import Path
+
+    from specc.exporting.export import export_checkpoint
+    from specc.exporting.settings import ExportSettings
+
+    settings = ExportSettings(Path(ckpt), Path(output), format, model, list(overrides or []))
+    settings.check()
+    return export_checkpoint(load(source), settings)

@@ -404,6 +404,40 @@ def sample_cmd(
     sample_checkpoint(program, ckpt, prompt, settings, overrides=set_, stream=sys.stdout)
 
 
+@app.command("export")
+def export_cmd(
+    spec: SpecPath,
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint of the trained model.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The file to write (its folder must exist)."),
+    ],
+    format_: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx, pt2 or safetensors (default: from the output's suffix).",
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")] = [],  # noqa: B006
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Write a checkpoint's model as ONNX, a torch.export program (pt2) or safetensors
+    weights, checked against the model before it is written."""
+    from specc.exporting.settings import ExportSettings
+
+    settings = ExportSettings(ckpt, output, format_, model, list(set_))
+    settings.check()  # a wrong flag or a missing extra, before torch is imported
+    from specc.exporting.export import export_checkpoint
+    from specc.lang.loader import load
+
+    with gc_paused():
+        program = load(spec, plugins=not no_plugins)
+        typer.echo(export_checkpoint(program, settings).describe())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning user errors into exit code 2."""
     try:

@@ -105,6 +105,13 @@ class CheckpointError(SpecError):
     kind = "checkpoint"
 
 
+class ExportError(SpecError):
+    """A model torch.export or the ONNX converter cannot take, or an export that does not
+    give back the model's outputs."""
+
+    kind = "export"
+
+
 class UsageError(SpecError):
     """A bad command-line flag or API argument (no source location)."""
 

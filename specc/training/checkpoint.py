@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -11,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from specc.errors import CheckpointError
+
+# safetensors refuses two names for one tensor (a tied weight): a file stores it once and
+# lists each further name here, as JSON {alias: stored name}; `load` restores the aliases.
+TIES_METADATA = "specc.ties"
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -51,12 +57,7 @@ def load(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-
-            return {"model": load_file(str(path))}
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
+        return {"model": _load_safetensors(path)}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -79,3 +80,78 @@ def load(path: Path) -> dict[str, Any]:
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": obj}
     raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")
+
+
+def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
+    """Load checkpoint `path` (`load`'s checks) into `model`, the spec's model `name`, and
+    return the checkpoint; weights that do not fit the model are a CheckpointError."""
+    state = load(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        # torch's first line only says "Error(s) in loading state_dict for X:"
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        reason = next((ln for ln in lines if ln and not ln.startswith("Error(s) in")), "")
+        raise CheckpointError(
+            f"{path} does not fit model `{name}`: {reason[:300] or type(exc).__name__}",
+            hint="a checkpoint of a run with --set overrides needs the same --set here",
+        ) from None
+    return state
+
+
+def save_safetensors(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Write a state_dict as safetensors, each tensor once: a name whose tensor is another's
+    (weight tying) is listed in the metadata instead; returns those (alias, stored name)."""
+    from safetensors.torch import save_file
+
+    stored, ties = _untied(state)
+    meta = dict(metadata or {})
+    if ties:
+        meta[TIES_METADATA] = json.dumps(dict(ties))
+    save_file(stored, str(path), metadata=meta)
+    return ties
+
+
+def _untied(state: dict[str, torch.Tensor]) -> tuple[dict, tuple[tuple[str, str], ...]]:
+    """The tensors to store and the ties. Two names are tied when they view the same memory
+    the same way; a tensor that only overlaps another's memory is stored as a copy."""
+    stored: dict[str, torch.Tensor] = {}
+    ties: list[tuple[str, str]] = []
+    views: dict[tuple, str] = {}  # (memory, offset, shape, stride, dtype) -> stored name
+    memory: set[int] = set()  # the storages stored tensors use
+    for key, t in state.items():
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        view = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() == 0:
+            stored[key] = t.clone()
+        elif view in views:
+            ties.append((key, views[view]))
+        elif not t.is_contiguous() or ptr in memory:
+            stored[key] = t.clone(memory_format=torch.contiguous_format)
+        else:
+            views[view] = key
+            memory.add(ptr)
+            stored[key] = t
+    return stored, tuple(ties)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, with the tied names its metadata lists."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            ties = json.loads((f.metadata() or {}).get(TIES_METADATA, "{}"))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(ties, dict) or not all(
+        isinstance(a, str) and isinstance(s, str) and s in state for a, s in ties.items()
+    ):
+        raise CheckpointError(f"{path}: its `{TIES_METADATA}` metadata is malformed")
+    for alias, source in ties.items():
+        state[alias] = state[source]
+    return state

@@ -568,14 +568,7 @@ def evaluate_checkpoint(
         plan = resolve(program)
         device = pick_device(plan.device)
         model = build_model(program, plan).to(device)
-        state = checkpoint.load(ckpt)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{ckpt} does not fit model `{plan.model.call.name}`: "
-                f"{str(exc).splitlines()[0][:300]}"
-            ) from None
+        state = checkpoint.load_into(model, ckpt, plan.model.call.name)
         splits = make_splits(plan.data, device, plan.seed)
         split = splits.get("test") or splits.get("val")
         if split is None:

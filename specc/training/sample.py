@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specc import ir
-from specc.errors import CheckpointError, DataError, SpecError, UsageError
+from specc.errors import DataError, SpecError, UsageError
 from specc.lang.loader import source_texts
 from specc.training import checkpoint
 from specc.training.build import build_model, pick_device
@@ -150,13 +150,7 @@ def _prompt_ids(prompt: str, tokens: Tokens, dataset: str) -> list[int]:
 
 def _load_model(program: ir.Program, plan: TrainPlan, ckpt: Path) -> nn.Module:
     model = build_model(program, plan)
-    state = checkpoint.load(ckpt)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{ckpt} does not fit model `{plan.model.call.name}`: {str(exc).splitlines()[0][:300]}"
-        ) from None
+    checkpoint.load_into(model, ckpt, plan.model.call.name)
     return model
 
 
