@@ -61,6 +61,7 @@ COMPANIONS = [SPECS / "backbones.spec", SPECS / "custom.py"]
 HAS_CODEGEN = importlib.util.find_spec("specc.codegen") is not None
 
 LOCATED = re.compile(r"^(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): error: ")
+WARNING = re.compile(r"^[^\s:][^:\n]*:\d+:\d+: warning: ")
 # Characters str.splitlines() breaks at besides \n (\r is gone after universal newlines).
 EXTRA_LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
@@ -200,6 +201,10 @@ class Runner:
         if o.code != 2:
             return f"exit code {o.code}"
         lines = o.err.split("\n")
+        # Check-time warnings may come first: the error is the first line saying `error:`.
+        first = next((i for i, line in enumerate(lines) if "error:" in line), 0)
+        if any(WARNING.match(line) for line in lines[:first]):
+            lines = lines[first:]
         m = LOCATED.match(lines[0] if lines else "")
         if m is None:
             return "an unlocated error"
@@ -591,3 +596,16 @@ def _doubling_models(levels: int) -> str:
 
 def test_nested_model_uses_are_not_exponential(runner: Runner) -> None:
     runner.case(_doubling_models(20).encode(), tolerate_known=False, hard_limit=TIME_LIMIT + 1)
+
+
+def test_a_warning_before_the_error_is_a_located_error(runner: Runner) -> None:
+    text = (
+        "model Net {\n    init Linear.weight = normal_(0.0, 0.02)\n"
+        "    forward(x: [1]) { return x }\n}\n"
+        "data d { train = Digits(train=True)\n batch_size = 32 }\n"
+        "train { model = Net()\n data = d\n loss = CrossEntropyLoss()\n"
+        " optimizer = SGD(lr=0.1)\n epochs = 1 }\n"
+    )
+    o = located_error(runner, text)
+    assert o.err.startswith("fuzz.spec:2:5: warning: init rule matches nothing")
+    assert "fuzz.spec:10:14: error: the model has no parameters: nothing to optimize" in o.err

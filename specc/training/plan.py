@@ -619,7 +619,8 @@ def _optimizer(program: ir.Program, spec: CallSpec, groups: list[ir.GroupStmt], 
     bind(ctor.cls, [[], *spec.args], spec.kwargs, f"optimizer `{spec.name}`", spec.span)
     trainable = [n for n, _ in meta.named_parameters() if n not in frozen]
     if not trainable:
-        raise SpecTypeError("every parameter is frozen: nothing to optimize", loc(spec.span))
+        what = "every parameter is frozen" if frozen else "the model has no parameters"
+        raise SpecTypeError(f"{what}: nothing to optimize", loc(spec.span))
     planned: list[GroupPlan] = []
     taken: set[str] = set()
     for g in groups:
