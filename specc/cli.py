@@ -184,8 +184,21 @@ def _check_train_blocks(program, console) -> None:
                 console.print(escape(f"{title}: labels not checked: {err.message}"))
                 continue
             console.print(escape(f"{title}: {check_data_fit(plan, labels)}"))
+            _check_lora(plan, program, console)
         except SpecError as err:
             raise err.with_source(source_texts(program)) from None
+
+
+def _check_lora(plan, program, console) -> None:
+    """The `lora` line of a train block: its warnings (stderr), the matched layers, the
+    adapters' size and the trainable fraction."""
+    from rich.markup import escape
+
+    from specc.training.runner import print_lora
+
+    if plan.lora is not None:
+        print_lora(plan, program, summary=False)
+        console.print(escape(plan.lora.summary()))
 
 
 def _frozen_counts(program, inst) -> dict[str, int] | None:
