@@ -15,6 +15,7 @@ from specc.cli import main
 from specc.training import checkpoint
 from specc.training.build import build_model
 from specc.training.config import apply_overrides
+from specc.training.finetune import apply_train_setup
 from specc.training.plan import resolve
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -222,3 +223,153 @@ def test_resume_is_bitwise_and_the_adapter_is_written(tmp_path):
     )
     assert settings["base_sha256"] == resolve(specc.load(spec)).lora.base_sha256
     assert meta["specc.spec_sha256"] == specc.load(spec).sources[0].sha256
+
+
+# ---- PEFT's folder, both ways ---------------------------------------------------------
+
+peft = pytest.importorskip("peft")
+PLAIN = 'lora "body.1", "body.3" (r=4, alpha=8, dropout=0.1)'
+
+
+def _outputs(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _specc_model(spec: Path, ckpt: Path | None = None) -> torch.nn.Module:
+    """The adapted model as `specc run` builds it, with `ckpt`'s weights."""
+    program = specc.load(spec)
+    plan = resolve(program)
+    model = build_model(program, plan)
+    apply_train_setup(plan, model, quiet=True)
+    if ckpt is not None:
+        model.load_state_dict(checkpoint.load(ckpt)["model"])
+    return model
+
+
+def test_export_adapter_loads_in_peft_with_equal_outputs(tmp_path, capsys):
+    spec = mlp(tmp_path, PLAIN)
+    train(spec)
+    last = tmp_path / "runs" / "r" / "last.pt"
+    code, _, err = cli(capsys, "export-adapter", str(spec), "--ckpt", str(last),
+                         "-o", str(tmp_path / "peft"))  # fmt: skip
+    assert code == 0, err
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert {k: config[k] for k in ("peft_type", "r", "lora_alpha", "target_modules",
+                                   "use_rslora", "bias")} == {
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["body.1", "body.3"],
+        "use_rslora": False, "bias": "none"}  # fmt: skip
+    base = specc.build(spec, "Net")
+    base.load_state_dict(
+        {k: v for k, v in checkpoint.load(last)["model"].items() if "lora_" not in k}
+    )
+    peft_model = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft"))
+    ours = _outputs(_specc_model(spec, last))
+    torch.testing.assert_close(_outputs(peft_model), ours, atol=1e-5, rtol=0)
+    assert checkpoint.load(last)["model"]["body.3.lora_B.weight"].abs().sum() > 0  # trained
+
+
+def test_a_peft_adapter_loads_into_specc(tmp_path):
+    spec = mlp(tmp_path, PLAIN)
+    base = specc.build(spec, "Net")
+    torch.save({"model": base.state_dict()}, tmp_path / "base.pt")  # before PEFT wraps it
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
+                             target_modules=["body.1", "body.3"])  # fmt: skip
+    peft_model = peft.get_peft_model(base, config)
+    with torch.no_grad():  # a trained adapter: B no longer zero
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    peft_model.save_pretrained(str(tmp_path / "from_peft"))
+    folder = tmp_path / "from_peft"
+    line = PLAIN.replace("dropout=0.1)", f'dropout=0.1, load="{folder}")')
+    init = f'init from "{tmp_path / "base.pt"}"\n    '
+    loaded = mlp(tmp_path, init + line, name="load.spec")
+    ours = _specc_model(loaded)
+    torch.testing.assert_close(_outputs(ours), _outputs(peft_model), atol=1e-5, rtol=0)
+
+
+ADAPTER_MISTAKES = {
+    "missing": (lambda d: d / "nowhere", "is not a PEFT adapter folder: it has no"),
+    "corrupt": (lambda d: _corrupt(d), "cannot read the PEFT adapter"),
+    "other rank": (lambda d: _other_rank(d), "was trained with r 8 (the spec: 4)"),
+}
+
+
+def _corrupt(folder: Path) -> Path:
+    (folder / "bad").mkdir()
+    (folder / "bad" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (folder / "bad" / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    return folder / "bad"
+
+
+def _other_rank(folder: Path) -> Path:
+    config = peft.LoraConfig(r=8, target_modules=["body.1", "body.3"])
+    model = peft.get_peft_model(specc.build(MLP.replace("LORA", ""), "Net"), config)
+    model.save_pretrained(str(folder / "r8"))
+    return folder / "r8"
+
+
+@pytest.mark.parametrize("case", list(ADAPTER_MISTAKES))
+def test_bad_adapters_are_clear_errors(case, tmp_path, capsys):
+    make, message = ADAPTER_MISTAKES[case]
+    folder = make(tmp_path)
+    (folder if case != "missing" else tmp_path / "nowhere").mkdir(exist_ok=True)
+    spec = mlp(tmp_path, PLAIN.replace("dropout=0.1)", f'dropout=0.1, load="{folder}")'))
+    code, _, err = cli(capsys, "run", str(spec), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+# ---- merging --------------------------------------------------------------------------
+
+
+def test_merge_loads_strictly_without_the_lora_line(tmp_path, capsys):
+    spec = mlp(tmp_path)  # with modules_to_save=["head"]: merged from the checkpoint
+    train(spec)
+    last = tmp_path / "runs" / "r" / "last.pt"
+    code, _, err = cli(capsys, "merge", str(spec), "--ckpt", str(last),
+                         "-o", str(tmp_path / "merged.safetensors"))  # fmt: skip
+    assert code == 0, err
+    plain = mlp(tmp_path, "", name="plain.spec")
+    model = specc.build(plain, "Net")
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(tmp_path / "merged.safetensors")), strict=True)
+    torch.testing.assert_close(_outputs(model), _outputs(_specc_model(spec, last)),
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_merge_refuses_another_base_and_strips_compiled_prefixes(tmp_path, capsys):
+    spec = mlp(tmp_path, PLAIN)
+    train(spec)
+    last = tmp_path / "runs" / "r" / "last.pt"
+    other = mlp(tmp_path, PLAIN, name="wide.spec")
+    other.write_text(other.read_text().replace("hidden: int = 32", "hidden: int = 48"))
+    out = str(tmp_path / "m.safetensors")
+    code, _, err = cli(capsys, "merge", str(other), "--ckpt", str(last), "-o", out)
+    assert code == 2
+    assert "was trained with" in err and "another base model" in err, err
+    assert not Path(out).exists()
+    # a compiled model's keys (`_orig_mod.`) load as the model's own
+    ck = checkpoint.load(last)
+    ck["model"] = {f"_orig_mod.{k}": v for k, v in ck["model"].items()}
+    torch.save(ck, tmp_path / "compiled.pt")
+    code, _, err = cli(capsys, "merge", str(spec), "--ckpt", str(tmp_path / "compiled.pt"),
+                       "-o", out)  # fmt: skip
+    assert code == 0, err
+    # the adapter alone goes on the base the spec's `init` loads: without one, refused
+    adapter = str(tmp_path / "runs" / "r" / "adapter.safetensors")
+    code, _, err = cli(capsys, "merge", str(spec), "--ckpt", adapter, "-o", out + "2")
+    assert code == 2 and "the spec loads no base weights" in err, err
+    base = {k: v for k, v in ck["model"].items() if "lora_" not in k}
+    torch.save({"model": base}, tmp_path / "base.pt")
+    with_base = mlp(tmp_path, f'init from "{tmp_path / "base.pt"}"\n    {PLAIN}', "b.spec")
+    code, _, err = cli(capsys, "merge", str(with_base), "--ckpt", adapter, "-o", out + "2")
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    a, b = load_file(out), load_file(out + "2")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -34,6 +34,7 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 SETTINGS_METADATA = "specc.lora"  # the JSON settings in an adapter file's metadata
+BASE_METADATA = "specc.base_sha256"  # in a PEFT folder's weights, which specc wrote
 ADAPTER_KEYS = ("lora_A.weight", "lora_B.weight")
 
 
@@ -137,8 +138,10 @@ def write_peft(tensors: dict[str, torch.Tensor], recorded: dict[str, Any], folde
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    # the base's signature goes in the weights' metadata: PEFT warns about unknown config keys
+    meta = {"format": "pt", BASE_METADATA: recorded["base_sha256"] or ""}
     save_file({PEFT_PREFIX + k: v.contiguous() for k, v in tensors.items()},
-              str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})  # fmt: skip
+              str(folder / PEFT_WEIGHTS), metadata=meta)  # fmt: skip
     config = {
         "peft_type": "LORA",
         "task_type": None,
@@ -153,7 +156,6 @@ def write_peft(tensors: dict[str, torch.Tensor], recorded: dict[str, Any], folde
         "modules_to_save": None,
         "base_model_name_or_path": None,
         "inference_mode": True,
-        "specc_base_sha256": recorded["base_sha256"],
     }
     (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -169,9 +171,11 @@ def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             )
     try:
         config = json.loads(config_path.read_text())
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        raw = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+            base = (f.metadata() or {}).get(BASE_METADATA) or None
     except Exception as exc:  # json and safetensors raise their own types
         raise CheckpointError(f"cannot read the PEFT adapter in {folder}: {exc}") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA" or "r" not in config:
@@ -189,7 +193,7 @@ def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     recorded = {"r": int(config["r"]), "alpha": config.get("lora_alpha", 8),
                 "rslora": bool(config.get("use_rslora", False)),
                 "dropout": float(config.get("lora_dropout", 0.0)), "modules": modules,
-                "base_sha256": config.get("specc_base_sha256")}  # fmt: skip
+                "base_sha256": base}  # fmt: skip
     return tensors, recorded
 
 
