@@ -107,8 +107,10 @@ __all__ = [
     "check",
     "compile",
     "export",
+    "export_adapter",
     "gc_paused",
     "load",
+    "merge",
     "sample",
     "train",
     "train_plan",
@@ -157,3 +159,25 @@ def export(
     settings = ExportSettings(Path(ckpt), Path(output), format, model, list(overrides or []))
     settings.check()
     return export_checkpoint(load(source), settings)
+
+
+def export_adapter(source: Any, ckpt: Any, output: Any, *,
+                   overrides: list[str] | None = None) -> Any:  # fmt: skip
+    """Write the LoRA adapter of checkpoint `ckpt` (a run of the spec's `lora` train block)
+    as a PEFT folder: `adapter_model.safetensors` and `adapter_config.json`."""
+    from pathlib import Path
+
+    from specc.exporting.adapter import export_adapter as write
+
+    return write(load(source), Path(ckpt), Path(output), overrides)
+
+
+def merge(source: Any, ckpt: Any, output: Any, *, overrides: list[str] | None = None) -> Any:
+    """Fold the LoRA adapters of `ckpt` (a run's checkpoint, its adapter.safetensors or a
+    PEFT folder) into the base weights; the safetensors file loads into the spec without
+    its `lora` line."""
+    from pathlib import Path
+
+    from specc.exporting.adapter import merge as write
+
+    return write(load(source), Path(ckpt), Path(output), overrides)

@@ -184,8 +184,21 @@ def _check_train_blocks(program, console) -> None:
                 console.print(escape(f"{title}: labels not checked: {err.message}"))
                 continue
             console.print(escape(f"{title}: {check_data_fit(plan, labels)}"))
+            _check_lora(plan, program, console)
         except SpecError as err:
             raise err.with_source(source_texts(program)) from None
+
+
+def _check_lora(plan, program, console) -> None:
+    """The `lora` line of a train block: its warnings (stderr), the matched layers, the
+    adapters' size and the trainable fraction."""
+    from rich.markup import escape
+
+    from specc.training.runner import print_lora
+
+    if plan.lora is not None:
+        print_lora(plan, program, summary=False)
+        console.print(escape(plan.lora.summary()))
 
 
 def _frozen_counts(program, inst) -> dict[str, int] | None:
@@ -436,6 +449,45 @@ def export_cmd(
     with gc_paused():
         program = load(spec, plugins=not no_plugins)
         typer.echo(export_checkpoint(program, settings).describe())
+
+
+@app.command("export-adapter")
+def export_adapter_cmd(
+    spec: SpecPath,
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint of the LoRA run.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PEFT folder to write.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")] = [],  # noqa: B006
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Write a LoRA run's adapter in PEFT's format (adapter_model.safetensors and
+    adapter_config.json), for PeftModel.from_pretrained."""
+    from specc.exporting.adapter import export_adapter
+    from specc.lang.loader import load
+
+    with gc_paused():
+        program = load(spec, plugins=not no_plugins)
+        typer.echo(export_adapter(program, ckpt, output, list(set_)).describe())
+
+
+@app.command("merge")
+def merge_cmd(
+    spec: SpecPath,
+    ckpt: Annotated[
+        Path,
+        typer.Option("--ckpt", help="A LoRA run's checkpoint, adapter.safetensors or PEFT folder."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors to write.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a spec value.")] = [],  # noqa: B006
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Fold LoRA adapters into the base weights (W += scale·B@A): the file loads into the
+    spec without its `lora` line."""
+    from specc.exporting.adapter import merge
+    from specc.lang.loader import load
+
+    with gc_paused():
+        program = load(spec, plugins=not no_plugins)
+        typer.echo(merge(program, ckpt, output, list(set_)).describe())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -445,12 +445,22 @@ class GroupStmt(Node):
     span: Span
 
 
+class LoraStmt(Node):
+    """`lora "attn.c_attn", "re:h\\.0\\..*" (r=8, alpha=16)`: low-rank adapters on the
+    matching Linear layers; only they (and `modules_to_save`) train."""
+
+    patterns: list[str]
+    options: dict[str, Expr] = Field(default_factory=dict)
+    span: Span
+
+
 class TrainDef(Node):
     name: str | None = None
     fields: list[FieldDef] = Field(default_factory=list)
     inits: list[InitStmt] = Field(default_factory=list)
     freezes: list[FreezeStmt] = Field(default_factory=list)
     groups: list[GroupStmt] = Field(default_factory=list)
+    loras: list[LoraStmt] = Field(default_factory=list)
     span: Span
 
 

@@ -39,6 +39,7 @@ from specc.codegen.layout import (
 from specc.codegen.models import ModuleWriter, environment
 from specc.codegen.naming import check_attribute, check_identifier
 from specc.codegen.train_data import MAIN, DataWriter, call_doc, paragraphs, value_doc
+from specc.errors import SpecTypeError
 from specc.lang.plugins import load_plugins
 from specc.training.plan import (
     METRICS,
@@ -50,6 +51,7 @@ from specc.training.plan import (
     is_glob,
     spec_loss_instance,
 )
+from specc.values import loc
 
 # Names the training script binds or calls at module level or in `main()`: a model or plugin
 # class of the same name would shadow them.
@@ -137,6 +139,14 @@ class TrainScript:
     `evaluate`, and a `main()` that trains as `specc run` does."""
 
     def __init__(self, program: ir.Program, plan: TrainPlan) -> None:
+        if plan.lora is not None:
+            # refused rather than written without adapters: the script would train another model
+            raise SpecTypeError(
+                "compile --train does not write LoRA adapters yet",
+                loc(plan.lora.span),
+                hint="train this block with `specc run`; `specc compile` without --train "
+                "writes the model",
+            )
         self.program, self.plan = program, plan
         self.plugins = load_plugins(program) if program.plugins else {}
         loss = plan.loss

@@ -680,7 +680,7 @@ class Transformer:
         x = _Exprs(self.file, self.text)
         name, *items = t.children
         fields = [i for i in items if i.data == "field"]
-        inits, freezes, groups = [], [], []
+        inits, freezes, groups, loras = [], [], [], []
         for i in items:
             if i.data == "init_stmt":
                 target, path, options = i.children
@@ -704,12 +704,22 @@ class Transformer:
                         span=span_of(i, self.file),
                     )
                 )
+            elif i.data == "lora_stmt":
+                *pats, options = i.children
+                loras.append(
+                    ir.LoraStmt(
+                        patterns=[self.pattern(x, p) for p in pats],
+                        options=self.options(x, options),
+                        span=span_of(i, self.file),
+                    )
+                )
         return ir.TrainDef(
             name=None if name is None else str(name),
             fields=self.fields(x, fields),
             inits=inits,
             freezes=freezes,
             groups=groups,
+            loras=loras,
             span=span_of(t, self.file),
         )
 

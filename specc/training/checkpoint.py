@@ -19,6 +19,7 @@ from specc.errors import CheckpointError
 # safetensors refuses two names for one tensor (a tied weight): a file stores it once and
 # lists each further name here, as JSON {alias: stored name}; `load` restores the aliases.
 TIES_METADATA = "specc.ties"
+COMPILED_PREFIX = "_orig_mod."
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -76,10 +77,16 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")
     if "model" in obj and isinstance(obj["model"], dict):
-        return obj
+        return {**obj, "model": uncompiled(obj["model"])}
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"model": obj}
+        return {"model": uncompiled(obj)}
     raise CheckpointError(f"{path} does not hold a state_dict or a specc checkpoint")
+
+
+def uncompiled(state: dict[str, Any]) -> dict[str, Any]:
+    """The keys without `torch.compile`'s `_orig_mod.` (a compiled model's state_dict has
+    it; the model it was compiled from does not)."""
+    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
 
 
 def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:

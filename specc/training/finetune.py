@@ -27,9 +27,16 @@ from specc.values import loc
 
 
 def apply_train_setup(plan: TrainPlan, model: nn.Module, *, quiet: bool = False) -> None:
-    """Load the `init` weights, then freeze, on a freshly built model."""
+    """Load the `init` weights, add the LoRA adapters (and load the adapter the plan
+    starts from), then freeze, on a freshly built model."""
     for init in plan.inits:
         load_init(model, init, quiet=quiet)
+    if plan.lora is not None:
+        from specc.training.lora import add_adapters, load_adapter
+
+        add_adapters(model, plan.lora)
+        if plan.lora.load:
+            load_adapter(model, plan.lora, quiet=quiet)
     frozen = set(plan.frozen)
     for name, p in model.named_parameters():
         if name in frozen:

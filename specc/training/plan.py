@@ -11,8 +11,11 @@ SpecError at its place in the spec. Two consumers read the plan and nothing else
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -130,6 +133,40 @@ class InitPlan:
 
 
 @dataclass(frozen=True)
+class LoraPlan:
+    """`lora "attn.c_attn" (r=8, alpha=16)`: the Linear layers that get adapters (module
+    paths, model order) and their settings. Everything else is frozen, except the
+    parameters of `modules_to_save`, which train in full."""
+
+    patterns: tuple[str, ...]  # as written
+    modules: tuple[str, ...]
+    r: int
+    alpha: float
+    dropout: float
+    rslora: bool
+    modules_to_save: tuple[str, ...]  # patterns, as `freeze` matches them
+    load: str | None  # an adapter to start from: specc's adapter.safetensors or PEFT's folder
+    params: int  # the adapters' parameter count
+    trainable: int  # parameters that train: the adapters and `modules_to_save`
+    total: int  # every parameter of the adapted model (tied ones once)
+    base_sha256: str  # the base architecture's signature (specc.training.lora)
+    warnings: tuple[ir.CheckWarning, ...]
+    span: ir.Span
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
+
+    def summary(self) -> str:
+        """What `check` and `run` print: the layers, the adapters' size, the fraction."""
+        shown = ", ".join(self.modules[:4]) + (", ..." if len(self.modules) > 4 else "")
+        fraction = 100 * self.trainable / self.total
+        return (f"lora: {len(self.modules)} Linear layers ({shown}), r={self.r}, "
+                f"scale {self.scale:g}; {self.params:,} adapter parameters; trainable "
+                f"{self.trainable:,} of {self.total:,} ({fraction:.2f}%)")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DatasetPlan:
     split: Literal["train", "val", "test"]
     name: str
@@ -216,6 +253,7 @@ class TrainPlan:
     freeze_patterns: tuple[str, ...]  # as written
     frozen: tuple[str, ...]  # parameter names `freeze` matched
     frozen_norms: tuple[str, ...]  # BatchNorm module paths whose parameters are all frozen
+    lora: LoraPlan | None  # the adapters; `frozen` then holds every base parameter not saved
     metrics: tuple[str, ...]  # computed on evaluation, besides the loss
     best_metric: str
     higher_is_better: bool
@@ -248,7 +286,16 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
     cfg = with_data_refs(cfg, data_plan)
     model = _model(program, cfg.model, written)
     meta = _meta_module(program, model.instance)
-    frozen = frozen_names(train, meta)
+    lora = _lora(train, meta, model.call.name)
+    frozen = frozen_names(train, meta) | lora_frozen(lora, meta)
+    base_parameters = tuple(n for n, _ in meta.named_parameters())
+    if lora is not None:
+        from specc.training.lora import add_adapters
+
+        add_adapters(meta, lora)  # the optimizer holds the adapters' parameters
+        counts = [(p.numel(), n not in frozen) for n, p in meta.named_parameters()]
+        lora = dataclasses.replace(lora, trainable=sum(n for n, t in counts if t),
+                                   total=sum(n for n, _ in counts))  # fmt: skip
     loss = _loss(program, cfg.loss, model.instance)
     metrics, best, higher = _metrics(cfg, spans, loss)
     return TrainPlan(
@@ -259,10 +306,11 @@ def resolve(program: ir.Program, name: str | None = None) -> TrainPlan:
         optimizer=_optimizer(program, cfg.optimizer, train.groups, meta, frozen),
         scheduler=_scheduler(cfg),
         inits=tuple(_init(stmt, meta) for stmt in train.inits),
-        parameters=tuple(n for n, _ in meta.named_parameters()),
+        parameters=base_parameters,
         freeze_patterns=tuple(p for stmt in train.freezes for p in stmt.patterns),
         frozen=tuple(n for n, _ in meta.named_parameters() if n in frozen),
         frozen_norms=_frozen_norms(meta, frozen),
+        lora=lora,
         metrics=metrics,
         best_metric=best,
         higher_is_better=higher,
@@ -694,6 +742,179 @@ def frozen_names(train: ir.TrainDef, meta: Any) -> set[str]:
                 )
             frozen |= hit
     return frozen
+
+
+LORA_OPTIONS = ("r", "alpha", "dropout", "rslora", "modules_to_save", "load")
+REGEX_PREFIX = "re:"  # `lora "re:h\\.[01]\\..*"`: a regex full-matched against module paths
+
+
+def lora_matches(path: str, pattern: str) -> bool:
+    """PEFT's `target_modules` rule: a name matches a module path exactly or as a
+    `.`-suffix (`attn.c_attn` matches `h.3.attn.c_attn`); a glob the same way; `re:...` is
+    a regex that must match the whole path."""
+    if pattern.startswith(REGEX_PREFIX):
+        return re.fullmatch(pattern[len(REGEX_PREFIX) :], path) is not None
+    suffixes = [".".join(path.split(".")[i:]) for i in range(path.count(".") + 1)]
+    if is_glob(pattern):
+        return any(fnmatch.fnmatchcase(s, pattern) for s in suffixes)
+    return pattern in suffixes
+
+
+def _lora(train: ir.TrainDef, meta: Any, model_name: str) -> LoraPlan | None:
+    """The train block's `lora` statement matched against the model's Linear layers."""
+    from specc.training.lora import base_signature
+
+    if not train.loras:
+        return None
+    if len(train.loras) > 1:
+        raise SpecTypeError("a train block has one `lora` statement", loc(train.loras[1].span),
+                            hint="list every target in the first one")  # fmt: skip
+    stmt = train.loras[0]
+    opts = _lora_options(stmt)
+    modules = dict(meta.named_modules())
+    chosen: set[str] = set()
+    for pattern in stmt.patterns:
+        chosen |= _lora_targets(stmt, pattern, modules)
+    ordered = tuple(p for p in modules if p in chosen)
+    r = opts["r"]
+    params = sum(r * (modules[p].in_features + modules[p].out_features) for p in ordered)
+    saved = opts["modules_to_save"]
+    names = [n for n, _ in meta.named_parameters(remove_duplicate=False)]
+    for pattern in saved:
+        if not any(matches(n, pattern) for n in names):
+            raise SpecTypeError(
+                f"lora: modules_to_save {pattern!r} matches no parameter",
+                loc(stmt.options["modules_to_save"].span) or loc(stmt.span),
+                hint=did_you_mean(pattern, [p for p in modules if p]),
+            )
+    return LoraPlan(
+        patterns=tuple(stmt.patterns), modules=ordered, r=r, alpha=opts["alpha"],
+        dropout=opts["dropout"], rslora=opts["rslora"], modules_to_save=saved,
+        load=opts["load"], params=params, trainable=0, total=0,
+        base_sha256=base_signature(model_name, meta),
+        warnings=_partial_repeats(stmt, ordered, modules), span=stmt.span,
+    )  # fmt: skip
+
+
+def _lora_targets(stmt: ir.LoraStmt, pattern: str, modules: dict[str, Any]) -> set[str]:
+    """The Linear paths one target names; a name or glob that matches nothing, or a name
+    that is not a Linear, is a located error."""
+    from torch import nn
+
+    hit = [p for p in modules if p and lora_matches(p, pattern)]
+    if not hit:
+        suffixes = {".".join(p.split(".")[i:]) for p in modules if p
+                    for i in range(p.count(".") + 1)}  # fmt: skip
+        raise SpecNameError(
+            f"lora {pattern!r} matches no module of the model",
+            loc(stmt.span),
+            hint=did_you_mean(pattern, sorted(suffixes))
+            or f"targets are module paths or their ends, such as {_examples(modules)}",
+        )
+    linear = {p for p in hit if isinstance(modules[p], nn.Linear)}
+    explicit = not pattern.startswith(REGEX_PREFIX) and not is_glob(pattern)
+    other = [p for p in hit if p not in linear]
+    if (explicit and other) or not linear:
+        kind = type(modules[other[0]]).__name__
+        raise SpecTypeError(
+            f"lora {pattern!r} matches `{other[0]}`, a {kind}; adapters go on Linear layers",
+            loc(stmt.span),
+            hint=_not_linear_hint(modules, other[0]),
+        )  # fmt: skip
+    return linear
+
+
+def _not_linear_hint(modules: dict[str, Any], path: str) -> str:
+    from torch import nn
+
+    if _examples(modules, path):
+        return f"name its Linear layers, such as {_examples(modules, path)}"
+    if isinstance(modules[path], (nn.Embedding, nn.modules.conv._ConvNd)):
+        return "Embedding and Conv layers are not supported yet; `freeze` the rest instead"
+    return f"the model's Linear layers are {_examples(modules)}"
+
+
+def _examples(modules: dict[str, Any], under: str = "") -> str:
+    from torch import nn
+
+    found = [f"`{p}`" for p, m in modules.items()
+             if isinstance(m, nn.Linear) and (not under or p.startswith(under + "."))]  # fmt: skip
+    return ", ".join(found[:3])
+
+
+def _partial_repeats(stmt: ir.LoraStmt, chosen: tuple[str, ...],
+                     modules: dict[str, Any]) -> tuple[ir.CheckWarning, ...]:  # fmt: skip
+    """A warning per repeated layer (`h.0.attn.c_attn`, `h.1.attn.c_attn`, ...) that the
+    targets adapt in some blocks and not in others: usually a path written too long."""
+
+    def shape(path: str) -> str:
+        return ".".join("*" if part.isdigit() else part for part in path.split("."))
+
+    kin: dict[str, list[str]] = {}
+    for path, m in modules.items():
+        if path and type(m).__name__ == "Linear" and shape(path) != path:
+            kin.setdefault(shape(path), []).append(path)
+    warnings = []
+    for repeated, paths in kin.items():
+        taken = [p for p in paths if p in chosen]
+        if taken and len(taken) < len(paths):
+            warnings.append(ir.CheckWarning(
+                message=f"lora adapts {len(taken)} of the {len(paths)} `{repeated}` layers "
+                f"({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}); the others "
+                "stay frozen",
+                span=stmt.span,
+                hint=f"to adapt all of them, target {repeated.rsplit('*.', 1)[-1]!r}",
+            ))  # fmt: skip
+    return tuple(warnings)
+
+
+def _lora_options(stmt: ir.LoraStmt) -> dict[str, Any]:
+    """The options, checked; PEFT's defaults (r=8, alpha=8, no dropout)."""
+    opts: dict[str, Any] = {"r": 8, "alpha": None, "dropout": 0.0, "rslora": False,
+                            "modules_to_save": (), "load": None}  # fmt: skip
+    for key, expr in stmt.options.items():
+        if key not in LORA_OPTIONS:
+            raise SpecTypeError(
+                f"lora has no option `{key}`",
+                loc(expr.span) or loc(stmt.span),
+                hint=did_you_mean(key, LORA_OPTIONS) or f"options: {', '.join(LORA_OPTIONS)}",
+            )
+        opts[key] = literal(expr)
+    checks = {
+        "r": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "a whole number above 0, such as 8"),
+        "alpha": (lambda v: v is None or (isinstance(v, (int, float))
+                                          and not isinstance(v, bool) and v > 0),
+                  "a number above 0, such as 16"),
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and 0 <= v < 1, "a probability in [0, 1), such as 0.05"),
+        "rslora": (lambda v: isinstance(v, bool), "True or False"),
+        "modules_to_save": (lambda v: isinstance(v, (str, list, tuple))
+                            and all(isinstance(x, str) for x in ([v] if isinstance(v, str) else v)),
+                            'a module path or a list of them, such as ["lm_head"]'),
+        "load": (lambda v: v is None or isinstance(v, str), "a path string"),
+    }  # fmt: skip
+    for key, (ok, want) in checks.items():
+        if not ok(opts[key]):
+            span = stmt.options[key].span if key in stmt.options else None
+            raise SpecTypeError(f"lora: `{key}` is {want}, not {opts[key]!r}",
+                                loc(span) or loc(stmt.span))  # fmt: skip
+    if opts["alpha"] is None:
+        opts["alpha"] = 8
+    save = opts["modules_to_save"]
+    opts["modules_to_save"] = (save,) if isinstance(save, str) else tuple(save)
+    opts["dropout"] = float(opts["dropout"])
+    return opts
+
+
+def lora_frozen(lora: LoraPlan | None, meta: Any) -> set[str]:
+    """With `lora`, every base parameter except those of `modules_to_save` (a tied weight
+    trains when any of its names is saved)."""
+    if lora is None:
+        return set()
+    saved = {id(p) for n, p in meta.named_parameters(remove_duplicate=False)
+             if any(matches(n, pat) for pat in lora.modules_to_save)}  # fmt: skip
+    return {n for n, p in meta.named_parameters() if id(p) not in saved}
 
 
 def _frozen_norms(meta: Any, frozen: set[str]) -> tuple[str, ...]:

@@ -25,8 +25,8 @@ from torch import nn
 from specc import ir
 from specc.errors import CheckpointError, DataError, SpecError, SpecTypeError, UsageError
 from specc.lang.loader import source_texts
-from specc.shapes.report import print_warnings
-from specc.training import checkpoint, distributed, kernels
+from specc.shapes.report import print_warnings, render_warnings
+from specc.training import checkpoint, distributed, kernels, lora
 from specc.training.batches import (
     Split,
     batches_per_epoch,
@@ -440,9 +440,13 @@ class Trainer:
                 "state": self.state.__dict__,
                 "spec": self.program.sources[0].text,
                 "model_name": self.plan.model.call.name,
+                **({"lora": lora.settings(self.plan.lora)} if self.plan.lora else {}),
             },
             path,
         )
+        if self.plan.lora is not None and path == self.last_path:
+            lora.write_adapter(model_state, self.plan.lora, self.out_dir / lora.ADAPTER_FILE,
+                               self.program.sources[0].sha256)  # fmt: skip
 
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
@@ -547,6 +551,7 @@ def run(
             plan = resolve(program, train_name)
             if not quiet and os.environ.get("RANK", "0") == "0":  # once, not per worker
                 print_warnings(plan.model.instance, program)
+                print_lora(plan, program)
             out_dir = Path(runs_dir) / (name or Path(program.sources[0].path).stem)
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
@@ -556,6 +561,17 @@ def run(
             return Trainer(program, plan, out_dir=out_dir, resume=resume, quiet=quiet).run()
     except SpecError as err:
         raise err.with_source(texts) from None
+
+
+def print_lora(plan: TrainPlan, program: ir.Program, *, summary: bool = True) -> None:
+    """The warnings of the `lora` targets and the adapters' summary line, on stderr."""
+    if plan.lora is None:
+        return
+    if plan.lora.warnings:
+        texts = source_texts(program)
+        print(render_warnings(list(plan.lora.warnings), texts) + "\n", file=sys.stderr)
+    if summary:
+        print(plan.lora.summary(), file=sys.stderr)
 
 
 def evaluate_checkpoint(
