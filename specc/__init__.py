@@ -106,9 +106,9 @@ __all__ = [
     "build",
     "check",
     "compile",
+    "draw_graph",
     "export",
     "gc_paused",
-    "graph",
     "load",
     "plot",
     "sample",
@@ -161,7 +161,7 @@ def export(
     return export_checkpoint(load(source), settings)
 
 
-def graph(
+def draw_graph(
     source: Any,
     output: Any,
     *,
@@ -171,7 +171,8 @@ def graph(
 ) -> Any:
     """Draw one model's checked dataflow to `output` (.svg, .png, .pdf through Graphviz's
     `dot`; .dot for the text alone). Without `dot`, writes the .dot beside `output` and
-    says how to render it. Returns what was written (`.paths`, `.note`)."""
+    says how to render it. Returns what was written (`.paths`, `.note`). (Not named
+    `graph`: that is the module `specc.graph`, which would replace it once imported.)"""
     from pathlib import Path
 
     from specc.errors import UsageError

@@ -458,9 +458,9 @@ def graph_cmd(
 ) -> None:
     """Draw a model's dataflow: its layers with every `_` resolved, its ops, the shape on
     each edge, repeated blocks as one box with their count (Graphviz)."""
-    from specc import graph
+    from specc import draw_graph
 
-    written = graph(spec, output, model=model, depth=depth, plugins=not no_plugins)
+    written = draw_graph(spec, output, model=model, depth=depth, plugins=not no_plugins)
     for path in written.paths:
         typer.echo(f"wrote {path}", err=True)
     if written.note:
