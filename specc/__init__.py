@@ -106,11 +106,13 @@ __all__ = [
     "build",
     "check",
     "compile",
+    "draw_graph",
     "export",
     "export_adapter",
     "gc_paused",
     "load",
     "merge",
+    "plot",
     "sample",
     "train",
     "train_plan",
@@ -181,3 +183,62 @@ def merge(source: Any, ckpt: Any, output: Any, *, overrides: list[str] | None = 
     from specc.exporting.adapter import merge as write
 
     return write(load(source), Path(ckpt), Path(output), overrides)
+
+
+def draw_graph(
+    source: Any,
+    output: Any,
+    *,
+    model: str | None = None,
+    depth: int | None = None,
+    plugins: bool = True,
+) -> Any:
+    """Draw one model's checked dataflow to `output` (.svg, .png, .pdf through Graphviz's
+    `dot`; .dot for the text alone). Without `dot`, writes the .dot beside `output` and
+    says how to render it. Returns what was written (`.paths`, `.note`). (Not named
+    `graph`: that is the module `specc.graph`, which would replace it once imported.)"""
+    from pathlib import Path
+
+    from specc.errors import UsageError
+    from specc.pictures.extras import require
+    from specc.pictures.output import GRAPH_FORMATS, check_output
+
+    output = Path(output)
+    check_output(output, tuple(GRAPH_FORMATS), "net.svg")
+    if depth is not None and depth < 0:
+        raise UsageError(f"--depth {depth}: give 0 or more levels")
+    require("graphviz", "graph", "graph")  # before checking the model
+    from specc.pictures.dataflow import dataflow_dot
+    from specc.pictures.output import write_graph
+
+    with gc_paused():
+        program = load(source, plugins=plugins)
+        dot = dataflow_dot(_checked(program, model), depth)
+    return write_graph(dot, output)
+
+
+def _checked(program: Program, model: str | None) -> ModelInstance:
+    """The named model as `check` checks it; unnamed, the train block's model, with the
+    arguments it reads from the data (`vocab_size = data.vocab_size`) filled in."""
+    from specc.lang.loader import source_texts
+    from specc.shapes.check import check_model
+    from specc.training.plan import model_reads_data, train_model
+
+    if model is not None or not model_reads_data(program):
+        return check_model(program, model)
+    try:
+        return train_model(program).instance
+    except SpecError as err:
+        raise err.with_source(source_texts(program)) from None
+
+
+def plot(runs: Any, output: Any = "curves.png", *, x: str = "step") -> Any:
+    """Draw the metrics of run folders (or their metrics.jsonl files) to `output` (.png,
+    .svg, .pdf), several runs over each other; returns the path written."""
+    from pathlib import Path
+
+    from specc.pictures.curves import plot_runs
+
+    if isinstance(runs, (str, Path)):
+        runs = [runs]
+    return plot_runs([Path(r) for r in runs], Path(output), x)

@@ -490,6 +490,55 @@ def merge_cmd(
         typer.echo(merge(program, ckpt, output, list(set_)).describe())
 
 
+@app.command("graph")
+def graph_cmd(
+    spec: SpecPath,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The picture: .svg, .png, .pdf, or .dot for the text."),
+    ],
+    model: ModelOpt = None,
+    depth: Annotated[
+        Optional[int],  # noqa: UP045 - typer needs Optional on Python 3.10
+        typer.Option(
+            "--depth",
+            help="Levels of submodels drawn as clusters of their layers (default: all; "
+            "0: each submodel one box).",
+        ),
+    ] = None,
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Refuse plugin code.")] = False,
+) -> None:
+    """Draw a model's dataflow: its layers with every `_` resolved, its ops, the shape on
+    each edge, repeated blocks as one box with their count (Graphviz)."""
+    from specc import draw_graph
+
+    written = draw_graph(spec, output, model=model, depth=depth, plugins=not no_plugins)
+    for path in written.paths:
+        typer.echo(f"wrote {path}", err=True)
+    if written.note:
+        typer.echo(written.note, err=True)
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders (runs/<name>), drawn over each other.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The picture: .png, .svg or .pdf.")
+    ] = Path("curves.png"),
+    x: Annotated[str, typer.Option("--x", help="The horizontal axis: step or epoch.")] = "step",
+) -> None:
+    """Draw the loss, each metric and the learning rate of one or more runs against steps
+    or epochs; a run still going draws what it has logged so far."""
+    from specc import plot
+
+    typer.echo(f"wrote {plot(runs, output, x=x)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app, turning user errors into exit code 2."""
     try:

@@ -69,31 +69,55 @@ class Progress:
 
 class RunLog:
     """`metrics.jsonl` (one JSON object per line) and TensorBoard scalars. Workers other
-    than rank 0 write nothing. Per `log_every` steps: step, epoch, loss, lr and
-    samples_per_s (tokens_per_s for a sequence loss: target tokens, padding included).
-    Per epoch: epoch, step and `<split>_<metric>` of the evaluation (loss, accuracy, top5,
-    perplexity, bits_per_token; per counted token for a sequence loss). At the end:
-    final and the test metrics."""
+    than rank 0 write nothing. Per `log_every` steps: step, epoch, split "train", loss, lr
+    and samples_per_s (tokens_per_s for a sequence loss: target tokens, padding included).
+    Per epoch: epoch, step, the split evaluated ("val", else "test") and its metrics as
+    `<split>_<metric>` (loss, accuracy, top5, perplexity, bits_per_token; per counted
+    token for a sequence loss). At the end: final, split "test" and the test metrics.
+    The README's "metrics.jsonl" section is this schema; keep the two together."""
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.file = (out_dir / "metrics.jsonl").open("a") if enabled else None
         self.tb = _tensorboard(out_dir) if enabled else None
+        self.step = 0  # the final record has no step: TensorBoard puts it at the last one
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is None:
             return
+        self.step = record.get("step", self.step)
+        head = {k: record[k] for k in ("step", "epoch") if k in record}
+        split = split_of(record)
+        record = {**head, **({"split": split} if split else {}), **record}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None:
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(k, v, record.get("step", 0))
+                if _is_scalar(k, v):
+                    self.tb.add_scalar(k, v, self.step)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _is_scalar(key: str, value: Any) -> bool:
+    """A number TensorBoard plots: not the step or epoch (its axes), nor `final`, a marker
+    (a bool, which Python counts as an int)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and key not in ("step", "epoch")
+
+
+def split_of(record: dict[str, Any]) -> str | None:
+    """The split a record describes, from the keys the runner writes: "train" for a
+    training window (it has `lr`), else the split its `<split>_<metric>` keys name; None
+    for an epoch that evaluated nothing. Derived here so the runner's records stay as
+    they are."""
+    if "lr" in record:
+        return "train"
+    named = {k.split("_", 1)[0] for k in record} & {"val", "test"}
+    return named.pop() if len(named) == 1 else None
 
 
 def _tensorboard(out_dir: Path):
