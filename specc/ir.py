@@ -21,7 +21,7 @@ Every node carries a ``Span``. ``Program.model_dump_json()`` round-trips lossles
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -294,6 +294,13 @@ Expr = Annotated[
     | Ref,
     Field(discriminator="kind"),
 ]
+
+# The expression classes that refer to `Expr` could not be completed where they were defined.
+# Completing them here, before any later class uses `Expr`, lets those classes reuse their
+# schemas; left to the loop at the end, each later class rebuilt the whole expression family
+# again (importing this module took 0.45-0.65 s instead of 0.2 s).
+for _cls in get_args(get_args(Expr)[0]):
+    _cls.model_rebuild()
 
 
 # ---- forward graph --------------------------------------------------------------------
