@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import time
 
+import lark
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GOLDEN, SPECS
+from conftest import CASES, GOLDEN, SPECS
+from fuzz_grammar import specs
+from hypothesis import given, settings
 from torch import nn
 
 import specc
 from specc import ir
 from specc.errors import SpecError
+from specc.lang import parse
 
 ALL_SPECS = sorted(SPECS.rglob("*.spec"))
 
@@ -111,6 +115,47 @@ def test_checked_instance_schema_golden(golden):
     """What the shape pass produces (shapes with batch-dependent sizes included)."""
     schema = json.dumps(ir.ModelInstance.model_json_schema(), indent=2, sort_keys=True) + "\n"
     golden(GOLDEN / "ir_instance_schema.json", schema)
+
+
+def _tree_dump(node) -> object:
+    """A parse tree as plain data: each rule with its positions, each token with its own."""
+    if isinstance(node, lark.Tree):
+        return (node.data, vars(node.meta), [_tree_dump(c) for c in node.children])
+    if isinstance(node, lark.Token):
+        ends = (node.end_line, node.end_column, node.end_pos)
+        return (node.type, str(node), node.line, node.column, node.start_pos, ends)
+    return node
+
+
+def _outcome(parser: lark.Lark, text: str) -> object:
+    try:
+        return _tree_dump(parser.parse(text))
+    except lark.exceptions.UnexpectedInput as exc:
+        return (type(exc).__name__, exc.line, exc.column, sorted(getattr(exc, "expected", ())))
+
+
+@pytest.fixture(scope="module")
+def stock_parser() -> lark.Lark:
+    """Lark's parser for the grammar with its own tree builder throughout."""
+    return lark.Lark(parse.grammar_text(), **parse._OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "spec", [*ALL_SPECS, *sorted(CASES.rglob("*.spec"))], ids=lambda p: p.parent.name + "/" + p.stem
+)
+def test_unit_rules_pass_through(spec, stock_parser):
+    """The parser that reduces unit rules to their child directly gives Lark's own tree:
+    the same rules, tokens and positions (and the same syntax errors)."""
+    assert parse._first_child in parse.parser()._callbacks.values()  # the shortcut is on
+    text = spec.read_text("utf-8")
+    assert _outcome(parse.parser(), text) == _outcome(stock_parser, text)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(text=specs())
+def test_unit_rules_pass_through_generated(stock_parser, text):
+    """The same on generated programs (every construct of the grammar, some perturbed)."""
+    assert _outcome(parse.parser(), text) == _outcome(stock_parser, text)
 
 
 SEQUENTIAL = """
