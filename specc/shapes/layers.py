@@ -4,6 +4,7 @@ shape it first receives, and recorded as an IR constructor (`ir.Ctor`)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +58,18 @@ class LayerMaker:
     every `_` filled is recorded in its `holes`."""
 
     def __init__(self, inst: Instance) -> None:
-        self.inst = inst
+        # The instance owns its layer maker; a strong reference back would make a cycle, and
+        # with it the whole check (instances, meta modules, the program) garbage that only
+        # a collection frees, after the check has returned.
+        self._inst = weakref.ref(inst)
         self.ck: Checker = inst.ck
         self.scope: dict[str, Any] = {}  # the index of `repeat(n, i -> ...)` being built
+
+    @property
+    def inst(self) -> Instance:
+        inst = self._inst()
+        assert inst is not None, "a layer maker outlived its instance"
+        return inst
 
     @property
     def names(self) -> dict[str, Any]:
