@@ -254,10 +254,11 @@ def signature_params(cls: type) -> list[inspect.Parameter]:
     return list(list(sig.parameters.values())[1:])
 
 
-def accepts(cls: type) -> tuple[list[str], bool, bool]:
+@functools.cache
+def accepts(cls: type) -> tuple[tuple[str, ...], bool, bool]:
     """(parameter names, has *args, has **kwargs) of a constructor."""
     params = signature_params(cls)
-    names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names = tuple(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
     var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     return names, var_pos, var_kw

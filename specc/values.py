@@ -82,53 +82,65 @@ def evaluate(
 ) -> Any:
     """Evaluate a constant expression. `names` are model parameters; `on_other` handles
     nodes that are not constants (holes, refs, calls) or raises."""
+    return _Evaluator(names, on_other).ev(expr)
 
-    def ev(e: ir.Expr) -> Any:
+
+class _Evaluator:
+    """`evaluate`'s walk over an expression. An object rather than a nested function that
+    calls itself: such a function refers to itself through its closure, so each call left
+    a reference cycle holding `names` and `on_other` (in a check, the whole interpreter and
+    what it built) for the garbage collector."""
+
+    __slots__ = ("names", "on_other")
+
+    def __init__(self, names: Mapping[str, Any], on_other: Callable[[ir.Expr], Any] | None) -> None:
+        self.names = names
+        self.on_other = on_other
+
+    def ev(self, e: ir.Expr) -> Any:
         if isinstance(e, ir.Const):
             return e.value
         if isinstance(e, ir.Name):
-            if e.id in names:
-                return names[e.id]
-            if on_other is not None:
-                return on_other(e)
+            if e.id in self.names:
+                return self.names[e.id]
+            if self.on_other is not None:
+                return self.on_other(e)
             raise SpecNameError(
-                f"unknown name `{e.id}`", loc(e.span), hint=did_you_mean(e.id, names)
+                f"unknown name `{e.id}`", loc(e.span), hint=did_you_mean(e.id, self.names)
             )
         if isinstance(e, ir.ListExpr):
-            return [ev(i) for i in e.items]
+            return [self.ev(i) for i in e.items]
         if isinstance(e, ir.TupleExpr):
-            return tuple(ev(i) for i in e.items)
+            return tuple(self.ev(i) for i in e.items)
         if isinstance(e, ir.SliceExpr):
-            return slice(*(None if p is None else ev(p) for p in (e.start, e.stop, e.step)))
+            return slice(*(None if p is None else self.ev(p) for p in (e.start, e.stop, e.step)))
         if isinstance(e, ir.Ellipsis_):
             return ...
         if isinstance(e, ir.Neg):
-            v = ev(e.operand)
-            if on_other is not None and not isinstance(v, (int, float)):
-                return on_other(e)
+            v = self.ev(e.operand)
+            if self.on_other is not None and not isinstance(v, (int, float)):
+                return self.on_other(e)
             return _arith(operator.neg, e, v)
         if isinstance(e, ir.BinOp):
-            left, right = ev(e.left), ev(e.right)
+            left, right = self.ev(e.left), self.ev(e.right)
             return _arith(BINOPS[e.op], e, left, right)
         if isinstance(e, ir.BoolOp):
-            left = truth(ev(e.left), e.left)
+            left = truth(self.ev(e.left), e.left)
             if left == (e.op == "or"):
                 return left
-            return truth(ev(e.right), e.right)
+            return truth(self.ev(e.right), e.right)
         if isinstance(e, ir.Not):
-            return not truth(ev(e.operand), e.operand)
+            return not truth(self.ev(e.operand), e.operand)
         if isinstance(e, ir.IfExp):
-            return ev(e.body) if truth(ev(e.test), e.test) else ev(e.orelse)
+            return self.ev(e.body) if truth(self.ev(e.test), e.test) else self.ev(e.orelse)
         if isinstance(e, ir.Index):
-            return _arith(operator.getitem, e, ev(e.value), ev(e.index))
+            return _arith(operator.getitem, e, self.ev(e.value), self.ev(e.index))
         if isinstance(e, ir.Call) and e.func in CONST_FUNCTIONS and not e.kwargs:
-            if e.func not in names:  # a model parameter may shadow it
-                return _arith(CONST_FUNCTIONS[e.func], e, *(ev(a) for a in e.args))
-        if on_other is not None:
-            return on_other(e)
+            if e.func not in self.names:  # a model parameter may shadow it
+                return _arith(CONST_FUNCTIONS[e.func], e, *(self.ev(a) for a in e.args))
+        if self.on_other is not None:
+            return self.on_other(e)
         raise SpecTypeError("expected a constant here", loc(getattr(e, "span", None)))
-
-    return ev(expr)
 
 
 def _is_tensor(*values: Any) -> bool:

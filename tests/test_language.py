@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 
+import lark
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GOLDEN, SPECS
+from conftest import CASES, GOLDEN, SPECS
+from fuzz_grammar import specs
+from hypothesis import given, settings
 from torch import nn
 
 import specc
 from specc import ir
 from specc.errors import SpecError
+from specc.lang import parse
 
 ALL_SPECS = sorted(SPECS.rglob("*.spec"))
 
@@ -111,6 +116,48 @@ def test_checked_instance_schema_golden(golden):
     """What the shape pass produces (shapes with batch-dependent sizes included)."""
     schema = json.dumps(ir.ModelInstance.model_json_schema(), indent=2, sort_keys=True) + "\n"
     golden(GOLDEN / "ir_instance_schema.json", schema)
+
+
+def _tree_dump(node) -> object:
+    """A parse tree as plain data: each rule with its positions, each token with its own."""
+    if isinstance(node, lark.Tree):
+        return (node.data, vars(node.meta), [_tree_dump(c) for c in node.children])
+    if isinstance(node, lark.Token):
+        ends = (node.end_line, node.end_column, node.end_pos)
+        return (node.type, str(node), node.line, node.column, node.start_pos, ends)
+    return node
+
+
+def _outcome(parser: lark.Lark, text: str) -> object:
+    try:
+        return _tree_dump(parser.parse(text))
+    except lark.exceptions.UnexpectedInput as exc:
+        return (type(exc).__name__, exc.line, exc.column, sorted(getattr(exc, "expected", ())))
+
+
+@pytest.fixture(scope="module")
+def stock_parser() -> lark.Lark:
+    """Lark's parser for the grammar with its own tree builder throughout."""
+    return lark.Lark(parse.grammar_text(), **parse._OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "spec", [*ALL_SPECS, *sorted(CASES.rglob("*.spec"))], ids=lambda p: p.parent.name + "/" + p.stem
+)
+def test_tree_building_as_lark(spec, stock_parser):
+    """The parser with specc's tree building (`parse._build_trees_faster`) gives Lark's own
+    tree: the same rules, tokens and positions (and the same syntax errors)."""
+    callbacks = [getattr(c, "__qualname__", "") for c in parse.parser()._callbacks.values()]
+    assert "_first_child" in callbacks and "_with_positions.<locals>.callback" in callbacks
+    text = spec.read_text("utf-8")
+    assert _outcome(parse.parser(), text) == _outcome(stock_parser, text)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(text=specs())
+def test_tree_building_as_lark_generated(stock_parser, text):
+    """The same on generated programs (every construct of the grammar, some perturbed)."""
+    assert _outcome(parse.parser(), text) == _outcome(stock_parser, text)
 
 
 SEQUENTIAL = """
@@ -255,6 +302,42 @@ def test_shared_sub_model_instances():
     inst = specc.check("\n".join(levels), "Top")
     assert inst.params == 2**10 * 20 + 30
     assert inst.outputs[0].tensor.shape == [6]
+
+
+def _cyclic_garbage(run) -> list:
+    """What `run()` leaves that only the garbage collector can free (found with it off)."""
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+@pytest.mark.parametrize("spec", [SPECS / "two_tower.spec", "deep", "shared"])
+def test_check_frees_what_it_built(spec):
+    """A check's instances, meta modules, tensors and program are freed as it returns. In
+    reference cycles they waited for the next garbage collection, which then had to scan
+    them all: 0.18 s after checking 1,000 layers. (The stdlib's `ast.literal_eval` leaves
+    a few objects per string literal.)"""
+    texts = {
+        "deep": "model Deep { "
+        + " ".join(f"l{i} = Linear(_, 8)" for i in range(200))
+        + " forward(x: [8]) { "
+        + " ".join(f"x = relu(l{i}(x))" for i in range(200))
+        + " return x } }",
+        "shared": "model A { fc = Linear(_, 4) forward(x: [4]) { return fc(x) } }\n"
+        "model B { a = A() b = A() forward(x: [4]) { return b(a(x)) } }",
+    }
+    specc.check(texts.get(spec, spec))  # registries and caches built once per process
+    garbage = _cyclic_garbage(lambda: specc.check(texts.get(spec, spec)))
+    ours = [o for o in garbage if type(o).__module__.split(".")[0] in ("specc", "torch", "lark")]
+    assert not ours and len(garbage) < 100
 
 
 def test_absurd_input_sizes_are_refused():

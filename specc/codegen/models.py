@@ -849,7 +849,7 @@ def _ctor_params(plugin: type | None, func: str) -> list[str]:
     from specc.registry import accepts, nn_classes
 
     cls = plugin or nn_classes().get(func)
-    return accepts(cls)[0] if cls is not None else []
+    return list(accepts(cls)[0]) if cls is not None else []
 
 
 def _no_name(e: ir.Name) -> Doc:  # pragma: no cover - literals have no names

@@ -65,16 +65,45 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
     else:
         raise UsageError(f"expected a spec path or spec text, got {type(source).__name__}")
 
-    files: dict[str, str] = {}
-    parts: dict[str, list] = {"models": [], "data": [], "trains": [], "imports": [], "plugins": []}
-    sources: list[ir.SourceFile] = []
-    origin: dict[str, str] = {}  # model name -> file that defined it
+    reader = _Reader()
+    try:
+        root = str(path.resolve()) if path is not None else "<spec>"
+        reader.visit(text, display, base, path, [root])
+        parts = reader.parts
+        if not plugins and parts["plugins"]:
+            p = parts["plugins"][0]
+            raise SpecError(
+                f"plugin {p.target!r} refused: plugins are disabled (--no-plugins)",
+                loc(p.span),
+                hint="plugins run Python code; drop --no-plugins to allow it",
+            )
+        program = ir.Program(sources=reader.sources, **parts)
+        from specc.lang.passes import run_passes
 
-    def visit(text: str, display: str, base: Path, real: Path | None, stack: list[str]) -> None:
-        files[display] = text
+        return run_passes(program)
+    except SpecError as err:
+        raise err.with_source(reader.files) from None
+
+
+class _Reader:
+    """The files of one `load`, read depth first through their imports, and their parts.
+    An object rather than a nested function that calls itself: such a function refers to
+    itself through its closure, so each load left its parts to the garbage collector."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+        kinds = ("models", "data", "trains", "imports", "plugins")
+        self.parts: dict[str, list] = {kind: [] for kind in kinds}
+        self.sources: list[ir.SourceFile] = []
+        self.origin: dict[str, str] = {}  # model name -> file that defined it
+
+    def visit(
+        self, text: str, display: str, base: Path, real: Path | None, stack: list[str]
+    ) -> None:
+        self.files[display] = text
         tree = parse(text, display)
         got = transform(tree, display, text)
-        sources.append(
+        self.sources.append(
             ir.SourceFile(path=display, text=text, sha256=hashlib.sha256(text.encode()).hexdigest())
         )
         for imp in got["imports"]:
@@ -88,41 +117,24 @@ def load(source: Any, *, plugins: bool = True) -> ir.Program:
                     loc(imp.span),
                     hint="remove one of the imports in the cycle",
                 )
-            if any(s.path == shown for s in sources):
+            if any(s.path == shown for s in self.sources):
                 continue  # imported twice (diamond): once is enough
             if not target.is_file():
                 raise SpecNameError(
                     f"imported spec not found: {imp.path} (looked at {shown})", loc(imp.span)
                 )
-            visit(_read(target, shown), shown, target.parent, target, [*stack, key])
+            self.visit(_read(target, shown), shown, target.parent, target, [*stack, key])
         for m in got["models"]:
-            if m.name in origin:
-                first = origin[m.name]
+            if m.name in self.origin:
+                first = self.origin[m.name]
                 raise SpecNameError(
                     f"model `{m.name}` is defined in both {first} and {m.file}",
                     loc(m.span),
                     hint="rename one of them",
                 )
-            origin[m.name] = m.file
+            self.origin[m.name] = m.file
         for key, items in got.items():
-            parts[key].extend(items)
-
-    try:
-        root = str(path.resolve()) if path is not None else "<spec>"
-        visit(text, display, base, path, [root])
-        if not plugins and parts["plugins"]:
-            p = parts["plugins"][0]
-            raise SpecError(
-                f"plugin {p.target!r} refused: plugins are disabled (--no-plugins)",
-                loc(p.span),
-                hint="plugins run Python code; drop --no-plugins to allow it",
-            )
-        program = ir.Program(sources=sources, **parts)
-        from specc.lang.passes import run_passes
-
-        return run_passes(program)
-    except SpecError as err:
-        raise err.with_source(files) from None
+            self.parts[key].extend(items)
 
 
 def _display_path(p: Path) -> str:

@@ -52,6 +52,11 @@ class Checker:
             ) and all(self.pure(c) for c in used if self.program.model(c) is not None)
         return self._pure[name]
 
+    def close(self) -> None:
+        """Forget the sub-model instances checked: each refers back to this checker, so
+        kept, they would leave the whole check to the garbage collector once it returns."""
+        self.instances.clear()
+
     def snippet(self, span: ir.Span | None) -> str:
         if span is None:
             return "?"
@@ -128,11 +133,14 @@ def check_model(
                 hint=did_you_mean(name or "", [m.name for m in program.models]),
             )
         ck = Checker(program, _registry(program))
-        bound = bind_model_args(mdef, [], args or {}, mdef.span)
-        inst = Instance(ck, mdef, bound)
-        inst.execute(declared_inputs(mdef, bound, inputs))
-        assert inst.instance is not None
-        return inst.instance
+        try:
+            bound = bind_model_args(mdef, [], args or {}, mdef.span)
+            inst = Instance(ck, mdef, bound)
+            inst.execute(declared_inputs(mdef, bound, inputs))
+            assert inst.instance is not None
+            return inst.instance
+        finally:
+            ck.close()
     except SpecError as err:
         raise err.with_source(texts) from None
 

@@ -4,6 +4,7 @@ shape it first receives, and recorded as an IR constructor (`ir.Ctor`)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +58,18 @@ class LayerMaker:
     every `_` filled is recorded in its `holes`."""
 
     def __init__(self, inst: Instance) -> None:
-        self.inst = inst
+        # The instance owns its layer maker; a strong reference back would make a cycle, and
+        # with it the whole check (instances, meta modules, the program) garbage that only
+        # a collection frees, after the check has returned.
+        self._inst = weakref.ref(inst)
         self.ck: Checker = inst.ck
         self.scope: dict[str, Any] = {}  # the index of `repeat(n, i -> ...)` being built
+
+    @property
+    def inst(self) -> Instance:
+        inst = self._inst()
+        assert inst is not None, "a layer maker outlived its instance"
+        return inst
 
     @property
     def names(self) -> dict[str, Any]:
@@ -330,7 +340,11 @@ class LayerMaker:
         return Built(ctor, meta_forward(module), params, cls.__name__, checks, key)
 
     def _arguments(
-        self, e: ir.Call, signature: tuple[list[str], bool, bool], x: Any, holes: dict[int, Any]
+        self,
+        e: ir.Call,
+        signature: tuple[tuple[str, ...], bool, bool],
+        x: Any,
+        holes: dict[int, Any],
     ) -> tuple[list[Any], dict[str, Any]]:
         """The constructor's arguments (`signature`: `registry.accepts`), bound like a Python
         call, `_` filled from `x`."""
@@ -400,8 +414,9 @@ class LayerMaker:
     ) -> Any:
         """The module on meta (one per class and arguments); a plugin whose code does not
         support meta is built for real instead."""
-        cache_key = None if plugin else f"{qualname(cls)}:{sig(args)}:{sig(kwargs)}"
-        cacheable = cache_key and None not in (sig(args), sig(kwargs))
+        sigs = None if plugin else (sig(args), sig(kwargs))
+        cache_key = None if sigs is None else f"{qualname(cls)}:{sigs[0]}:{sigs[1]}"
+        cacheable = sigs is not None and None not in sigs
         cached = self.ck.modules.get(cache_key) if cacheable else None
         if cached is not None:
             return cached  # same class, same arguments: one meta instance serves all
