@@ -130,8 +130,7 @@ def _load_strictly(model: torch.nn.Module, state: dict, ckpt: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        reason = next((ln for ln in lines if ln and not ln.startswith("Error(s) in")), "")
+        reason = checkpoint.misfit_reason(exc)
         raise CheckpointError(
             f"{ckpt} does not fit the spec's base model: {reason[:300]}",
             hint="use the spec (and --set overrides) of the run",

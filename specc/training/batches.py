@@ -194,13 +194,20 @@ def _first_sample(split: Split) -> Any:
             with torch.random.fork_rng(devices=cuda):
                 sample = split.augment(sample)
         return sample
+    item = dataset_item_zero(split)
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def dataset_item_zero(split: Split) -> Any:
+    """Item 0 of a split's dataset (None when it is empty), read without consuming any
+    random number: a random transform must not shift the run's stream."""
     if not len(split.dataset):
         return None
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         item = split.dataset[0]
     random.setstate(state)
-    return item[0] if isinstance(item, (tuple, list)) else item
+    return item
 
 
 def check_label_ranges(splits: dict[str, Split], inst: ir.ModelInstance, data: DataPlan) -> None:

@@ -89,6 +89,13 @@ def uncompiled(state: dict[str, Any]) -> dict[str, Any]:
     return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
 
 
+def misfit_reason(exc: BaseException) -> str:
+    """What `load_state_dict` found wrong: torch's first line only says "Error(s) in
+    loading state_dict for X:", the missing or unexpected keys come after it."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    return next((ln for ln in lines if ln and not ln.startswith("Error(s) in")), "")
+
+
 def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
     """Load checkpoint `path` (`load`'s checks) into `model`, the spec's model `name`, and
     return the checkpoint; weights that do not fit the model are a CheckpointError."""
@@ -96,9 +103,7 @@ def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        # torch's first line only says "Error(s) in loading state_dict for X:"
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        reason = next((ln for ln in lines if ln and not ln.startswith("Error(s) in")), "")
+        reason = misfit_reason(exc)
         raise CheckpointError(
             f"{path} does not fit model `{name}`: {reason[:300] or type(exc).__name__}",
             hint="a checkpoint of a run with --set overrides needs the same --set here",

@@ -13,7 +13,6 @@ from the mean token loss.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from specc import ir
 from specc.errors import DataError, SpecTypeError
 from specc.shapes.meta import tensor_dims
 from specc.training import data as D
-from specc.training.batches import Split
+from specc.training.batches import Split, dataset_item_zero
 from specc.training.plan import ClassTargets, DatasetPlan, TrainPlan
 from specc.values import loc
 
@@ -146,12 +145,7 @@ def first_label(split: Split) -> LabelType | None:
     without consuming any random number."""
     if split.y is not None:
         return LabelType.of(split.y[0]) if len(split.y) else None
-    if not len(split.dataset):
-        return None
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        item = split.dataset[0]
-    random.setstate(state)
+    item = dataset_item_zero(split)
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         return None
     try:
