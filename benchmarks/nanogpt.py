@@ -142,3 +142,33 @@ def get_batch(data: np.ndarray, block_size: int, batch_size: int):
     y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block_size].astype(np.int64))
                      for i in ix])  # fmt: skip
     return x, y
+
+
+# ---- LoRA, written by hand as a user without a library would --------------------------
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus scale·B(A(dropout(x))); A kaiming-uniform, B zero."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+        self.scale = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.dropout(x) @ self.lora_A.T @ self.lora_B.T * self.scale
+
+
+def add_lora(model: nn.Module, names: tuple[str, ...], r: int, alpha: float,
+             dropout: float) -> list[nn.Parameter]:  # fmt: skip
+    """Freeze the model, wrap each Linear child named in `names`; the adapters' params."""
+    model.requires_grad_(False)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if name in names and isinstance(child, nn.Linear):
+                setattr(module, name, LoRALinear(child, r, alpha, dropout))
+    return [p for p in model.parameters() if p.requires_grad]

@@ -472,14 +472,48 @@ model Top {
 # ---- 7. compile --train -------------------------------------------------------------------
 
 
+# Shipped specs that read what an earlier run wrote (specs/gpt_lora.spec reads the
+# tokenizer.json of `specc run specs/gpt.spec`): compiled in a folder holding it.
+AFTER_A_RUN = {"gpt_lora"}
+
+
 @pytest.fixture(scope="session")
-def train_generated():
+def base_runs(tmp_path_factory) -> Path:
+    """A folder with runs/gpt/tokenizer.json, as `specc run specs/gpt.spec` leaves it."""
+    from specc.training import text
+
+    folder = tmp_path_factory.mktemp("base_runs")
+    (folder / "runs" / "gpt").mkdir(parents=True)
+    text.write_tokenizer(text.char_tokens(text.python_docs_text()), "char",
+                         folder / "runs" / "gpt")  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="session")
+def compile_train(base_runs):
+    """`specc.compile(spec, train=True)`, from `base_runs` for the specs that need it."""
+
+    def run(stem: str) -> str:
+        if stem not in AFTER_A_RUN:
+            return specc.compile(SPEC_PATHS[stem], train=True)
+        here = Path.cwd()
+        os.chdir(base_runs)
+        try:
+            return specc.compile(SPEC_PATHS[stem], train=True)
+        finally:
+            os.chdir(here)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def train_generated(compile_train):
     """The `compile --train` source of a spec, generated once per session."""
     cache: dict[str, str] = {}
 
     def get(stem: str) -> str:
         if stem not in cache:
-            cache[stem] = specc.compile(SPEC_PATHS[stem], train=True)
+            cache[stem] = compile_train(stem)
         return cache[stem]
 
     return get
@@ -491,7 +525,7 @@ def test_train_golden(stem, train_generated, golden):
 
 
 @pytest.mark.parametrize("stem", TRAIN_STEMS)
-def test_train_script_is_clean(stem, train_generated, generated, tmp_path):
+def test_train_script_is_clean(stem, train_generated, generated, compile_train, tmp_path):
     """ruff-clean with default settings, formatted, idempotent, no specc import, the model
     classes exactly as `compile` writes them, and nothing defined that is not used."""
     source = train_generated(stem)
@@ -501,7 +535,7 @@ def test_train_script_is_clean(stem, train_generated, generated, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     fmt = _ruff("format", "--isolated", "--no-cache", "--check", "--diff", str(file))
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
-    assert specc.compile(SPEC_PATHS[stem], train=True) == source
+    assert compile_train(stem) == source
 
     tree = ast.parse(source)
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
@@ -640,6 +674,8 @@ def train_runs(tmp_path_factory) -> dict:
     init = specc.build(specs["case_train"]).state_dict()  # hidden=16: only fc2.bias fits
     save_file({k: v.contiguous() for k, v in init.items()}, str(folder / "init.safetensors"))
 
+    specs["gpt_lora"] = _gpt_lora_copy(root / "gpt_lora")
+
     folder = root / "case_lm"  # a token model: [B, T, V] scores per token
     write_token_windows(folder)
     specs["case_lm"] = _train_copy(folder, "case_lm", {}, CASE_PATHS["case_lm"].read_text("utf-8"))
@@ -673,6 +709,29 @@ def _text_bpe_copy(folder: Path) -> Path:
         'PythonDocs(block_size=64, split="val")': dataset + ', split="val")',
         "batch_size = 32": "batch_size = 4"},
         (ROOT / "specs" / "chars.spec").read_text("utf-8"))  # fmt: skip
+
+
+def _gpt_lora_copy(folder: Path) -> Path:
+    """specs/gpt_lora.spec made small (dropout kept), on a base checkpoint and char
+    tokenizer.json made here as `specc run specs/gpt.spec` makes them (absolute paths:
+    compiling reads the tokenizer for the vocabulary size)."""
+    from specc.training import text
+    from specc.training.build import build_model
+    from specc.training.plan import resolve
+
+    base = folder / "runs" / "gpt"
+    base.mkdir(parents=True)
+    shutil.copy(ROOT / "specs" / "gpt2.spec", folder / "gpt2.spec")
+    text.write_tokenizer(text.char_tokens(text.python_docs_text()), "char", base)
+    spec = _train_copy(folder, "gpt_lora", {
+        '"runs/gpt/': f'"{folder}/runs/gpt/',
+        "n_layer = 4, n_head = 4, n_embd = 128": "n_layer = 1, n_head = 2, n_embd = 32",
+        "block_size=128": "block_size=16",
+        "epochs         = 2": "epochs         = 1\n    max_steps      = 140"})  # fmt: skip
+    program = specc.load(spec)
+    torch.manual_seed(1)
+    torch.save(build_model(program, resolve(program)).state_dict(), base / "best.pt")
+    return spec
 
 
 def _ran(train_runs: dict, stem: str) -> tuple[str, Path]:
@@ -730,7 +789,7 @@ def test_train_other_scripts_run(train_runs, stem):
 
 # The guarantee: `python <stem>.py` and `specc run <stem>.spec` end with the same weights.
 SAME_AS_RUN = ["case_lm", "chars", "custom_parts", "digits", "digits_finetune",
-               "digits_pretrain", "smooth_loss", "text_bpe", "two_tower"]  # fmt: skip
+               "digits_pretrain", "gpt_lora", "smooth_loss", "text_bpe", "two_tower"]  # fmt: skip
 
 _RUN_SPECS = """\
 import json, os, sys

@@ -4,7 +4,10 @@ folder both ways, and merging. Tiny models: a digits MLP, and specs/gpt.spec mad
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,7 @@ train {
 }
 """
 LORA = 'lora "body.1", "body.3" (r=4, alpha=8, dropout=0.1, modules_to_save=["head"])'
+PLAIN = 'lora "body.1", "body.3" (r=4, alpha=8, dropout=0.1)'
 ADAPTERS = ("body.1.lora_A.weight", "body.1.lora_B.weight",
             "body.3.lora_A.weight", "body.3.lora_B.weight")  # fmt: skip
 BASE = ("body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias")
@@ -172,12 +176,6 @@ def test_a_conv_target_is_refused(tmp_path, capsys):
     assert "Embedding and Conv layers are not supported yet" in err
 
 
-def test_compile_train_refuses_lora_for_now(tmp_path, capsys):
-    code, _, err = cli(capsys, "compile", "--train", str(mlp(tmp_path)))
-    assert code == 2
-    assert "error: compile --train does not write LoRA adapters yet" in err
-
-
 # ---- training -------------------------------------------------------------------------
 
 
@@ -225,10 +223,47 @@ def test_resume_is_bitwise_and_the_adapter_is_written(tmp_path):
     assert meta["specc.spec_sha256"] == specc.load(spec).sources[0].sha256
 
 
+def _script_and_run(spec: Path) -> tuple[dict, dict]:
+    """The weights `python <spec>.py` (from `compile --train`) and `specc run` end with."""
+    code = main(["compile", "--train", str(spec), "-o", str(spec.with_suffix(".py"))])
+    assert code == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, spec.with_suffix(".py").name], cwd=spec.parent,
+                          env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = torch.load(spec.with_suffix(".pt"), weights_only=True)
+    train(spec, name=spec.stem)
+    return script, checkpoint.load(spec.parent / "runs" / spec.stem / "last.pt")["model"]
+
+
+def test_compile_train_writes_lora_and_trains_as_specc_run(tmp_path, monkeypatch):
+    """The script's LoRALinear, freezing and `load=` (here a PEFT folder) end bit for bit
+    where `specc run` ends; the tied, text-trained GPT is in test_codegen's SAME_AS_RUN."""
+    monkeypatch.chdir(tmp_path)  # `load="peft"` is relative, as the script reads it
+    start = mlp(tmp_path, PLAIN, name="start.spec")
+    train(start, "max_steps=10", name="start")
+    code = main(["export-adapter", str(start), "--ckpt", str(tmp_path / "runs" / "start" /
+                 "last.pt"), "-o", str(tmp_path / "peft")])  # fmt: skip
+    assert code == 0
+    spec = mlp(tmp_path, LORA.replace(")", ', load="peft")'), name="loaded.spec")
+    source = spec.with_suffix(".py")
+    script, run = _script_and_run(spec)
+    text = source.read_text("utf-8")
+    assert "class LoRALinear(nn.Module):" in text and "import peft" not in text
+    assert 'adapter = load_file("peft/adapter_model.safetensors")' in text
+    assert script.keys() == run.keys() and set(ADAPTERS) <= set(run)
+    differ = [k for k, v in run.items() if not torch.equal(v, script[k])]
+    assert not differ, differ
+    started = checkpoint.load(tmp_path / "runs" / "start" / "last.pt")["model"]
+    assert not torch.equal(run[ADAPTERS[1]], started[ADAPTERS[1]])  # the adapter trained on
+    for key in BASE:
+        assert torch.equal(run[key], started[key]), key  # and the base did not
+
+
 # ---- PEFT's folder, both ways ---------------------------------------------------------
 
 peft = pytest.importorskip("peft")
-PLAIN = 'lora "body.1", "body.3" (r=4, alpha=8, dropout=0.1)'
 
 
 def _outputs(model: torch.nn.Module) -> torch.Tensor:
@@ -373,3 +408,60 @@ def test_merge_refuses_another_base_and_strips_compiled_prefixes(tmp_path, capsy
 
     a, b = load_file(out), load_file(out + "2")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_merge_refuses_a_tied_target(tmp_path, capsys):
+    """lm_head shares wte's weight: folding B@A in would change the embedding too."""
+    spec = gpt(tmp_path, 'lora "lm_head", "attn.c_attn" (r=4)')
+    out = tmp_path / "m.safetensors"
+    code, _, err = cli(capsys, "merge", str(spec), "--ckpt", str(tmp_path / "last.pt"),
+                       "-o", str(out), *(a for s in GPT_SMALL for a in ("--set", s)))  # fmt: skip
+    assert code == 2
+    assert "cannot merge the adapter of `lm_head`: its weight is tied to " \
+           "`transformer.wte.weight`" in err, err  # fmt: skip
+    assert not out.exists()
+
+
+# ---- more than one process -------------------------------------------------------------
+
+NO_DROPOUT = 'lora "body.1", "body.3" (r=4, alpha=8, modules_to_save=["head"])'
+
+
+def _torchrun(spec: Path, runs: str, *sets: str) -> Path:
+    args = [a for s in ("data.batch_size=32", "data.drop_last=True", *sets) for a in ("--set", s)]
+    proc = subprocess.run([sys.executable, "-m", "specc", "run", str(spec), "--nproc-per-node",
+                           "2", "--runs-dir", runs, *args], cwd=spec.parent,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return spec.parent / runs / spec.stem
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp_train_the_same_adapter_as_one_process(tmp_path):
+    """2 workers at batch 32 = 1 worker at 64: the adapters and the saved head agree, the
+    base stays bitwise as it was, and each run writes the same adapter file."""
+    spec = mlp(tmp_path, NO_DROPOUT)
+    ddp = _torchrun(spec, "ddp")
+    fsdp = _torchrun(spec, "fsdp", 'strategy="fsdp"')
+    specc.train(spec, ["data.batch_size=64", "data.drop_last=True"], runs_dir=tmp_path / "one",
+                quiet=True)  # fmt: skip
+    one = tmp_path / "one" / "net"
+    from safetensors import safe_open
+
+    states, metadata = {}, {}
+    for run in (one, ddp, fsdp):
+        states[run] = checkpoint.load(run / "last.pt")["model"]
+        with safe_open(str(run / "adapter.safetensors"), "pt") as f:
+            assert sorted(f.keys()) == sorted(ADAPTERS)
+            metadata[run] = json.loads(f.metadata()["specc.lora"])
+    assert metadata[ddp] == metadata[fsdp] == metadata[one]
+    program = specc.load(spec)
+    torch.manual_seed(0)
+    start = build_model(program, resolve(program)).state_dict()
+    for run in (ddp, fsdp):
+        assert list(states[run]) == list(states[one])
+        for k, v in states[one].items():
+            assert torch.allclose(states[run][k], v, atol=1e-5, rtol=0), (run.parent.name, k)
+        for k in BASE:
+            assert torch.equal(states[run][k], start[k]), k
+    assert not torch.equal(states[fsdp][ADAPTERS[1]], torch.zeros(32, 4))

@@ -221,3 +221,89 @@ def test_data_references_are_located_errors(tmp_path, capsys, call, dataset, mes
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert message in err and "s.spec:" in err and "Traceback" not in err
+
+
+# ---- a run's tokenizer, and PythonSource ----------------------------------------------
+
+
+def test_a_char_run_saves_a_tokenizer_json_that_gives_the_same_ids(tmp_path):
+    """`tokenizer.json` of a char run is Hugging Face's format: `tokenizers` reads it and
+    gives the run's ids; specc reads it as that char vocabulary (same ids, faster)."""
+    from tokenizers import Tokenizer
+
+    docs = text.python_docs_text()
+    tokens = text.char_tokens(docs)
+    saved = text.write_tokenizer(tokens, "char", tmp_path)
+    assert saved == tmp_path / "tokenizer.json"
+    hf = Tokenizer.from_file(str(saved))
+    head = docs[:20_000]
+    assert hf.encode(head, add_special_tokens=False).ids == tokens.ids[:20_000].tolist()
+    assert hf.decode(tokens.ids[:300].tolist()) == docs[:300]
+    source = text.python_source_text()
+    fast = text.tokenize(source, str(saved), LOC)
+    assert fast.vocab_size == tokens.vocab_size == 103
+    assert fast.ids[:20_000].tolist() == hf.encode(source[:20_000], add_special_tokens=False).ids
+    assert fast.decode(fast.ids.tolist()) == source
+    # another tokenizer.json is read by `tokenizers` itself
+    bpe = write_tokenizer(tmp_path / "bpe.json", [SAMPLE])
+    assert text.char_vocabulary(bpe) is None
+
+
+def test_a_character_outside_a_saved_vocabulary_is_a_located_error(tmp_path):
+    saved = text.write_tokenizer(text.char_tokens("abc\n"), "char", tmp_path)
+    for read in (
+        lambda t: text.tokenize(t, str(saved), LOC),
+        lambda t: text.file_tokens(t, text.load_tokenizer(saved, LOC), "it", LOC),
+    ):
+        with pytest.raises(DataError) as err:
+            read("abc\ncab\nabd\n")
+        message = str(err.value)
+        assert "cannot encode the text: the character 'd' (line 3) is not in its vocabulary" \
+            in message, message  # fmt: skip
+        assert err.value.location == LOC
+
+
+def test_specc_run_saves_the_tokenizer_beside_the_checkpoints(tmp_path, monkeypatch):
+    import specc
+
+    monkeypatch.chdir(tmp_path)
+    corpus = text_file(tmp_path, "hello world, hello specc\n" * 200)
+    spec = tmp_path / "tiny.spec"
+    spec.write_text(TINY_LM.format(dataset=f'TextFile("{corpus.name}", block_size=8)'))
+    specc.train(spec, runs_dir=tmp_path / "runs", quiet=True)
+    saved = tmp_path / "runs" / "tiny" / "tokenizer.json"
+    assert text.char_vocabulary(saved) == sorted(set(corpus.read_text()))
+    # a second spec reads another text with it: the same ids for the same characters
+    again = text.tokenize("hello", str(saved), LOC)
+    assert again.ids.tolist() == text.char_tokens(corpus.read_text()).encode("hello")
+
+
+TINY_LM = """
+model Bigram(vocab: int, context: int) {{
+    tok = Embedding(vocab, vocab)
+    forward(idx: [context] long) {{
+        return tok(idx)
+    }}
+}}
+data words {{
+    train      = {dataset}
+    batch_size = 4
+}}
+train tiny {{
+    model     = Bigram(vocab = data.vocab_size, context = data.block_size)
+    data      = words
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+    epochs    = 1
+    max_steps = 2
+}}
+"""
+
+
+def test_python_source_is_standard_library_code():
+    source = text.python_source_text()
+    assert 300_000 < len(source) < 800_000
+    assert "class Bdb:" in source and "def mkstemp(" in source
+    windows = make_dataset("PythonSource", [], {"block_size": 32, "split": "val"})
+    x, y = windows[0]
+    assert x.shape == y.shape == (32,) and torch.equal(x[1:], y[:-1])

@@ -39,7 +39,6 @@ from specc.codegen.layout import (
 from specc.codegen.models import ModuleWriter, environment
 from specc.codegen.naming import check_attribute, check_identifier
 from specc.codegen.train_data import MAIN, DataWriter, call_doc, paragraphs, value_doc
-from specc.errors import SpecTypeError
 from specc.lang.plugins import load_plugins
 from specc.training.plan import (
     METRICS,
@@ -47,11 +46,11 @@ from specc.training.plan import (
     Ctor,
     GroupPlan,
     InitPlan,
+    LoraPlan,
     TrainPlan,
     is_glob,
     spec_loss_instance,
 )
-from specc.values import loc
 
 # Names the training script binds or calls at module level or in `main()`: a model or plugin
 # class of the same name would shadow them.
@@ -74,6 +73,7 @@ TRAIN_NAMES = frozenset(
         "steps_per_epoch", "scaler", "step", "epoch", "running_loss", "i", "inputs", "labels",
         "outputs", "loss", "bad_epochs", "best_state", "k", "v", "p", "x", "other_params",
         "ignored", "transposed", "alias", "source", "counted", "tokens", "top5",
+        "LoRALinear", "lora_layers", "path", "trained", "adapter",
         *(f"{pre}_{m}" for pre in ("best", "val", "test") for m in METRICS),
     }
 )  # fmt: skip
@@ -139,14 +139,6 @@ class TrainScript:
     `evaluate`, and a `main()` that trains as `specc run` does."""
 
     def __init__(self, program: ir.Program, plan: TrainPlan) -> None:
-        if plan.lora is not None:
-            # refused rather than written without adapters: the script would train another model
-            raise SpecTypeError(
-                "compile --train does not write LoRA adapters yet",
-                loc(plan.lora.span),
-                hint="train this block with `specc run`; `specc compile` without --train "
-                "writes the model",
-            )
         self.program, self.plan = program, plan
         self.plugins = load_plugins(program) if program.plugins else {}
         loss = plan.loss
@@ -176,7 +168,9 @@ class TrainScript:
         model = call_doc(call.name, call.args, call.kwargs, call.span)
         groups = [_from_data_comment(plan) + _on_device("model", model)]
         groups += [self.init_statements(init) for init in plan.inits]
-        if plan.frozen:
+        if plan.lora is not None:
+            groups.append(self.lora_statements(plan.lora))
+        if plan.freeze_patterns:
             groups.append(self.freeze_statements(plan.freeze_patterns))
         if plan.compile:
             groups[-1] = [*groups[-1], "model.compile()"]
@@ -226,6 +220,47 @@ class TrainScript:
             out.append(f"{target}.load_state_dict(state)")
         else:
             out.append(f"print({target}.load_state_dict(state, strict=False))")
+        return out
+
+    def lora_statements(self, lora: LoraPlan) -> list[str]:
+        """`lora "..." (r=, alpha=)`: each listed Linear wrapped in the script's LoRALinear
+        (the adapter file loaded when the plan starts from one), then every base parameter
+        frozen except those of `modules_to_save`, as the runner does."""
+        self.gen.uses["F"] = self.gen.uses["math"] = True  # LoRALinear's
+        layers = Brackets("", tuple(literal_doc(m) for m in lora.modules), "[", "]", display=True)
+        wrap = Brackets("LoRALinear", (Text("model.get_submodule(path)"), Text(f"r={lora.r}"),
+                                       Text(f"scale={lora.scale!r}"),
+                                       Text(f"dropout={lora.dropout!r}")))  # fmt: skip
+        out = [
+            f"# LoRA: a rank-{lora.r} update on {len(lora.modules)} Linear layers; only the "
+            "adapters train",
+            statement(layers, "lora_layers = ", MAIN),
+            "for path in lora_layers:\n    "
+            + statement(
+                Brackets("model.set_submodule", (Text("path"), wrap)), "", MAIN + 4
+            ).replace("\n", "\n    "),
+        ]
+        if lora.load:
+            out += self.adapter_load_statements(lora.load)
+        saved = lora.modules_to_save
+        test = self.condition(self.name_test(saved)) if saved else ""
+        out.append(block_of("freeze_base", ", ".join(saved), test))
+        return out
+
+    def adapter_load_statements(self, source: str) -> list[str]:
+        """`load=`: the adapter's tensors, by the model's keys (specc's adapter file, or a
+        PEFT folder whose keys carry `base_model.model.`)."""
+        self.imports.add("from safetensors.torch import load_file")
+        folder = not source.endswith(".safetensors")  # decided here, not by the disk's cwd
+        path = f"{source.rstrip('/')}/adapter_model.safetensors" if folder else source
+        load = Brackets("load_file", (literal_doc(path),))
+        load = Brackets("load_file", (literal_doc(path),))
+        out = [f"# start from the adapter {source}", statement(load, "adapter = ", MAIN)]
+        if folder:
+            strip = Comp("", Text('k.removeprefix("base_model.model."): v'),
+                         "for k, v in adapter.items()", open="{", close="}")  # fmt: skip
+            out.append(statement(strip, "adapter = ", MAIN))
+        out.append("model.load_state_dict(adapter, strict=False)  # the lora_A/lora_B keys")
         return out
 
     def patterns_statement(self, name: str, patterns: tuple[str, ...]) -> str:
@@ -636,6 +671,7 @@ class TrainScript:
             **self.evaluation_context(held),
             "weights": string_literal(weights),
             "saved": string_literal(f"saved the weights to {weights}"),
+            "lora": plan.lora is not None,
             **self.data.helpers(),  # last: the sections above decide which are needed
         }
         self.gen.uses["torch"] = True

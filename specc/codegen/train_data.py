@@ -21,6 +21,7 @@ from specc.codegen.layout import (
 from specc.codegen.naming import check_attribute
 from specc.errors import SpecTypeError
 from specc.training.plan import TEXT_KINDS, DataPlan, DatasetPlan, TransformPlan
+from specc.training.text import PYTHON_SOURCE_MODULES
 from specc.values import loc
 
 MAIN = 4  # indent of main()'s statements
@@ -88,7 +89,7 @@ class DataWriter:
         self.digits = False  # digits_dataset()
         self.tensor_kinds: set[str] = set()  # load_tensor_file() for these kinds of file
         self.transformed = False  # TransformedDataset
-        self.text_sources: set[str] = set()  # read_text(), python_docs_text()
+        self.text_sources: set[str] = set()  # read_text(), python_docs_text(), ...
         self.tokenizers: set[str] = set()  # the TOKEN_HELPERS the script needs
 
     def transform_doc(self, steps: tuple[TransformPlan, ...]) -> Doc | None:
@@ -157,9 +158,9 @@ class DataWriter:
         if ds.kind == "text_file":
             self.text_sources.add("file")
             source = call_doc("read_text", (a["path"],), {}, ds.span)
-        else:
-            self.text_sources.add("python_docs")
-            source = Text("python_docs_text()")
+        else:  # python_docs, python_source: the script reads the same text
+            self.text_sources.add(ds.kind)
+            source = Text(f"{ds.kind}_text()")
         kind = a["tokenizer"] if a["tokenizer"] in TOKEN_HELPERS else "file"
         self.tokenizers.add(kind)
         self.imports.add("import numpy as np")
@@ -242,6 +243,12 @@ class DataWriter:
         ]
         return "val_set"
 
+    @staticmethod
+    def source_modules() -> Doc:
+        """PythonSource's module names, as a list display."""
+        names = tuple(literal_doc(m) for m in PYTHON_SOURCE_MODULES)
+        return Brackets("", names, "[", "]", PREC_ATOM, display=True)
+
     def helpers(self) -> dict[str, Any]:
         """The template's helpers this data needs; adds the torch.utils.data import."""
         self.dataset_names.add("default_collate" if self.data.in_memory else "DataLoader")
@@ -254,5 +261,6 @@ class DataWriter:
             "tensor_kinds": sorted(self.tensor_kinds, key=TENSOR_FILE_ORDER.index),
             "transformed": self.transformed,
             "text_sources": sorted(self.text_sources),
+            "python_source_modules": statement(self.source_modules(), "modules = ", 4),
             "tokenizers": [k for k in TOKEN_HELPERS if k in self.tokenizers],
         }

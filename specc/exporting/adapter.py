@@ -59,9 +59,10 @@ def merge(program: ir.Program, ckpt: Path, output: Path,
     """Checkpoint `ckpt`'s adapters folded into its base, written as safetensors."""
     try:
         plan = _lora_plan(program, overrides)
+        base = build_model(program, plan)  # the model without adapters
+        _refuse_tied_targets(base, plan)
         state, recorded = _adapted_state(program, plan, Path(ckpt))
         merged = lora.merged_state(state, recorded)
-        base = build_model(program, plan)  # the model without adapters
         _load_strictly(base, merged, ckpt)
         meta = {"specc.spec_sha256": program.sources[0].sha256,
                 "specc.lora_merged": str(recorded["modules"])}  # fmt: skip
@@ -78,6 +79,25 @@ def _lora_plan(program: ir.Program, overrides: list[str] | None) -> TrainPlan:
         raise UsageError("the spec's train block has no `lora` statement: nothing to export "
                          "or merge", hint="name the spec the adapter was trained with")  # fmt: skip
     return plan
+
+
+def _refuse_tied_targets(base: torch.nn.Module, plan: TrainPlan) -> None:
+    """An adapted layer whose weight is tied to another (a GPT's lm_head and wte) cannot be
+    merged: B@A folded into the shared tensor would change the other layer too."""
+    names: dict[int, list[str]] = {}
+    for name, p in base.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for module in plan.lora.modules:
+        weight = f"{module}.weight"
+        others = [n for n in names[id(base.get_parameter(weight))] if n != weight]
+        if others:
+            raise UsageError(
+                f"cannot merge the adapter of `{module}`: its weight is tied to `{others[0]}`, "
+                f"so folding it in would change `{others[0]}` too and the merged model would "
+                "compute something else",
+                hint="keep the adapter apart (the run's checkpoint, or `lora ... (load=)`), or "
+                "leave the tied layer out of the lora targets",
+            )
 
 
 def _adapted_state(program: ir.Program, plan: TrainPlan,

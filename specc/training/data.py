@@ -3,8 +3,8 @@
 Resolves the names in a spec's ``data`` block (for the train plan) and turns them into
 objects: transforms from
 ``torchvision.transforms.v2``, datasets from ``torchvision.datasets`` plus the built-ins
-(``Digits``, ``TensorFile``, and the text datasets ``TextFile`` and ``PythonDocs`` of
-``specc.training.text``), and an optional in-memory fast path (``materialize``).
+(``Digits``, ``TensorFile``, and the text datasets ``TextFile``, ``PythonDocs`` and
+``PythonSource`` of ``specc.training.text``), and an optional in-memory fast path (``materialize``).
 Every user-facing problem (missing files, bad checksums, bad arguments, unsafe pickles)
 becomes a ``DataError`` with the dataset name, the path looked at and how to fix it.
 """
@@ -35,8 +35,8 @@ from specc.training.config import CallSpec
 from specc.training.plan import DatasetPlan, TransformPlan
 from specc.values import loc
 
-BUILTIN_DATASETS = ("Digits", "TensorFile", "TextFile", "PythonDocs")
-TEXT_DATASETS = ("TextFile", "PythonDocs")
+BUILTIN_DATASETS = ("Digits", "TensorFile", "TextFile", "PythonDocs", "PythonSource")
+TEXT_DATASETS = ("TextFile", "PythonDocs", "PythonSource")
 # What `data.<attribute>` in a train block can read from the training dataset.
 DATASET_ATTRIBUTES = ("vocab_size", "block_size")
 TENSOR_FILE_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -266,18 +266,26 @@ def _pythondocs_signature(block_size: int = 256, tokenizer: str = "char", split:
     """PythonDocs(block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
 
 
+def _pythonsource_signature(block_size: int = 256, tokenizer: str = "char",
+                            split: str = "train", val_fraction: float = 0.1) -> None:  # fmt: skip
+    """PythonSource(block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
+
+
 _BUILTIN_SIGNATURES: dict[str, Callable] = {
     "Digits": _digits_signature,
     "TensorFile": _tensorfile_signature,
     "TextFile": _textfile_signature,
     "PythonDocs": _pythondocs_signature,
+    "PythonSource": _pythonsource_signature,
 }
 _BUILTIN_KINDS = {
     "Digits": "digits",
     "TensorFile": "tensor_file",
     "TextFile": "text_file",
     "PythonDocs": "python_docs",
+    "PythonSource": "python_source",
 }
+TEXT_KINDS = tuple(_BUILTIN_KINDS[name] for name in TEXT_DATASETS)
 
 
 def _bind(name: str, fn: Callable, args: list, kwargs: dict, location) -> inspect.BoundArguments:
@@ -689,12 +697,21 @@ def text_arguments(ds: DatasetPlan, location: Location | None = None) -> dict[st
 
 def text_tokens(ds: DatasetPlan, location: Location | None = None) -> text.Tokens:
     """The tokens of a text dataset's whole text (both splits): TextFile's from the cache
-    beside its file when fresh, PythonDocs' tokenised anew (it is small)."""
+    beside its file when fresh, PythonDocs' and PythonSource's tokenised anew (they are
+    small)."""
     location = location or loc(ds.span)
     a = text_arguments(ds, location)
     if ds.kind == "text_file":
         return text.file_token_ids(a["path"], a["tokenizer"], "TextFile", location)[0]
-    return text.tokenize(text.python_docs_text(), a["tokenizer"], location)
+    source = text.python_docs_text if ds.kind == "python_docs" else text.python_source_text
+    return text.tokenize(source(), a["tokenizer"], location)
+
+
+def save_tokenizer(ds: DatasetPlan, folder: Path) -> Path | None:
+    """A text dataset's tokenizer as `folder/tokenizer.json` (specc.training.text)."""
+    a = text_arguments(ds)
+    tokens = text_tokens(ds) if a["tokenizer"] == "char" else None
+    return text.write_tokenizer(tokens, a["tokenizer"], folder)
 
 
 def _open_text(ds: DatasetPlan, transform, location: Location | None) -> TextDataset:
@@ -743,7 +760,8 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
       ``(float32 [1, 8, 8] in [0, 1], int64 label)``.
     - ``TensorFile(path, x="x", y="y")``: a .pt (loaded with ``weights_only=True``), .npz
       (no pickles) or .safetensors file with inputs and labels.
-    - ``TextFile(path, ...)`` and ``PythonDocs(...)``: next-token windows of a text
+    - ``TextFile(path, ...)``, ``PythonDocs(...)`` and ``PythonSource(...)``: next-token
+      windows of a text
       (specc.training.text): samples are ``(int64 [block_size], int64 [block_size])``.
     - anything else: the class of that name in ``torchvision.datasets``, called with
       ``args``/``kwargs`` and ``transform=``. ``verify=False`` (default True) skips
@@ -757,7 +775,7 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
     if ds.kind == "tensor_file":
         a = _bind(ds.name, _tensorfile_signature, list(ds.args), ds.kwargs, location).arguments
         return _load_tensor_file(a["path"], a["x"], a["y"], transform, location)
-    if ds.kind in ("text_file", "python_docs"):
+    if ds.kind in TEXT_KINDS:
         return _open_text(ds, transform, location)
     cls = _UNVERIFIED.get(ds.cls, ds.cls) if not ds.verify else ds.cls
     kwargs = dict(ds.kwargs) | ({"transform": transform} if transform is not None else {})
@@ -787,7 +805,7 @@ def known_label(ds: DatasetPlan) -> tuple[tuple[int, ...], str] | None:
     reading any file (`specc check` opens nothing it need not); None: read sample 0."""
     if ds.kind == "digits" or (ds.kind == "torchvision" and ds.name in _CLASS_INDEX_DATASETS):
         return (), "int64"
-    if ds.kind in ("text_file", "python_docs"):
+    if ds.kind in TEXT_KINDS:
         return (text_arguments(ds)["block_size"],), "int64"
     return None
 

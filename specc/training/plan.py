@@ -35,7 +35,7 @@ INIT_OPTIONS = ("strict", "skip_mismatched", "strip_prefix", "add_prefix", "tran
 # What `save_pretrained` writes in its folder: `init from "folder"` reads this file.
 FOLDER_WEIGHTS = "model.safetensors"
 # The dataset kinds that are a text read as token ids (their tokens decode back to text).
-TEXT_KINDS = ("text_file", "python_docs")
+TEXT_KINDS = ("text_file", "python_docs", "python_source")
 
 
 # ---- the records ----------------------------------------------------------------------
@@ -170,7 +170,9 @@ class LoraPlan:
 class DatasetPlan:
     split: Literal["train", "val", "test"]
     name: str
-    kind: Literal["digits", "tensor_file", "text_file", "python_docs", "torchvision"]
+    kind: Literal[
+        "digits", "tensor_file", "text_file", "python_docs", "python_source", "torchvision"
+    ]
     cls: type | None  # the torchvision class
     args: tuple[Any, ...]
     kwargs: dict[str, Any]  # without `verify`

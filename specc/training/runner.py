@@ -44,6 +44,7 @@ from specc.training.build import (
     pick_device,
 )
 from specc.training.config import apply_overrides
+from specc.training.data import TEXT_KINDS, save_tokenizer
 from specc.training.finetune import apply_train_setup
 from specc.training.logs import Progress, RunLog, print_summary
 from specc.training.plan import TrainPlan, resolve
@@ -222,6 +223,8 @@ class Trainer:
             for stale in self.out_dir.glob(".*.tmp"):  # left by a run killed while saving
                 stale.unlink(missing_ok=True)
         self.log = RunLog(self.out_dir, self.ctx.is_main)
+        if self.ctx.is_main and plan.data.train.kind in TEXT_KINDS:
+            save_tokenizer(plan.data.train, self.out_dir)  # for fine-tunes and sampling
         self.stop_signal: int | None = None
         self.old_handler = (signal.signal(signal.SIGINT, self._on_sigint)
                             if _main_thread() else None)  # fmt: skip

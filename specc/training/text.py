@@ -82,6 +82,22 @@ def python_docs_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+# Pure-Python standard-library modules (present from 3.10 to 3.13) whose characters all
+# occur in PythonDocs' text: a model trained there with the char tokenizer reads them as is.
+PYTHON_SOURCE_MODULES = ("bdb", "calendar", "codecs", "locale", "mailbox", "modulefinder",
+                         "plistlib", "pprint", "profile", "socketserver", "tempfile",
+                         "warnings", "wave")  # fmt: skip
+
+
+def python_source_text() -> str:
+    """The source code of PYTHON_SOURCE_MODULES from this Python's standard library (about
+    450 kB), in that order with blank lines: a second real corpus, of code."""
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    return "\n\n".join((lib / f"{m}.py").read_text("utf-8") for m in PYTHON_SOURCE_MODULES)
+
+
 # ---- tokenisers -----------------------------------------------------------------------
 
 
@@ -148,10 +164,16 @@ def load_tokenizer(path: Path, location: Location | None):
         ) from None
 
 
-def file_tokens(text: str, tokenizer) -> Tokens:
+def file_tokens(text: str, tokenizer, what: str = "the tokenizer",
+                location: Location | None = None) -> Tokens:  # fmt: skip
     """The ids a Hugging Face tokenizer gives the whole text, without special tokens."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+    except Exception as exc:  # tokenizers raises a plain Exception (an unknown character)
+        why = unknown_text(exc, text, tokenizer)
+        raise DataError(f"{what} cannot encode the text: {why}", location,
+                        hint=UNKNOWN_HINT) from None  # fmt: skip
     return Tokens(
         np.asarray(ids, dtype=_id_dtype(vocab_size)), vocab_size, tokenizer.decode,
         _tokenizer_encoder(tokenizer),
@@ -159,7 +181,66 @@ def file_tokens(text: str, tokenizer) -> Tokens:
 
 
 def _tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:
-    return lambda s: tokenizer.encode(s, add_special_tokens=False).ids
+    """Encode a string; a character the vocabulary lacks is a KeyError naming it."""
+
+    def encode(s: str) -> list[int]:
+        try:
+            return tokenizer.encode(s, add_special_tokens=False).ids
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise KeyError(_first_unknown(s, tokenizer) or str(exc)) from None
+
+    return encode
+
+
+UNKNOWN_HINT = ("a character-level tokenizer.json (as a text run saves) knows only the "
+                "characters of the text it was made from")  # fmt: skip
+
+
+def _first_unknown(text: str, tokenizer) -> str | None:
+    """The first character of `text` missing from a vocabulary of single characters."""
+    vocab = tokenizer.get_vocab()
+    if not all(len(token) == 1 for token in vocab):
+        return None
+    return next((c for c in text if c not in vocab), None)
+
+
+def unknown_text(exc: Exception, text: str, tokenizer) -> str:
+    """Why a tokenizer failed on `text`: the first unknown character and its line."""
+    char = _first_unknown(text, tokenizer)
+    if char is None:
+        return str(exc)
+    line = text.count("\n", 0, text.index(char)) + 1
+    return f"the character {char!r} (line {line}) is not in its vocabulary"
+
+
+# ---- a run's tokenizer ----------------------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def write_tokenizer(tokens: Tokens | None, tokenizer: str, folder: Path) -> Path | None:
+    """The tokenizer as `folder/tokenizer.json`, Hugging Face's format, so another spec
+    reads its text with the same ids (a fine-tune: `tokenizer="runs/gpt/tokenizer.json"`).
+    A char vocabulary becomes a WordLevel model over single characters; a tokenizer.json is
+    copied. None for "bytes" (nothing to save) and without the `tokenizers` package."""
+    target = folder / TOKENIZER_FILE
+    if tokenizer == "bytes":
+        return None
+    if tokenizer != "char":
+        _write_atomic(target, lambda f: f.write(resolve_path(tokenizer).read_bytes()))
+        return target
+    try:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    except ImportError:
+        return None
+    assert tokens is not None  # the char vocabulary is the text's
+    chars = tokens.decode(list(range(tokens.vocab_size)))
+    vocab = {c: i for i, c in enumerate(chars)}
+    made = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))  # no [UNK]: unknown fails
+    made.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    made.decoder = decoders.Fuse()  # characters join without spaces
+    _write_atomic(target, lambda f: f.write(made.to_str().encode("utf-8")))
+    return target
 
 
 def check_tokenizer(tokenizer: object, what: str, location: Location | None) -> None:
@@ -180,7 +261,58 @@ def tokenize(text: str, tokenizer: str, location: Location | None) -> Tokens:
         return char_tokens(text)
     if tokenizer == "bytes":
         return byte_tokens(text)
-    return file_tokens(text, load_tokenizer(resolve_path(tokenizer), location))
+    what = f"the tokenizer '{tokenizer}'"
+    path = resolve_path(tokenizer)
+    chars = char_vocabulary(path)
+    if chars is not None:
+        return char_tokens_in(text, chars, what, location)
+    return file_tokens(text, load_tokenizer(path, location), what, location)
+
+
+# The pre-tokenizer of a char-level tokenizer.json (write_tokenizer's): one piece per character.
+CHAR_SPLIT = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated",
+              "invert": False}  # fmt: skip
+
+
+def char_vocabulary(path: Path) -> list[str] | None:
+    """The characters, in id order, of a tokenizer.json such as `write_tokenizer` makes (a
+    WordLevel model over single characters after a per-character split, nothing else);
+    None for any other file. Such a tokenizer gives each character its id, so it is read
+    as the char tokenizer with that vocabulary: the ids `tokenizers` would give, without
+    one pre-token object per character (about 50x faster on PythonDocs)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None  # `load_tokenizer` says what is wrong with it
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "WordLevel":
+        return None
+    if data.get("pre_tokenizer") != CHAR_SPLIT or any(
+        data.get(k) for k in ("normalizer", "post_processor", "added_tokens")
+    ):
+        return None
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not all(len(c) == 1 for c in vocab):
+        return None
+    chars = sorted(vocab, key=vocab.__getitem__)
+    return chars if [vocab[c] for c in chars] == list(range(len(chars))) else None
+
+
+def char_tokens_in(text: str, chars: list[str], what: str, location: Location | None) -> Tokens:
+    """One id per character, from a given vocabulary (`chars[i]` has id i); a character
+    outside it is a DataError naming it and its line."""
+    points = np.array([ord(c) for c in chars], dtype=np.uint32)
+    order = np.argsort(points)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    at = np.minimum(np.searchsorted(points[order], codes), len(chars) - 1)
+    unknown = points[order][at] != codes
+    if unknown.any():
+        first = int(np.argmax(unknown))
+        line = text.count("\n", 0, first) + 1
+        why = f"the character {text[first]!r} (line {line}) is not in its vocabulary"
+        raise DataError(f"{what} cannot encode the text: {why}", location, hint=UNKNOWN_HINT)
+    ids = order[at].astype(_id_dtype(len(chars)))
+    return Tokens(ids, len(chars), _char_decoder(chars), _char_encoder(chars))
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
