@@ -8,17 +8,23 @@
 - Sampling: specc's sampler (`specc.training.sample.generate` on the module specc builds,
   as `specc sample` runs it) against nanoGPT's `generate`, the same weights in both, 200
   new tokens from a one-token prompt (the context grows to block_size, then is cropped).
+- LoRA: `specc run specs/gpt_lora.spec --set max_steps=N` (r=8 beside every attention and
+  MLP Linear, the base frozen) against the same model with LoRA written by hand
+  (`nanogpt.add_lora`) in nanoGPT's loop, on the same text (stdlib source, the docs'
+  characters). The base is a fresh GPT saved where the spec reads it (`runs/gpt/`).
 - Checking the 124M GPT-2 config (`specs/gpt2.spec`'s defaults) in a fresh process,
   beyond `import torch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from benchmarks import nanogpt
@@ -47,6 +53,64 @@ class SpeccTrain:
                       name=f"gpt{self.count}", quiet=True)  # fmt: skip
         assert summary["steps"] == self.steps, summary
         return self.steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+class SpeccLoRA:
+    """`specc run specs/gpt_lora.spec --set max_steps=N` in this process, from a folder
+    holding the base run's files; tokens/s end to end."""
+
+    def __init__(self, ctx: Context, steps: int) -> None:
+        import specc
+        from specc.training import text
+        from specc.training.build import build_model
+        from specc.training.plan import resolve
+
+        self.ctx, self.steps, self.count = ctx, steps, 0
+        self.folder = ctx.tmp / "lora_base"
+        base = self.folder / "runs" / "gpt"
+        base.mkdir(parents=True, exist_ok=True)
+        text.write_tokenizer(text.char_tokens(text.python_docs_text()), "char", base)
+        program = specc.load(ctx.repo / "specs" / "gpt.spec")
+        torch.save(build_model(program, resolve(program)).state_dict(), base / "best.pt")
+
+    def __call__(self) -> float:
+        import specc
+        from specc.training.runner import run
+
+        self.count += 1
+        start = time.perf_counter()
+        with contextlib.chdir(self.folder):  # the spec reads runs/gpt/ from here
+            summary = run(specc.load(self.ctx.repo / "specs" / "gpt_lora.spec"),
+                          [f"max_steps={self.steps}", "log_every=1000"], runs_dir="lm",
+                          name=f"lora{self.count}", quiet=True)  # fmt: skip
+        assert summary["steps"] == self.steps, summary
+        return self.steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+def nanogpt_lora(steps: int) -> float:
+    """The same LoRA fine-tune by hand: nanoGPT's model and loop, `nanogpt.add_lora`, the
+    adapters' AdamW alone; tokens/s end to end."""
+    from specc.training.text import python_docs_text, python_source_text
+
+    start = time.perf_counter()
+    chars = sorted(set(python_docs_text()))  # the base model's vocabulary
+    stoi = {c: i for i, c in enumerate(chars)}
+    text = python_source_text()
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)[: int(0.9 * len(text))]
+    model = nanogpt.GPT(len(chars), BLOCK, **SIZES)
+    params = nanogpt.add_lora(model, ("c_attn", "c_proj", "c_fc"), r=8, alpha=16, dropout=0.05)
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    model.train()
+    for it in range(steps):
+        x, y = nanogpt.get_batch(data, BLOCK, BATCH)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if it % 50 == 0:
+            loss.item()
+    return steps * BATCH * BLOCK / (time.perf_counter() - start)
 
 
 def nanogpt_train(steps: int) -> float:
@@ -143,6 +207,14 @@ def run(ctx: Context) -> list[Row]:
     ctx.log(f"  training, {steps} steps of {BATCH}x{BLOCK} tokens")
     rates = paired({n: _logged(ctx, n, f, "tokens/s", background) for n, f in train.items()},
                    rounds=rounds, warmup=0)  # fmt: skip
+    ctx.log(f"  LoRA fine-tuning, {steps} steps")
+    lora_runs = {"specc run (lora)": SpeccLoRA(ctx, steps),
+                 "hand LoRA loop": lambda: nanogpt_lora(steps)}  # fmt: skip
+    if not ctx.quick:  # warm-up
+        lora_runs["specc run (lora)"]()
+        nanogpt_lora(3)
+    lora = paired({n: _logged(ctx, n, f, "tokens/s", background) for n, f in lora_runs.items()},
+                  rounds=rounds, warmup=0)  # fmt: skip
     ctx.log(f"  sampling, {new_tokens} tokens")
     ours, hand = _samplers(ctx, new_tokens)
     samples = paired({"specc sample": _logged(ctx, "specc sample", ours, "tokens/s", background),
@@ -166,6 +238,15 @@ def run(ctx: Context) -> list[Row]:
             ">=",
             1.0,
             vs(rates, "specc run", "nanoGPT loop"),
+        ),  # fmt: skip
+        ratio_row(
+            SECTION,
+            f"specc run specs/gpt_lora.spec / LoRA by hand in nanoGPT's loop, training "
+            f"tokens/s (CPU, r=8 on attention and MLP, batch {BATCH}x{BLOCK}, {steps} steps)",
+            ratio(lora["specc run (lora)"], lora["hand LoRA loop"]),
+            ">=",
+            1.0,
+            vs(lora, "specc run (lora)", "hand LoRA loop"),
         ),  # fmt: skip
         ratio_row(
             SECTION,

@@ -5,7 +5,8 @@ checkpoint's keys are the adapted model's keys too (a specc checkpoint of a LoRA
 base's state_dict plus `<path>.lora_A.weight` / `<path>.lora_B.weight`). PEFT renames the
 base to `<path>.base_layer.weight`; specc does not, which is what lets `merge` write a file
 that loads strictly into the spec without its `lora` line. The computation is PEFT's:
-`linear(x) + lora_B(lora_A(dropout(x))) * scale`, A kaiming-uniform (a=√5), B zero.
+`linear(x) + lora_B(lora_A(dropout(x))) * scale` (the scale applied before lora_B, where
+it costs r multiplies per position), A kaiming-uniform (a=√5), B zero.
 
 Files: `adapter.safetensors` (specc's: the adapter tensors, the settings and the base's
 signature as metadata) and a PEFT folder (`adapter_model.safetensors` with keys
@@ -53,10 +54,9 @@ class LoRALinear(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (
-            F.linear(x, self.weight, self.bias)
-            + self.lora_B(self.lora_A(self.dropout(x))) * self.scale
-        )
+        # scaled at rank r, before lora_B: r numbers per position instead of out_features
+        update = self.lora_B(self.lora_A(self.dropout(x)) * self.scale)
+        return F.linear(x, self.weight, self.bias).add_(update)
 
 
 def add_adapters(model: nn.Module, plan: LoraPlan) -> None:

@@ -148,12 +148,13 @@ def load_tokenizer(path: Path, location: Location | None):
             hint="pip install 'specc[text]' (or pip install tokenizers)",
         ) from None
     if not path.is_file():
-        raise DataError(
-            f"tokenizer '{path}' does not exist",
-            location,
-            hint=f'use tokenizer="char", "bytes" or the path of a tokenizer.json; relative '
-            f"paths are resolved against the current directory ({Path.cwd()})",
-        )
+        hint = (f'use tokenizer="char", "bytes" or the path of a tokenizer.json; relative '
+                f"paths are resolved against the current directory ({Path.cwd()})")  # fmt: skip
+        if path.name == TOKENIZER_FILE and path.parent.parent.name == "runs":
+            run = path.parent.name
+            hint = (f"`specc run` writes {run}'s {TOKENIZER_FILE} when it trains on text: run "
+                    f"the spec of `{run}` first (from {Path.cwd()})")  # fmt: skip
+        raise DataError(f"tokenizer '{path}' does not exist", location, hint=hint)
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception for a bad file

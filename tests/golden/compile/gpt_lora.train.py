@@ -148,8 +148,8 @@ class LoRALinear(nn.Module):
         self.scale = scale
 
     def forward(self, x):
-        update = self.lora_B(self.lora_A(self.dropout(x))) * self.scale
-        return F.linear(x, self.weight, self.bias) + update
+        update = self.lora_B(self.lora_A(self.dropout(x)) * self.scale)
+        return F.linear(x, self.weight, self.bias).add_(update)
 
 
 def python_source_text():
