@@ -83,6 +83,14 @@ def compile(
         return generate(program, model=model, plan=plan, warn=warn)
 
 
+def format_text(text: str, file: str = "<spec>") -> str:
+    """Spec text in the canonical layout of `specc fmt` (idempotent; comments kept; raises
+    the located `SpecSyntaxError` of `specc check` when the text does not parse)."""
+    from specc.lang.fmt import format_text as _format
+
+    return _format(text, file)
+
+
 def train_plan(program: Program, name: str | None = None) -> Any:
     """The resolved plan of the program's train block (specc.training.plan)."""
     from specc.lang.loader import source_texts
@@ -109,6 +117,7 @@ __all__ = [
     "draw_graph",
     "export",
     "export_adapter",
+    "format_text",
     "gc_paused",
     "load",
     "merge",

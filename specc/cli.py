@@ -519,6 +519,27 @@ def graph_cmd(
         typer.echo(written.note, err=True)
 
 
+@app.command("fmt")
+def fmt_cmd(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="The .spec files ('-': stdin to stdout).", show_default=False),
+    ],
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Write nothing; list the files that would change, exit 1."),
+    ] = False,
+) -> None:
+    """Rewrite specs in the canonical layout (aligned `=`, four-space blocks, comments kept
+    where they were). A file that does not parse is reported as `specc check` does and left
+    untouched."""
+    from specc.lang.fmt import format_files
+
+    code = format_files(files, check=check)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("plot")
 def plot_cmd(
     runs: Annotated[

@@ -48,19 +48,30 @@ _OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders":
 @functools.cache
 def parser() -> lark.Lark:
     """The LALR parser, from its cached tables when they match this grammar and Lark."""
+    return _build_trees_faster(_cached_lark(_OPTIONS))
+
+
+@functools.cache
+def token_parser() -> lark.Lark:
+    """The same parser keeping every token (keywords, punctuation) in the tree, with plain
+    Lark tree building: for tools that rewrite text (`specc fmt`)."""
+    return _cached_lark({**_OPTIONS, "propagate_positions": False, "keep_all_tokens": True})
+
+
+def _cached_lark(options: dict[str, Any]) -> lark.Lark:
     text = grammar_text()
     key = hashlib.sha256(
-        "\0".join((text, repr(sorted(_OPTIONS.items())), lark.__version__)).encode()
+        "\0".join((text, repr(sorted(options.items())), lark.__version__)).encode()
     ).hexdigest()[:24]
     try:
         path = _cache_dir() / f"parser-{key}.json"
         tables = _int_keys(json.loads(path.read_text("utf-8")))
-        return _build_trees_faster(lark.Lark._load_from_dict(tables["data"], tables["memo"]))
+        return lark.Lark._load_from_dict(tables["data"], tables["memo"])
     except Exception:  # missing, unreadable or not Lark's tables: build them (and cache them)
         pass
-    built = lark.Lark(text, **_OPTIONS)
+    built = lark.Lark(text, **options)
     _save_tables(built, key)
-    return _build_trees_faster(built)
+    return built
 
 
 # Lark builds the tree as it parses: each reduction calls the rule's callback, which filters
