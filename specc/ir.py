@@ -34,8 +34,15 @@ class Node(BaseModel):
 
     def children(self) -> Iterator[Node]:
         """The nodes directly below this one, in field order (spans are not children)."""
+        return iter(self._children())
+
+    def _children(self) -> list[Node]:
+        # A list, not a chain of generators: walks visit every node of a spec several
+        # times, and resuming nested generators cost more than the visit itself.
+        out: list[Node] = []
         for field in _node_fields(type(self)):
-            yield from _nodes_in(getattr(self, field))
+            _collect_nodes(getattr(self, field), out)
+        return out
 
     def walk(self) -> Iterator[Node]:
         """This node and every node below it, depth first, parents before children."""
@@ -43,7 +50,9 @@ class Node(BaseModel):
         while stack:
             node = stack.pop()
             yield node
-            stack.extend(reversed(list(node.children())))
+            kids = node._children()
+            kids.reverse()
+            stack += kids
 
     def find_all(self, *types: type[_N]) -> Iterator[_N]:
         """Every node of one of `types`, in `walk()` order."""
@@ -51,7 +60,10 @@ class Node(BaseModel):
 
     def find(self, *types: type[_N]) -> _N | None:
         """The first node of one of `types` in `walk()` order, or None."""
-        return next(self.find_all(*types), None)
+        for n in self.walk():
+            if isinstance(n, types):
+                return n  # type: ignore[return-value]
+        return None
 
     def map(self, fn: Callable[[Node], Any]) -> Any:
         """Rebuild bottom-up: each child is mapped first, then `fn` gets this node with its
@@ -88,16 +100,20 @@ def _admits_nodes(tp: Any) -> bool:
     return issubclass(tp, Node) and not issubclass(tp, Span)
 
 
-def _nodes_in(value: Any) -> Iterator[Node]:
+def _collect_nodes(value: Any, out: list[Node]) -> None:
+    """Append the nodes in `value` (a node, or lists, tuples and dicts of them) to `out`."""
     if isinstance(value, Node):
         if not isinstance(value, Span):
-            yield value
+            out.append(value)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _nodes_in(item)
+            if isinstance(item, Node) and not isinstance(item, Span):
+                out.append(item)
+            else:
+                _collect_nodes(item, out)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _nodes_in(item)
+            _collect_nodes(item, out)
 
 
 def _map_in(value: Any, fn: Callable[[Node], Any]) -> Any:
