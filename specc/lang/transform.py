@@ -254,8 +254,20 @@ class _ForwardLowering:
         """Lower an expression; tensor-valued parts become nodes, constants stay Exprs.
         Children are lowered first, left to right, so nodes are numbered in source order."""
         if e.find(ir.IfExp) is None:
-            return e.map(self._lower_one)
+            return self._lower_plain(e)
         return self._lower_tree(e)
+
+    def _lower_plain(self, e: ir.Expr) -> ir.Expr:
+        """`e.map(self._lower_one)`, with its most common nodes taken directly: a call's
+        arguments are lowered in the same order, but the call itself is not copied with
+        them first, since it becomes a node (`_lower_one`) and only its parts are kept."""
+        if isinstance(e, ir.Call):
+            args = [self._lower_plain(a) for a in e.args]
+            kwargs = {k: self._lower_plain(v) for k, v in e.kwargs.items()}
+            return self.add("call", e.func, args, kwargs, e.span, e.func)
+        if isinstance(e, (ir.Name, ir.Const, ir.Ref, ir.Hole)):  # no children to map
+            return self._lower_one(e)
+        return e.map(self._lower_one)
 
     def _lower_tree(self, e: Any) -> Any:
         """`lower` for an expression holding `a if c else b`: only the branch the condition
