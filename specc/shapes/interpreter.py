@@ -107,8 +107,10 @@ class ShapeInterpreter(GraphInterpreter):
     def expr(self, e: ir.Expr) -> Any:
         """Arithmetic on forward values (`x.shape[0] * 2`, also inside a list) is done at
         each probe, the way torch would see it."""
-        if isinstance(e, (ir.Ref, ir.Const)):  # most arguments: nothing to compute
-            return super().expr(e)
+        if isinstance(e, ir.Ref):  # most arguments: nothing to compute
+            return self.ref(e)
+        if isinstance(e, ir.Const):
+            return e.value
         if e.find(ir.BinOp, ir.Neg) is not None and e.find(ir.Ref) is not None:
             return join([self._expr_at(e, i) for i in range(len(PROBES))])
         return super().expr(e)
@@ -140,12 +142,11 @@ class ShapeInterpreter(GraphInterpreter):
                 return e  # its parts are folded already
             return to_expr(evaluate(e, self.names))
 
-        return node.model_copy(
-            update={
-                "args": [a.map(sub) for a in node.args],
-                "kwargs": {k: v.map(sub) for k, v in node.kwargs.items()},
-            }
-        )
+        args = [a.map(sub) for a in node.args]
+        kwargs = {k: v.map(sub) for k, v in node.kwargs.items()}
+        if _same_items(args, node.args) and _same_items(kwargs.values(), node.kwargs.values()):
+            return node  # nothing to fold (most nodes: `relu(x)`, `fc(x)`): no copy
+        return node.model_copy(update={"args": args, "kwargs": kwargs})
 
     # ---- op kinds -----------------------------------------------------------------------
     def layer(self, n: ir.FNode, args: Args, kwargs: Kwargs) -> Any:
@@ -300,6 +301,11 @@ class ShapeInterpreter(GraphInterpreter):
             loc(n.span),
             hint=hint,
         )
+
+
+def _same_items(new: Any, old: Any) -> bool:
+    """Are the two sequences the same objects, item by item?"""
+    return all(a is b for a, b in zip(new, old, strict=True))
 
 
 def _is_tensor(v: Any) -> bool:
