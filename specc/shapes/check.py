@@ -31,7 +31,9 @@ class Checker:
         # Meta ops run through Python decompositions (~1 ms each); the same op on the same
         # shapes gives the same result, so repeated blocks are inferred once (shapes.memo).
         self.cache: dict[Any, Any] = {}
-        self.modules: dict[str, Any] = {}
+        # A torch layer as its class and arguments make it (`layers._config_key`): a meta
+        # module, its parameter count and what checks it, shared by the layers built alike.
+        self.torch_layers: dict[str, Any] = {}
         # A model used with the same arguments on the same input shapes checks the same way:
         # its instance is checked once and shared (n models each using the previous one
         # twice would otherwise make 2**n instances).

@@ -5,7 +5,7 @@ shape it first receives, and recorded as an IR constructor (`ir.Ctor`)."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -317,8 +317,32 @@ class LayerMaker:
         holes: dict[int, Any] = {}
         signature = accepts(cls)
         args, kwargs = self._arguments(e, signature, x, holes)
-        module = self._construct(e, cls, args, kwargs, plugin)
+        config = None if plugin else _config_key(cls, args, kwargs)
+        # The layers of a deep spec repeat a few configurations: what the class and the
+        # arguments decide (module, parameter count, constructor, checks) is made once per
+        # configuration, and each layer gets it with its own span.
+        made = self.ck.torch_layers.get(config) if config is not None else None
+        if made is None:
+            made = self._torch_layer(e, cls, signature, args, kwargs, plugin)
+            if config is not None:
+                self.ck.torch_layers[config] = made
         self.inst.holes.update(holes)
+        ctor = made.ctor
+        if ctor.span is not e.span:
+            ctor = ctor.model_copy(update={"span": e.span})
+        return replace(made, ctor=ctor)
+
+    def _torch_layer(
+        self,
+        e: ir.Call,
+        cls: type,
+        signature: tuple[tuple[str, ...], bool, bool],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        plugin: bool,
+    ) -> Built:
+        """A torch or plugin layer of class `cls` with these (filled) arguments."""
+        module = self._construct(e, cls, args, kwargs, plugin)
         params = sum(p.numel() for p in module.parameters())
         ctor = ir.TorchCtor(
             cls=qualname(cls),
@@ -412,17 +436,11 @@ class LayerMaker:
     def _construct(
         self, e: ir.Call, cls: type, args: list[Any], kwargs: dict[str, Any], plugin: bool
     ) -> Any:
-        """The module on meta (one per class and arguments); a plugin whose code does not
-        support meta is built for real instead."""
-        sigs = None if plugin else (sig(args), sig(kwargs))
-        cache_key = None if sigs is None else f"{qualname(cls)}:{sigs[0]}:{sigs[1]}"
-        cacheable = sigs is not None and None not in sigs
-        cached = self.ck.modules.get(cache_key) if cacheable else None
-        if cached is not None:
-            return cached  # same class, same arguments: one meta instance serves all
+        """The module on meta; a plugin whose code does not support meta is built for real
+        instead."""
         try:
             with on_meta():
-                module = cls(*args, **kwargs)
+                return cls(*args, **kwargs)
         except Exception as exc:  # torch validates arguments with several exception types
             if not plugin:
                 raise SpecTypeError(
@@ -436,9 +454,6 @@ class LayerMaker:
                     f"{e.func}({_args_text(args, kwargs)}) failed: {first_line(exc2)}",
                     loc(e.span),
                 ) from None
-        if cache_key:
-            self.ck.modules[cache_key] = module
-        return module
 
     # ---- per call ---------------------------------------------------------------------
     def verify(self, node: ir.FNode, built: Built, args: list[Any]) -> None:
@@ -559,6 +574,14 @@ def _to_meta(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(_to_meta(i) for i in x)
     return x
+
+
+def _config_key(cls: type, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """What identifies a torch layer's configuration, its class and arguments (one meta
+    module serves every layer of it); None: an argument the shape memo cannot describe.
+    Text, not the signatures themselves: their repr tells -0.0 from 0.0, which == does not."""
+    sigs = (sig(args), sig(kwargs))
+    return None if None in sigs else f"{qualname(cls)}:{sigs[0]}:{sigs[1]}"
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
