@@ -47,11 +47,13 @@ class Checker:
             self._pure[name] = True  # a model that uses itself fails elsewhere
             mdef = self.program.model(name)
             nodes = mdef.forward.nodes if mdef is not None and mdef.forward else []
-            layers = mdef.layers if mdef else []
+            # The other models it uses as layers (none to look for in a one-model spec).
+            others = {m.name for m in self.program.models} - {name}
+            layers = mdef.layers if mdef and others else []
             used = [c.func for layer in layers for c in layer.ctor.find_all(ir.Call)]
             self._pure[name] = not any(
                 n.op in ("method", "function") and n.target.endswith("_") for n in nodes
-            ) and all(self.pure(c) for c in used if self.program.model(c) is not None)
+            ) and all(self.pure(c) for c in used if c in others)
         return self._pure[name]
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ shape it first receives, and recorded as an IR constructor (`ir.Ctor`)."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -330,7 +330,9 @@ class LayerMaker:
         ctor = made.ctor
         if ctor.span is not e.span:
             ctor = ctor.model_copy(update={"span": e.span})
-        return replace(made, ctor=ctor)
+        return Built(
+            ctor, made.module, made.params, made.type_name, made.checks, made.key, made.trainable
+        )
 
     def _torch_layer(
         self,
@@ -400,6 +402,8 @@ class LayerMaker:
         self, e: ir.Call, arg: ir.Expr, pname: str | None, x: Any, holes: dict[int, Any]
     ) -> Any:
         """An argument's value; a `_` is the size of `x` along the parameter's dimension."""
+        if isinstance(arg, ir.Const):  # most arguments: a literal
+            return arg.value
         if not isinstance(arg, ir.Hole):
             return evaluate(arg, self.names, on_other=lambda o: _no_hole(o, e.func))
         if pname not in HOLE_DIMS:

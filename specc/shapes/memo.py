@@ -53,12 +53,17 @@ def describe(out: Any) -> Any:
 def rebuild(d: Any) -> Any:
     """Fresh meta tensors (and constants) from a `describe`d result."""
     if d[0] == "T":
-        return torch.empty_strided(d[1], d[2], dtype=d[3], device="meta")
+        return _empty(d[1], d[2], d[3])
     if d[0] == "V":
         return d[1]
     if d[0] == "P":
-        probes = Probes(tuple(rebuild(i) for i in d[1]))
-        if all(i[0] == "T" for i in d[1]):
+        if all(i[0] == "T" for i in d[1]):  # the common case, without a call per item
+            probes = Probes(tuple(_empty(shape, stride, dtype) for _, shape, stride, dtype in d[1]))
             probes.sig = d  # a tensor's description is its signature
-        return probes
+            return probes
+        return Probes(tuple(rebuild(i) for i in d[1]))
     return d[0](rebuild(i) for i in d[1])
+
+
+def _empty(shape: tuple, stride: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
