@@ -24,10 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torchvision.datasets as tv_datasets
 from torch.utils.data import Dataset
-from torchvision.datasets.utils import check_integrity
-from torchvision.transforms import v2
 
 from specc.errors import DataError, Location, did_you_mean
 from specc.training import text
@@ -59,23 +56,34 @@ _RANDOM_TRANSFORMS = frozenset(
     }
 )
 
-# Deterministic v2 transforms that give the same result on a uint8 batch [N, C, H, W]
-# as on each PIL image of it; only these take the batched materialize route.
-_BATCH_SAFE_TRANSFORMS: tuple[type, ...] = (
-    v2.Compose,
-    v2.ToImage,
-    v2.ToDtype,
-    v2.ConvertImageDtype,
-    v2.Normalize,
-    v2.ToPureTensor,
-    v2.Identity,
-)
+# torchvision (about 2.5 s to import cold) is imported where a dataset or transform of it is
+# looked up or used, not with this module: checking a spec whose train block reads only the
+# built-in datasets never needs it.
+
+
+@functools.cache
+def _batch_safe_transforms() -> tuple[type, ...]:
+    """Deterministic v2 transforms that give the same result on a uint8 batch [N, C, H, W]
+    as on each PIL image of it; only these take the batched materialize route."""
+    from torchvision.transforms import v2
+
+    return (
+        v2.Compose,
+        v2.ToImage,
+        v2.ToDtype,
+        v2.ConvertImageDtype,
+        v2.Normalize,
+        v2.ToPureTensor,
+        v2.Identity,
+    )
 
 
 # --------------------------------------------------------------------------- transforms
 
 
 def _transform_names() -> list[str]:
+    from torchvision.transforms import v2
+
     names = [
         n
         for n in dir(v2)
@@ -104,6 +112,8 @@ def resolve_transforms(items: list[CallSpec]) -> tuple[TransformPlan, ...]:
 
 def _resolve_transform(name: str, raw_args: list, raw_kwargs: dict, location,
                        span=None) -> TransformPlan:  # fmt: skip
+    from torchvision.transforms import v2
+
     args = tuple(_coerce_transform_arg(None, a) for a in (raw_args or []))
     kwargs = {k: _coerce_transform_arg(k, v) for k, v in (raw_kwargs or {}).items()}
     random = is_random_transform(name)
@@ -138,6 +148,8 @@ def compose(steps: Sequence[TransformPlan]):
     """The ``v2.Compose`` of resolved transforms; None when there are none."""
     if not steps:
         return None
+    from torchvision.transforms import v2
+
     built = [
         v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
         if t.cls is None
@@ -483,17 +495,32 @@ def _without_checksums(cls: type) -> type:
     )
 
 
-_UnverifiedCIFAR10 = _without_checksums(tv_datasets.CIFAR10)
-_UnverifiedCIFAR100 = _without_checksums(tv_datasets.CIFAR100)
-_UNVERIFIED = {
-    tv_datasets.CIFAR10: _UnverifiedCIFAR10,
-    tv_datasets.CIFAR100: _UnverifiedCIFAR100,
-}
+@functools.cache
+def _unverified() -> dict[type, type]:
+    """torchvision's CIFAR classes -> their `_without_checksums` subclasses, which are also
+    this module's `_UnverifiedCIFAR10` and `_UnverifiedCIFAR100`: pickle (DataLoader
+    workers) finds a class by its module and name."""
+    import torchvision.datasets as tv_datasets
+
+    made = {cls: _without_checksums(cls) for cls in (tv_datasets.CIFAR10, tv_datasets.CIFAR100)}
+    for sub in made.values():
+        globals()[sub.__qualname__] = sub
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    """`_UnverifiedCIFAR10` and `_UnverifiedCIFAR100`, made on first use (`_unverified`)."""
+    if name in ("_UnverifiedCIFAR10", "_UnverifiedCIFAR100"):
+        _unverified()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _uses_plain_mnist_files(cls: type) -> bool:
     """MNIST, FashionMNIST, KMNIST: raw idx files in <root>/<Name>/raw, checked only for
     existence (torchvision 0.29 verifies MD5 of the downloaded .gz archives only)."""
+    import torchvision.datasets as tv_datasets
+
     return (
         issubclass(cls, tv_datasets.MNIST)
         and cls._check_exists is tv_datasets.MNIST._check_exists
@@ -502,10 +529,14 @@ def _uses_plain_mnist_files(cls: type) -> bool:
 
 
 def _dataset_names() -> list[str]:
+    import torchvision.datasets as tv_datasets
+
     return [*BUILTIN_DATASETS, *tv_datasets.__all__]
 
 
 def _torchvision_class(name: str, location) -> type:
+    import torchvision.datasets as tv_datasets
+
     cls = getattr(tv_datasets, name, None) if name in tv_datasets.__all__ else None
     if not (isinstance(cls, type) and issubclass(cls, Dataset)) or name == "VisionDataset":
         raise DataError(
@@ -520,6 +551,8 @@ def _torchvision_class(name: str, location) -> type:
 
 def _expected_files(cls: type, root: Path) -> tuple[Path, list[str]] | None:
     """The folder and file names torchvision looks for, for the formats we know."""
+    import torchvision.datasets as tv_datasets
+
     if issubclass(cls, tv_datasets.CIFAR10):
         names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         return root / cls.base_folder, names
@@ -566,6 +599,9 @@ def _download_reason(exc: BaseException) -> str:
 def _explain(
     name: str, cls: type, exc: Exception, root: Path | None, download: bool, verify: bool, loc
 ) -> DataError:
+    import torchvision.datasets as tv_datasets
+    from torchvision.datasets.utils import check_integrity
+
     if download and _is_network_error(exc):
         return DataError(
             f"could not download dataset `{name}` into {root} ({_download_reason(exc)}); "
@@ -651,7 +687,7 @@ def _resolve_dataset(split: str, name: str, args: list, kwargs: dict, location,
         raise DataError(
             f"dataset `{name}`: `verify` must be true or false, got {verify!r}", location
         )
-    if not verify and cls not in _UNVERIFIED:
+    if not verify and cls not in _unverified():
         if hasattr(cls, "_check_integrity") and not _uses_plain_mnist_files(cls):
             raise DataError(
                 f"dataset `{name}`: verify=False is not supported for this dataset",
@@ -777,7 +813,7 @@ def open_dataset(ds: DatasetPlan, transform=None, *, location: Location | None =
         return _load_tensor_file(a["path"], a["x"], a["y"], transform, location)
     if ds.kind in TEXT_KINDS:
         return _open_text(ds, transform, location)
-    cls = _UNVERIFIED.get(ds.cls, ds.cls) if not ds.verify else ds.cls
+    cls = _unverified().get(ds.cls, ds.cls) if not ds.verify else ds.cls
     kwargs = dict(ds.kwargs) | ({"transform": transform} if transform is not None else {})
     bound = _bind(ds.name, cls, list(ds.args), kwargs, location)
     raw_root = bound.arguments.get("root")
@@ -821,6 +857,8 @@ def make_dataset(name: str, args: list, kwargs: dict, *, transform=None,
 
 
 def _flatten(transform) -> list:
+    from torchvision.transforms import v2
+
     if isinstance(transform, v2.Compose):
         return [leaf for t in transform.transforms for leaf in _flatten(t)]
     return [transform]
@@ -828,7 +866,9 @@ def _flatten(transform) -> list:
 
 def _raw_images(dataset) -> torch.Tensor | None:
     """uint8 [N, C, H, W] exactly as the dataset's PIL images would give after ToImage."""
-    if type(dataset) in (*_UNVERIFIED, *_UNVERIFIED.values()):
+    import torchvision.datasets as tv_datasets
+
+    if type(dataset) in (*_unverified(), *_unverified().values()):
         # torchvision keeps the pickled [N, 3, H, W] bytes and only transposes its numpy
         # view to [N, H, W, 3]; permuting back gives NCHW sharing that buffer, no copy.
         return torch.from_numpy(dataset.data).permute(0, 3, 1, 2)
@@ -860,6 +900,8 @@ def _whole_set(leaves: list, raw: torch.Tensor) -> torch.Tensor | None:
     """The chain run on all images at once with torchvision's own kernels, normalising in
     place: one new tensor and one pass per step, as a hand-written loop does it. None when
     a step has another form (e.g. a per-type dtype dict)."""
+    from torchvision.transforms import v2
+
     x = raw
     for t in leaves:
         if isinstance(t, (v2.ToImage, v2.ToPureTensor, v2.Identity)):
@@ -881,7 +923,7 @@ def _batched(dataset, n: int, max_bytes: int) -> tuple[torch.Tensor, torch.Tenso
     if transform is None or getattr(dataset, "target_transform", None) is not None:
         return None
     leaves = _flatten(transform)
-    if not all(isinstance(t, _BATCH_SAFE_TRANSFORMS) for t in leaves):
+    if not all(isinstance(t, _batch_safe_transforms()) for t in leaves):
         return None
     raw = _raw_images(dataset)
     if raw is None:
