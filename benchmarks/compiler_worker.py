@@ -4,7 +4,8 @@ Run by `bench_compiler` as `python -m benchmarks.compiler_worker SPEC TINY REPS 
 torch is imported first and timed apart, so every later time is "beyond import torch".
 `fixed` is importing specc plus checking a 1-layer spec (grammar, registries); `build`,
 `compile` of the tiny spec then warm their own paths unmeasured. Each verb then runs
-`REPS` times on SPEC in rotating order (the first check counts as one). With META=1,
+`REPS` times on SPEC in rotating order (the first check counts as one; REPS 0: only that
+first check, a cold sample). With META=1,
 `build` runs under ``torch.device("meta")`` (shapes only, no parameter memory). Peak
 RSS growth is measured around the first check of SPEC. With PAIR, `check` and `compile`
 of SPEC and of PAIR then alternate for REPS more rounds (order swapped each round) and
