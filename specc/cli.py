@@ -540,6 +540,18 @@ def fmt_cmd(
         raise typer.Exit(code)
 
 
+@app.command("lsp")
+def lsp_cmd() -> None:
+    """Run the language server over stdio (for editors): `specc check`'s diagnostics as you
+    type, hover, symbols and formatting. Needs `pip install 'specc[lsp]'`."""
+    try:
+        from specc.lsp.server import main
+    except ImportError as exc:
+        raise UsageError(f"specc lsp needs pygls, which is not installed ({exc.name})",
+                         hint="pip install 'specc[lsp]'") from None  # fmt: skip
+    main()
+
+
 @app.command("plot")
 def plot_cmd(
     runs: Annotated[

@@ -51,14 +51,15 @@ def _not_utf8(raw: bytes, display: str, exc: UnicodeDecodeError) -> SpecSyntaxEr
     )
 
 
-def load(source: Any, *, plugins: bool = True) -> ir.Program:
-    """Load a spec path or text into a Program, following `import` statements."""
+def load(source: Any, *, plugins: bool = True, text: str | None = None) -> ir.Program:
+    """Load a spec path or text into a Program, following `import` statements. `text`
+    with a path is that file's text as an editor holds it (unsaved)."""
     if isinstance(source, ir.Program):
         return source
     if _is_path(source):
         path = Path(source)
         display = str(source)
-        text = _read(path, display)
+        text = _read(path, display) if text is None else text
         base = path.resolve().parent
     elif isinstance(source, str):
         text, display, base, path = source, "<spec>", Path.cwd(), None

@@ -1,0 +1,160 @@
+"""`specc lsp`: a language server over stdio (pygls) with `specc check`'s diagnostics as the
+user types, hover, document symbols and formatting.
+
+Checking runs off the event loop, one spec at a time, a short debounce after the last
+change; every open spec is checked again when any spec changes, so a file that imports the
+changed one is up to date. Nothing a spec contains can stop the server: `analyze` turns
+every spec mistake into a diagnostic, and anything else is logged and reported as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from pathlib import Path
+
+from lsprotocol import types as lsp
+from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
+
+from specc.errors import Location, SpecError
+from specc.lsp.analysis import Analysis, Finding, analyze
+
+DEBOUNCE_S = 0.15
+SEVERITY = {"error": lsp.DiagnosticSeverity.Error, "warning": lsp.DiagnosticSeverity.Warning}
+log = logging.getLogger("specc.lsp")
+
+
+class SpecServer(LanguageServer):
+    """The server and what it knows: the last analysis of each open spec."""
+
+    def __init__(self) -> None:
+        from specc import __version__
+
+        super().__init__("specc", __version__)
+        self.analyses: dict[str, Analysis] = {}
+        self.pending: dict[str, asyncio.Task] = {}
+        # one check at a time: torch and the checker are not made for concurrent checks
+        self.checker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def schedule_all(self) -> None:
+        for uri in list(self.workspace.text_documents):
+            self.schedule(uri)
+
+    def schedule(self, uri: str) -> None:
+        if (task := self.pending.get(uri)) is not None:
+            task.cancel()
+        self.pending[uri] = asyncio.ensure_future(self.check_later(uri))
+
+    async def check_later(self, uri: str) -> None:
+        await asyncio.sleep(DEBOUNCE_S)
+        doc = self.workspace.get_text_document(uri)
+        version, text = doc.version, doc.source
+        path = Path(to_fs_path(uri) or uri)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.checker, safe_analyze, text, path)
+        self.analyses[uri] = result
+        diagnostics = [to_diagnostic(f, path) for f in result.findings]
+        self.text_document_publish_diagnostics(
+            lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
+        )
+
+
+def safe_analyze(text: str, path: Path) -> Analysis:
+    """`analyze`, and a bug in specc reported as a diagnostic rather than a dead server."""
+    try:
+        return analyze(text, path)
+    except Exception as exc:
+        log.exception("checking %s failed", path)
+        message = f"internal error while checking: {type(exc).__name__}: {exc}"
+        return Analysis(path, [Finding("error", message, None)])
+
+
+def to_diagnostic(finding: Finding, path: Path) -> lsp.Diagnostic:
+    """A finding at its range; one in another file (an import) at the top of this one."""
+    where, message = finding.location, finding.message
+    if where is not None and Path(where.file).resolve() != path.resolve():
+        message = f"{where.file}:{where.line}:{where.column}: {message}"
+        where = None
+    if finding.hint:
+        message += f"\nhint: {finding.hint}"
+    return lsp.Diagnostic(range=to_range(where), message=message, source="specc",
+                          severity=SEVERITY[finding.severity])  # fmt: skip
+
+
+def to_range(where: Location | None) -> lsp.Range:
+    """specc's 1-based columns, end exclusive, as LSP's 0-based positions."""
+    if where is None:
+        return lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1))
+    start = lsp.Position(where.line - 1, where.column - 1)
+    end_line = where.end_line or where.line
+    end_column = where.end_column or where.column + 1
+    return lsp.Range(start, lsp.Position(end_line - 1, end_column - 1))
+
+
+server = SpecServer()
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: SpecServer, params: lsp.DidOpenTextDocumentParams) -> None:
+    ls.schedule(params.text_document.uri)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: SpecServer, params: lsp.DidChangeTextDocumentParams) -> None:
+    ls.schedule_all()  # a spec importing this one changes with it
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: SpecServer, params: lsp.DidSaveTextDocumentParams) -> None:
+    ls.schedule_all()
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: SpecServer, params: lsp.DidCloseTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    ls.analyses.pop(uri, None)
+    ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+
+
+@server.feature(lsp.TEXT_DOCUMENT_FORMATTING)
+def formatting(ls: SpecServer, params: lsp.DocumentFormattingParams) -> list[lsp.TextEdit] | None:
+    """`specc fmt` of the buffer as one edit; nothing for a spec that does not parse."""
+    from specc import format_text
+
+    doc = ls.workspace.get_text_document(params.text_document.uri)
+    try:
+        formatted = format_text(doc.source, doc.path)
+    except SpecError:
+        return None
+    if formatted == doc.source:
+        return []
+    end = lsp.Position(len(doc.lines), 0)
+    return [lsp.TextEdit(range=lsp.Range(lsp.Position(0, 0), end), new_text=formatted)]
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
+def symbols(ls: SpecServer, params: lsp.DocumentSymbolParams) -> list[lsp.DocumentSymbol]:
+    from specc.lsp.navigation import document_symbols
+
+    result = ls.analyses.get(params.text_document.uri)
+    return document_symbols(result) if result is not None else []
+
+
+@server.feature(lsp.TEXT_DOCUMENT_HOVER)
+def hover(ls: SpecServer, params: lsp.HoverParams) -> lsp.Hover | None:
+    from specc.lsp.navigation import hover_text
+
+    result = ls.analyses.get(params.text_document.uri)
+    if result is None:
+        return None
+    pos = params.position
+    text = hover_text(result, pos.line + 1, pos.character + 1)
+    if text is None:
+        return None
+    return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))
+
+
+def main() -> None:
+    server.start_io()

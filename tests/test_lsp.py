@@ -1,0 +1,178 @@
+"""`specc lsp` end to end over stdio (pytest-lsp): diagnostics as `specc check` gives
+them, on open and on change, rechecks of importing files, hover, symbols, formatting, and a
+server that outlives half-typed and hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CASES, SPECS
+
+pytest.importorskip("pygls")
+pytest_lsp = pytest.importorskip("pytest_lsp")
+from lsprotocol import types  # noqa: E402
+from pytest_lsp import ClientServerConfig, LanguageClient  # noqa: E402
+from pytest_lsp.client import DEFAULT_CLIENT_FEATURES, register_lsp_features  # noqa: E402
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BAD_LINEAR = CASES / "errors" / "linear_in_features.spec"
+
+
+PUBLISH = types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS
+
+
+def _client() -> LanguageClient:
+    """pytest-lsp's client, keeping every publication with its version: waiting for the
+    next notification could miss one that arrives in the same read as another."""
+    from pytest_lsp.client import default_converter
+
+    client = LanguageClient(converter_factory=default_converter)
+    register_lsp_features(client, {k: f for k, f in DEFAULT_CLIENT_FEATURES.items()
+                                   if k != PUBLISH})  # fmt: skip
+    client.published = {}  # uri -> [(version, diagnostics), ...]
+
+    @client.feature(PUBLISH)
+    def published(ls: LanguageClient, params: types.PublishDiagnosticsParams) -> None:
+        ls.published.setdefault(params.uri, []).append((params.version, params.diagnostics))
+
+    return client
+
+
+SERVER = ClientServerConfig(server_command=[sys.executable, "-m", "specc", "lsp"],
+                            client_factory=_client)  # fmt: skip
+
+
+@pytest_lsp.fixture(scope="module", config=SERVER)
+async def client(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities()))  # fmt: skip
+    yield
+    await lsp_client.shutdown_session()
+
+
+def _uri(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+async def _diagnostics(client: LanguageClient, uri: str, version: int, seen: int = 0) -> list:
+    """The first diagnostics published for `uri` at `version` after the first `seen`
+    publications for it (every open spec is rechecked on any change)."""
+    async with asyncio.timeout(120):
+        while True:
+            found = [d for v, d in client.published.get(uri, [])[seen:] if v == version]
+            if found:
+                return list(found[0])
+            await asyncio.sleep(0.05)
+
+
+def _open(client: LanguageClient, path: Path, text: str | None = None, version: int = 1) -> str:
+    uri = _uri(path)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=uri, language_id="specc", version=version,
+        text=path.read_text("utf-8") if text is None else text)))  # fmt: skip
+    return uri
+
+
+def _change(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))  # fmt: skip
+
+
+async def test_the_mnist_bug_is_underlined_where_check_puts_it(client: LanguageClient):
+    uri = _open(client, BAD_LINEAR)
+    (diag,) = await _diagnostics(client, uri, 1)
+    assert diag.severity == types.DiagnosticSeverity.Error
+    assert "expects 9216 input features but receives 1600" in diag.message
+    assert "hint: write `_` to infer it: Linear(_, 128)" in diag.message
+    # linear_in_features.spec:4:16, the whole `Linear(9216, 128)`
+    assert (diag.range.start.line, diag.range.start.character) == (3, 15)
+    assert (diag.range.end.line, diag.range.end.character) == (3, 32)
+
+
+async def test_a_fix_clears_it_and_a_half_typed_file_is_a_syntax_error(client, tmp_path):
+    spec = tmp_path / "net.spec"
+    spec.write_text(BAD_LINEAR.read_text())
+    uri = _open(client, spec)
+    assert len(await _diagnostics(client, uri, 1)) == 1
+    fixed = BAD_LINEAR.read_text().replace("Linear(9216, 128)", "Linear(_, 128)")
+    _change(client, uri, fixed, 2)
+    assert await _diagnostics(client, uri, 2) == []
+    _change(client, uri, fixed[: fixed.index("fc2")] + "fc2 = Linear(128,", 3)
+    (diag,) = await _diagnostics(client, uri, 3)
+    assert diag.message.startswith("unexpected end of file")
+
+
+async def test_an_importing_spec_is_rechecked_when_its_import_changes(client, tmp_path):
+    (tmp_path / "parts.spec").write_text(
+        "model Head(n: int = 8) {\n    fc = Linear(n, 2)\n"
+        "    forward(x: [n]) {\n        return fc(x)\n    }\n}\n")  # fmt: skip
+    main = tmp_path / "main.spec"
+    main.write_text('import "parts.spec"\n\nmodel Net {\n    head = Head(8)\n'
+                    "    forward(x: [8]) {\n        return head(x)\n    }\n}\n")  # fmt: skip
+    main_uri = _open(client, main)
+    assert await _diagnostics(client, main_uri, 1) == []
+    parts_uri = _open(client, tmp_path / "parts.spec")
+    await _diagnostics(client, parts_uri, 1)
+    broken = (tmp_path / "parts.spec").read_text().replace("Linear(n, 2)", "Linaer(n, 2)")
+    (tmp_path / "parts.spec").write_text(broken)  # as an editor saves it
+    _change(client, parts_uri, broken, 2)
+    (diag,) = await _diagnostics(client, main_uri, 1, seen=len(client.published[main_uri]))
+    assert "unknown layer type `Linaer`" in diag.message and "parts.spec:2:" in diag.message
+
+
+async def test_hover_shows_a_layer_and_a_model(client: LanguageClient):
+    spec = SPECS / "cifar_net.spec"
+    uri = _open(client, spec)
+    await _diagnostics(client, uri, 1)
+    lines = spec.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if "fc1" in line and "Linear" in line)
+    column = lines[row].index("Linear")
+    hover = await client.text_document_hover_async(types.HoverParams(
+        types.TextDocumentIdentifier(uri), types.Position(row, column)))  # fmt: skip
+    assert "fc1 = Linear(400, 120)" in hover.contents.value
+    assert "output `[B, 120]`, 48,120 parameters" in hover.contents.value
+    header = next(i for i, line in enumerate(lines) if line.startswith("model Net"))
+    hover = await client.text_document_hover_async(types.HoverParams(
+        types.TextDocumentIdentifier(uri), types.Position(header, 7)))  # fmt: skip
+    assert "total" in hover.contents.value and "62,006" in hover.contents.value
+
+
+async def test_symbols_and_formatting(client: LanguageClient, tmp_path):
+    spec = SPECS / "digits.spec"
+    uri = _open(client, spec)
+    await _diagnostics(client, uri, 1)
+    symbols = await client.text_document_document_symbol_async(
+        types.DocumentSymbolParams(types.TextDocumentIdentifier(uri)))  # fmt: skip
+    names = [s.name for s in symbols]
+    assert names[0] == "DigitsNet" and "data digits" in names and "train" in names
+    messy = tmp_path / "messy.spec"
+    text = spec.read_text().replace("Conv2d(1, 32, 3", "Conv2d(1,32,3").replace("\n\n", "\n\n\n")
+    uri = _open(client, messy, text)
+    edits = await client.text_document_formatting_async(types.DocumentFormattingParams(
+        types.TextDocumentIdentifier(uri), types.FormattingOptions(4, True)))  # fmt: skip
+    assert len(edits) == 1 and edits[0].new_text == spec.read_text()
+
+
+async def test_hostile_text_never_stops_the_server(client: LanguageClient, tmp_path):
+    spec = tmp_path / "hostile.spec"
+    uri = _open(client, spec, "model M {")
+    await _diagnostics(client, uri, 1)
+    for version, text in enumerate(
+        [
+            "(" * 5000,
+            "\x00\x01",
+            "model M { x = Linear(1e999, 2) }",
+            "model 𝔐 {}",
+            "train { model = M(); data = d }",
+        ],
+        start=2,
+    ):
+        _change(client, uri, text, version)
+        diags = await _diagnostics(client, uri, version)
+        assert diags and all(d.severity == types.DiagnosticSeverity.Error for d in diags)
+        assert not any("internal error" in d.message for d in diags), diags
