@@ -465,3 +465,23 @@ def test_ddp_and_fsdp_train_the_same_adapter_as_one_process(tmp_path):
         for k in BASE:
             assert torch.equal(states[run][k], start[k]), k
     assert not torch.equal(states[fsdp][ADAPTERS[1]], torch.zeros(32, 4))
+
+
+def test_a_lora_run_samples_and_evaluates_and_export_says_merge(tmp_path, capsys):
+    """sample and eval build the adapted model for a LoRA run's checkpoint; a base
+    checkpoint fits it too (fresh adapters add nothing); export points to merge."""
+    spec = gpt(tmp_path, 'lora "attn.c_attn" (r=4)')
+    train(spec, *GPT_SMALL)
+    last = tmp_path / "runs" / "r" / "last.pt"
+    text = specc.sample(spec, last, "The ", max_new_tokens=20, seed=0, overrides=GPT_SMALL)
+    assert text.startswith("The ") and len(text) == 24
+    sets = [a for s in GPT_SMALL for a in ("--set", s)]
+    code, out, err = cli(capsys, "eval", str(spec), "--ckpt", str(last), *sets)
+    assert code == 0 and "val_loss" in out, err
+    base = {k: v for k, v in checkpoint.load(last)["model"].items() if "lora_" not in k}
+    torch.save({"model": base}, tmp_path / "base.pt")
+    code, out, err = cli(capsys, "eval", str(spec), "--ckpt", str(tmp_path / "base.pt"), *sets)
+    assert code == 0 and "val_loss" in out, err
+    code, _, err = cli(capsys, "export", str(SPECS / "gpt.spec"), "--ckpt", str(last),
+                       "-o", str(tmp_path / "m.safetensors"), *sets)  # fmt: skip
+    assert code == 2 and "`specc merge` folds its adapters in" in err, err

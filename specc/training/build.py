@@ -57,6 +57,17 @@ def build_model(program: ir.Program, plan: TrainPlan) -> nn.Module:
     return build_module(plan.model.instance, load_plugins(program))
 
 
+def build_trained_model(program: ir.Program, plan: TrainPlan) -> nn.Module:
+    """The model a run's checkpoint fits: the spec's model with the LoRA adapters of its
+    train block (their weights come from the checkpoint)."""
+    model = build_model(program, plan)
+    if plan.lora is not None:
+        from specc.training.lora import add_adapters
+
+        add_adapters(model, plan.lora)
+    return model
+
+
 def build_loss(program: ir.Program, plan: TrainPlan, label_shape: list[int]) -> nn.Module:
     """The loss; one written as a spec model is checked against the labels' shape. A class
     loss on a [B, T, V] output is scored per token (specc.training.sequence)."""

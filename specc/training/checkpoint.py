@@ -100,15 +100,28 @@ def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
     """Load checkpoint `path` (`load`'s checks) into `model`, the spec's model `name`, and
     return the checkpoint; weights that do not fit the model are a CheckpointError."""
     state = load(path)
+    own = set(model.state_dict())
+    absent = own - set(state["model"])
+    # a base checkpoint fits the adapted model: its fresh adapters add nothing (B is zero)
+    strict = not (absent and all(k.endswith(LORA_KEYS) for k in absent))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=strict)
     except (RuntimeError, KeyError, TypeError) as exc:
         reason = misfit_reason(exc)
+        lora = any(k.endswith(LORA_KEYS) for k in state["model"]) and not any(
+            k.endswith(LORA_KEYS) for k in own
+        )
         raise CheckpointError(
             f"{path} does not fit model `{name}`: {reason[:300] or type(exc).__name__}",
-            hint="a checkpoint of a run with --set overrides needs the same --set here",
+            hint="a LoRA run's checkpoint: `specc merge` folds its adapters in, for a file "
+            "this model loads"
+            if lora
+            else "a checkpoint of a run with --set overrides needs the same --set here",
         ) from None
     return state
+
+
+LORA_KEYS = (".lora_A.weight", ".lora_B.weight")  # specc.training.lora's adapter keys
 
 
 def save_safetensors(

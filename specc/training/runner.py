@@ -41,6 +41,7 @@ from specc.training.build import (
     build_model,
     build_optimizer,
     build_scheduler,
+    build_trained_model,
     pick_device,
 )
 from specc.training.config import apply_overrides
@@ -586,7 +587,7 @@ def evaluate_checkpoint(
         program = apply_overrides(program, overrides or [])
         plan = resolve(program)
         device = pick_device(plan.device)
-        model = build_model(program, plan).to(device)
+        model = build_trained_model(program, plan).to(device)
         state = checkpoint.load_into(model, ckpt, plan.model.call.name)
         splits = make_splits(plan.data, device, plan.seed)
         split = splits.get("test") or splits.get("val")

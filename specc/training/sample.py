@@ -18,7 +18,7 @@ from specc import ir
 from specc.errors import DataError, SpecError, UsageError
 from specc.lang.loader import source_texts
 from specc.training import checkpoint
-from specc.training.build import build_model, pick_device
+from specc.training.build import build_trained_model, pick_device
 from specc.training.config import apply_overrides
 from specc.training.data import text_tokens
 from specc.training.plan import LanguageModel, TrainPlan, resolve, token_context
@@ -149,7 +149,7 @@ def _prompt_ids(prompt: str, tokens: Tokens, dataset: str) -> list[int]:
 
 
 def _load_model(program: ir.Program, plan: TrainPlan, ckpt: Path) -> nn.Module:
-    model = build_model(program, plan)
+    model = build_trained_model(program, plan)
     checkpoint.load_into(model, ckpt, plan.model.call.name)
     return model
 
