@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +27,16 @@ def _run(spec, tmp_path, *overrides, resume=False, name="r"):
     )
 
 
-def test_digits_demo_reaches_97_percent(tmp_path):
-    summary = _run(DIGITS, tmp_path)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[dict, Path]:
+    """`specc run specs/digits.spec` as shipped: its summary and run folder (read only)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    return _run(DIGITS, tmp_path), tmp_path / "runs" / "r"
+
+
+def test_digits_demo_reaches_97_percent(demo):
+    summary, run_dir = demo
     assert summary["test_accuracy"] >= 0.97
-    run_dir = tmp_path / "runs" / "r"
     assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and "step" in r for r in records)
@@ -66,8 +74,8 @@ def test_bad_override_is_a_clean_error(capsys, tmp_path):
     assert "unknown setting `epoch`" in err and "did you mean `epochs`" in err
 
 
-def test_eval_and_corrupt_checkpoint(tmp_path, capsys):
-    _run(DIGITS, tmp_path, "epochs=1")
+def test_eval_and_corrupt_checkpoint(tmp_path, capsys, demo):
+    shutil.copytree(demo[1], tmp_path / "runs" / "r")  # a copy of the demo's run: no new run
     best = tmp_path / "runs" / "r" / "best.pt"
     assert main(["eval", str(DIGITS), "--ckpt", str(best)]) == 0
     assert "test_accuracy" in capsys.readouterr().out
