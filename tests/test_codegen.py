@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -274,7 +275,7 @@ def test_same_module_as_builder(stem, model, generated, tmp_path, monkeypatch):
     built.eval()
     gen.eval()
     torch.manual_seed(1)
-    xs = _inputs(inst)
+    xs = _inputs(inst, batch=2)  # more than one sample; GPT-2's 124M at 1024 tokens is costly
     with torch.no_grad():
         a, b = _as_tuple(built(*xs)), _as_tuple(gen(*xs))
     assert len(a) == len(b)
@@ -627,8 +628,10 @@ def _train_copy(folder: Path, stem: str, edits: dict[str, str], text: str | None
 
 
 @pytest.fixture(scope="session")
-def train_runs(tmp_path_factory) -> dict:
-    """Compile several specs with --train and run each script (1-2 epochs, small data)."""
+def train_runs(tmp_path_factory) -> Iterator[dict]:
+    """Compile several specs with --train and run each script (1-2 epochs, small data).
+    `specc run` of the SAME_AS_RUN copies (see `specc_runs`) starts first and runs beside
+    the scripts: both processes use one thread, so a 2-core machine runs them at once."""
     from datafiles import write_cifar10, write_tensor_files, write_token_windows
     from safetensors.torch import save_file
 
@@ -682,10 +685,17 @@ def train_runs(tmp_path_factory) -> dict:
 
     jobs = [{"id": stem, "dir": str(spec.parent), "script": f"{stem}.py"}
             for stem, spec in specs.items()]  # fmt: skip
-    # tiny models: threads only wait for each other on 2 cores
-    threads = {"OMP_NUM_THREADS": "1"}
-    result = _without_specc(_RUN_SCRIPTS, {"jobs": jobs}, cwd=root, env=threads)
-    return {"result": result, "specs": specs, "pretrained": pretrained}
+    specc_run = _start_specc_runs(root, specs)
+    try:
+        # tiny models: threads only wait for each other on 2 cores
+        threads = {"OMP_NUM_THREADS": "1"}
+        result = _without_specc(_RUN_SCRIPTS, {"jobs": jobs}, cwd=root, env=threads)
+        yield {"result": result, "specs": specs, "pretrained": pretrained,
+               "specc_run": (specc_run, root / "specc_runs.log")}  # fmt: skip
+    finally:
+        if specc_run.poll() is None:  # a failure before `specc_runs` waited for it
+            specc_run.kill()
+            specc_run.wait()
 
 
 def _text_bpe_copy(folder: Path) -> Path:
@@ -802,16 +812,24 @@ print("done")
 """
 
 
+def _start_specc_runs(root: Path, specs: dict[str, Path]) -> subprocess.Popen:
+    """Start `specc run` of the SAME_AS_RUN spec copies, in one process with the scripts'
+    settings (its output in `root/specc_runs.log`)."""
+    jobs = [{"dir": str(specs[s].parent), "spec": f"{s}.spec"} for s in SAME_AS_RUN]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    with (root / "specc_runs.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", _RUN_SPECS, json.dumps({"jobs": jobs})], cwd=root,
+            env=env | {"OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def specc_runs(train_runs) -> dict[str, Path]:
-    """`specc run` of the same spec copies, in one process with the scripts' settings."""
-    jobs = [{"dir": str(train_runs["specs"][s].parent), "spec": f"{s}.spec"} for s in SAME_AS_RUN]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUN_SPECS, json.dumps({"jobs": jobs})],
-        env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    """`specc run` of the same spec copies (started by `train_runs`), finished."""
+    proc, log = train_runs["specc_run"]
+    proc.wait(timeout=900)
+    assert proc.returncode == 0, log.read_text()
     return {s: train_runs["specs"][s].parent / "runs_specc" / s / "last.pt" for s in SAME_AS_RUN}
 
 

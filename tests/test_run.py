@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +27,16 @@ def _run(spec, tmp_path, *overrides, resume=False, name="r"):
     )
 
 
-def test_digits_demo_reaches_97_percent(tmp_path):
-    summary = _run(DIGITS, tmp_path)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[dict, Path]:
+    """`specc run specs/digits.spec` as shipped: its summary and run folder (read only)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    return _run(DIGITS, tmp_path), tmp_path / "runs" / "r"
+
+
+def test_digits_demo_reaches_97_percent(demo):
+    summary, run_dir = demo
     assert summary["test_accuracy"] >= 0.97
-    run_dir = tmp_path / "runs" / "r"
     assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and "step" in r for r in records)
@@ -66,8 +74,8 @@ def test_bad_override_is_a_clean_error(capsys, tmp_path):
     assert "unknown setting `epoch`" in err and "did you mean `epochs`" in err
 
 
-def test_eval_and_corrupt_checkpoint(tmp_path, capsys):
-    _run(DIGITS, tmp_path, "epochs=1")
+def test_eval_and_corrupt_checkpoint(tmp_path, capsys, demo):
+    shutil.copytree(demo[1], tmp_path / "runs" / "r")  # a copy of the demo's run: no new run
     best = tmp_path / "runs" / "r" / "best.pt"
     assert main(["eval", str(DIGITS), "--ckpt", str(best)]) == 0
     assert "test_accuracy" in capsys.readouterr().out
@@ -233,24 +241,27 @@ def _mkldnn_enabled() -> bool:
 
 
 def test_small_convolutions_run_native_kernels_and_the_choice_is_recorded(tmp_path):
-    small = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="b8")
+    # The choice is made (and recorded) before the first step: a few steps show it.
+    small = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=5", name="b8")
     assert small["conv_kernels"] == "native"  # largest unfold 147,456 elements at batch 8
     ck = checkpoint.load(tmp_path / "runs" / "b8" / "last.pt")
     assert ck["state"]["conv_kernels"] == "native"
-    large = _run(DIGITS, tmp_path, "epochs=1", "batch_size=16", name="b16")
+    large = _run(DIGITS, tmp_path, "epochs=1", "batch_size=16", "max_steps=5", name="b16")
     assert "conv_kernels" not in large  # 294,912: torch's own choice (oneDNN)
     assert checkpoint.load(tmp_path / "runs" / "b16" / "last.pt")["state"]["conv_kernels"] is None
     assert _mkldnn_enabled()  # the process-wide flag is put back
-    loader = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "digits.in_memory=False",
-                  name="loader")  # fmt: skip
+    loader = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=5",
+                  "digits.in_memory=False", name="loader")  # fmt: skip
     assert loader["conv_kernels"] == "native"  # the DataLoader path probes a collated batch
 
 
 def test_conv_kernel_choice_draws_no_random_number_and_touches_no_buffer(tmp_path):
     """The shape probe runs the model once: a run that chose native kernels by the rule
-    ends with exactly the weights and BatchNorm statistics of one told to use them."""
-    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="auto")
-    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", 'conv_kernels="native"', name="forced")
+    ends with exactly the weights and BatchNorm statistics of one told to use them (20 steps:
+    a drawn number would shift every later dropout mask)."""
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=20", name="auto")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=20", 'conv_kernels="native"',
+         name="forced")  # fmt: skip
     a = checkpoint.load(tmp_path / "runs" / "auto" / "last.pt")["model"]
     b = checkpoint.load(tmp_path / "runs" / "forced" / "last.pt")["model"]
     assert any("running_mean" in k for k in a)
@@ -270,20 +281,23 @@ def _seen_during_evaluate(monkeypatch, read) -> list:
 
 def test_conv_kernels_torch_keeps_torchs_choice(tmp_path, monkeypatch):
     seen = _seen_during_evaluate(monkeypatch, _mkldnn_enabled)
-    summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", 'conv_kernels="torch"')
+    # max_steps: stopped mid-epoch, the run evaluates once, at its end
+    summary = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=20",
+                   'conv_kernels="torch"')  # fmt: skip
     assert "conv_kernels" not in summary and seen == [True]
     seen.clear()
-    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", name="auto")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=20", name="auto")
     assert seen == [False]  # native kernels: oneDNN off while the run lasts
     assert _mkldnn_enabled()
 
 
 def test_resume_and_eval_reuse_the_recorded_kernels(tmp_path, capsys):
-    full = _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", name="full")
-    _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", "max_steps=250", name="part")
+    # as test_resume_and_eval_keep_the_recorded_thread_count: 40 steps, resumed after 20
+    full = _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=40", name="full")
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=20", name="part")
     # Told to use torch's kernels, the resumed run keeps its checkpoint's choice: exactness.
-    _run(DIGITS, tmp_path, "epochs=2", "batch_size=8", 'conv_kernels="torch"', name="part",
-         resume=True)  # fmt: skip
+    _run(DIGITS, tmp_path, "epochs=1", "batch_size=8", "max_steps=40", 'conv_kernels="torch"',
+         name="part", resume=True)  # fmt: skip
     a = checkpoint.load(tmp_path / "runs" / "full" / "last.pt")
     b = checkpoint.load(tmp_path / "runs" / "part" / "last.pt")
     assert b["state"]["conv_kernels"] == "native"
