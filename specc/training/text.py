@@ -233,6 +233,13 @@ def write_tokenizer(tokens: Tokens | None, tokenizer: str, folder: Path) -> Path
     try:
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     except ImportError:
+        import sys
+
+        note = (
+            f"note: {target} not written: it needs the `tokenizers` package "
+            "(pip install 'specc[text]'); a fine-tune reading this run's ids needs it"
+        )
+        print(note, file=sys.stderr)
         return None
     assert tokens is not None  # the char vocabulary is the text's
     chars = tokens.decode(list(range(tokens.vocab_size)))
