@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from specc.errors import CheckpointError
+from specc.training.lora import ADAPTER_SUFFIXES
 
 # safetensors refuses two names for one tensor (a tied weight): a file stores it once and
 # lists each further name here, as JSON {alias: stored name}; `load` restores the aliases.
@@ -103,13 +104,13 @@ def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
     own = set(model.state_dict())
     absent = own - set(state["model"])
     # a base checkpoint fits the adapted model: its fresh adapters add nothing (B is zero)
-    strict = not (absent and all(k.endswith(LORA_KEYS) for k in absent))
+    strict = not (absent and all(k.endswith(ADAPTER_SUFFIXES) for k in absent))
     try:
         model.load_state_dict(state["model"], strict=strict)
     except (RuntimeError, KeyError, TypeError) as exc:
         reason = misfit_reason(exc)
-        lora = any(k.endswith(LORA_KEYS) for k in state["model"]) and not any(
-            k.endswith(LORA_KEYS) for k in own
+        lora = any(k.endswith(ADAPTER_SUFFIXES) for k in state["model"]) and not any(
+            k.endswith(ADAPTER_SUFFIXES) for k in own
         )
         raise CheckpointError(
             f"{path} does not fit model `{name}`: {reason[:300] or type(exc).__name__}",
@@ -119,9 +120,6 @@ def load_into(model: nn.Module, path: Path, name: str) -> dict[str, Any]:
             else "a checkpoint of a run with --set overrides needs the same --set here",
         ) from None
     return state
-
-
-LORA_KEYS = (".lora_A.weight", ".lora_B.weight")  # specc.training.lora's adapter keys
 
 
 def save_safetensors(

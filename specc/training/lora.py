@@ -37,6 +37,7 @@ PEFT_PREFIX = "base_model.model."
 SETTINGS_METADATA = "specc.lora"  # the JSON settings in an adapter file's metadata
 BASE_METADATA = "specc.base_sha256"  # in a PEFT folder's weights, which specc wrote
 ADAPTER_KEYS = ("lora_A.weight", "lora_B.weight")
+ADAPTER_SUFFIXES = tuple("." + k for k in ADAPTER_KEYS)  # an adapter's keys in a state_dict
 
 
 class LoRALinear(nn.Module):
@@ -203,7 +204,7 @@ def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def merged_state(state: dict[str, torch.Tensor], recorded: dict[str, Any]) -> dict[str, Any]:
     """The base state_dict with each adapter folded in (W += scale·B@A, in float64 then
     cast back) and the adapter keys removed."""
-    out = {k: v for k, v in state.items() if not k.endswith(tuple("." + a for a in ADAPTER_KEYS))}
+    out = {k: v for k, v in state.items() if not k.endswith(ADAPTER_SUFFIXES)}
     scale = scale_of(recorded)
     for module in recorded["modules"]:
         a, b = state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"]

@@ -172,8 +172,10 @@ def file_tokens(text: str, tokenizer, what: str = "the tokenizer",
     try:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
     except Exception as exc:  # tokenizers raises a plain Exception (an unknown character)
-        why = unknown_text(exc, text, tokenizer)
-        raise DataError(f"{what} cannot encode the text: {why}", location,
+        at = _first_unknown(text, tokenizer)
+        if at is not None:
+            raise not_in_vocabulary(text, at, what, location) from None
+        raise DataError(f"{what} cannot encode the text: {exc}", location,
                         hint=UNKNOWN_HINT) from None  # fmt: skip
     return Tokens(
         np.asarray(ids, dtype=_id_dtype(vocab_size)), vocab_size, tokenizer.decode,
@@ -188,7 +190,8 @@ def _tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:
         try:
             return tokenizer.encode(s, add_special_tokens=False).ids
         except Exception as exc:  # tokenizers raises a plain Exception
-            raise KeyError(_first_unknown(s, tokenizer) or str(exc)) from None
+            at = _first_unknown(s, tokenizer)
+            raise KeyError(str(exc) if at is None else s[at]) from None
 
     return encode
 
@@ -197,21 +200,20 @@ UNKNOWN_HINT = ("a character-level tokenizer.json (as a text run saves) knows on
                 "characters of the text it was made from")  # fmt: skip
 
 
-def _first_unknown(text: str, tokenizer) -> str | None:
-    """The first character of `text` missing from a vocabulary of single characters."""
+def _first_unknown(text: str, tokenizer) -> int | None:
+    """Where the first character of `text` missing from a vocabulary of single characters
+    is; None for another kind of vocabulary, or when every character is in it."""
     vocab = tokenizer.get_vocab()
     if not all(len(token) == 1 for token in vocab):
         return None
-    return next((c for c in text if c not in vocab), None)
+    return next((i for i, c in enumerate(text) if c not in vocab), None)
 
 
-def unknown_text(exc: Exception, text: str, tokenizer) -> str:
-    """Why a tokenizer failed on `text`: the first unknown character and its line."""
-    char = _first_unknown(text, tokenizer)
-    if char is None:
-        return str(exc)
-    line = text.count("\n", 0, text.index(char)) + 1
-    return f"the character {char!r} (line {line}) is not in its vocabulary"
+def not_in_vocabulary(text: str, at: int, what: str, location: Location | None) -> DataError:
+    """The located error for `text[at]`, a character the tokenizer's vocabulary lacks."""
+    line = text.count("\n", 0, at) + 1
+    return DataError(f"{what} cannot encode the text: the character {text[at]!r} (line {line}) "
+                     "is not in its vocabulary", location, hint=UNKNOWN_HINT)  # fmt: skip
 
 
 # ---- a run's tokenizer ----------------------------------------------------------------
@@ -315,10 +317,7 @@ def char_tokens_in(text: str, chars: list[str], what: str, location: Location | 
     at = np.minimum(np.searchsorted(points[order], codes), len(chars) - 1)
     unknown = points[order][at] != codes
     if unknown.any():
-        first = int(np.argmax(unknown))
-        line = text.count("\n", 0, first) + 1
-        why = f"the character {text[first]!r} (line {line}) is not in its vocabulary"
-        raise DataError(f"{what} cannot encode the text: {why}", location, hint=UNKNOWN_HINT)
+        raise not_in_vocabulary(text, int(np.argmax(unknown)), what, location)
     ids = order[at].astype(_id_dtype(len(chars)))
     return Tokens(ids, len(chars), _char_decoder(chars), _char_encoder(chars))
 
