@@ -99,9 +99,18 @@ def _flops(packet: Any, args: tuple, out: Any) -> int | None:
     return None
 
 
+class _Settled(Exception):
+    """Raised mid-forward once the sizes seen decide every rule asked for."""
+
+
 class _OpSizes(TorchDispatchMode):
-    def __init__(self) -> None:
+    """Records the sizes the rules read. The rules only compare maxima against bounds, so
+    once every asked-for rule's bound is passed the rest of the forward cannot change the
+    choice: `_Settled` then stops it (a GPT's first residual add already settles both)."""
+
+    def __init__(self, conv: bool, threads: bool) -> None:
         super().__init__()
+        self.conv, self.threads = conv, threads
         self.unfolds: list[int] = []
         self.max_flops = 0
         self.max_numel = 0
@@ -122,18 +131,31 @@ class _OpSizes(TorchDispatchMode):
             self.unfolds.append(
                 out.shape[0] * math.prod(args[1].shape[1:]) * math.prod(out.shape[-2:])
             )
+        if self._settled():
+            raise _Settled
         return out
 
+    def _settled(self) -> bool:
+        threads = not self.threads or (
+            self.max_flops > ONE_THREAD_MAX_FLOPS or self.max_numel > GRAIN_SIZE
+        )
+        conv = not self.conv or max(self.unfolds, default=0) > NATIVE_MAX_UNFOLD
+        return threads and conv
 
-def probe(model: nn.Module, *inputs: Any) -> Probe:
+
+def probe(model: nn.Module, *inputs: Any, conv: bool = True, threads: bool = True) -> Probe:
     """Run the model once on `inputs` (no grad, eval mode, so nothing is updated and no random
-    number drawn) and record the sizes the rules below read."""
-    sizes = _OpSizes()
+    number drawn) and record the sizes the rules below read: those of `choose_conv` and of
+    `choose_threads`, or of one of them (the forward stops once they are decided)."""
+    sizes = _OpSizes(conv, threads)
     training = model.training
     try:
         model.eval()
         with torch.no_grad(), sizes:
-            model(*inputs)
+            try:
+                model(*inputs)
+            except _Settled:
+                pass
     finally:
         model.train(training)
     conv2d_only = all(type(m) is nn.Conv2d for m in _convs(model))
@@ -143,14 +165,16 @@ def probe(model: nn.Module, *inputs: Any) -> Probe:
     )
 
 
-def probe_meta(model: nn.Module, instance: Any, batch: int) -> Probe | None:
+def probe_meta(
+    model: nn.Module, instance: Any, batch: int, conv: bool = True, threads: bool = True
+) -> Probe | None:
     """`probe` on the meta device: `model` built on meta, inputs of the declared shapes at
     the training batch size. Sizes are what the rules read, and meta tensors have them
     without memory or arithmetic. None when the model does not run so."""
     inputs = [torch.empty(batch, *t.shape, dtype=getattr(torch, t.dtype), device="meta")
               for _, t in instance.inputs]  # fmt: skip
     try:
-        return probe(model, *inputs)
+        return probe(model, *inputs, conv=conv, threads=threads)
     except Exception:  # the training loop reports the model's own errors
         return None
 

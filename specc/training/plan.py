@@ -1102,7 +1102,7 @@ def _kernels(cfg: TrainConfig, meta: Any, instance: ir.ModelInstance, batch: int
     auto_threads = cfg.threads == "auto"
     # The rules were measured in fp32; torch.compile picks kernels of its own.
     if cfg.precision == "fp32" and not cfg.compile and (auto_conv or auto_threads):
-        probe = kernels.probe_meta(meta, instance, batch)
+        probe = kernels.probe_meta(meta, instance, batch, conv=auto_conv, threads=auto_threads)
         if probe is not None and auto_conv:
             conv = kernels.choose_conv(probe)
         if probe is not None and auto_threads:
