@@ -266,15 +266,10 @@ def compile_cmd(
 
 
 def _write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
+    from specc.files import write_atomic
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(text.encode("utf-8")))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -85,3 +85,25 @@ def test_check_knows_class_labels_without_the_files(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "train: output [B, 10] -> CrossEntropyLoss <- labels [B] int64" in out
     assert out.splitlines()[-1] == "ok"
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path, capsys):
+    """Generated code, checkpoints and a text run's tokenizer.json are written through a
+    private temporary file; the result has the umask's mode (0644 under umask 022), as a
+    file `open` made would."""
+    import os
+
+    import torch
+
+    from specc.training import checkpoint, text
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "net.py"
+        assert main(["compile", str(SPECS / "cifar_net.spec"), "-o", str(out)]) in (0, None)
+        checkpoint.save({"w": torch.zeros(1)}, tmp_path / "last.pt")
+        tokenizer = text.write_tokenizer(text.char_tokens("abc\n"), "char", tmp_path)
+    finally:
+        os.umask(old)
+    for path in (out, tmp_path / "last.pt", tokenizer):
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -329,7 +329,15 @@ ADAPTER_MISTAKES = {
     "missing": (lambda d: d / "nowhere", "is not a PEFT adapter folder: it has no"),
     "corrupt": (lambda d: _corrupt(d), "cannot read the PEFT adapter"),
     "other rank": (lambda d: _other_rank(d), "was trained with r 8 (the spec: 4)"),
+    "file not named .safetensors": (lambda d: _renamed_adapter(d), "is a file, and a name"),
 }
+
+
+def _renamed_adapter(folder: Path) -> Path:
+    """A file whose name does not end in `.safetensors`: by its name (the generated script
+    cannot look at the disk) it is a PEFT folder."""
+    (folder / "adapter.bin").write_bytes(b"")
+    return folder / "adapter.bin"
 
 
 def _corrupt(folder: Path) -> Path:
@@ -350,7 +358,8 @@ def _other_rank(folder: Path) -> Path:
 def test_bad_adapters_are_clear_errors(case, tmp_path, capsys):
     make, message = ADAPTER_MISTAKES[case]
     folder = make(tmp_path)
-    (folder if case != "missing" else tmp_path / "nowhere").mkdir(exist_ok=True)
+    if case != "file not named .safetensors":
+        (folder if case != "missing" else tmp_path / "nowhere").mkdir(exist_ok=True)
     spec = mlp(tmp_path, PLAIN.replace("dropout=0.1)", f'dropout=0.1, load="{folder}")'))
     code, _, err = cli(capsys, "run", str(spec), "--runs-dir", str(tmp_path / "runs"))
     assert code == 2

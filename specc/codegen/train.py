@@ -241,19 +241,17 @@ class TrainScript:
             ).replace("\n", "\n    "),
         ]
         if lora.load:
-            out += self.adapter_load_statements(lora.load)
+            out += self.adapter_load_statements(lora.load, lora.load_is_peft_folder)
         saved = lora.modules_to_save
         test = self.condition(self.name_test(saved)) if saved else ""
         out.append(block_of("freeze_base", ", ".join(saved), test))
         return out
 
-    def adapter_load_statements(self, source: str) -> list[str]:
+    def adapter_load_statements(self, source: str, folder: bool) -> list[str]:
         """`load=`: the adapter's tensors, by the model's keys (specc's adapter file, or a
-        PEFT folder whose keys carry `base_model.model.`)."""
+        PEFT `folder` whose keys carry `base_model.model.`)."""
         self.imports.add("from safetensors.torch import load_file")
-        folder = not source.endswith(".safetensors")  # decided here, not by the disk's cwd
         path = f"{source.rstrip('/')}/adapter_model.safetensors" if folder else source
-        load = Brackets("load_file", (literal_doc(path),))
         load = Brackets("load_file", (literal_doc(path),))
         out = [f"# start from the adapter {source}", statement(load, "adapter = ", MAIN)]
         if folder:

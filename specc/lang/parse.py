@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.parse_tree_builder import PropagatePositions
 
 from specc.errors import Location, SpecSyntaxError
+from specc.files import write_atomic
 
 # How terminals read in "expected ..." messages.
 _TERMINAL_TEXT = {
@@ -205,16 +205,10 @@ def _save_tables(built: lark.Lark, key: str) -> None:
         text = json.dumps(tables, separators=(",", ":"))
         if _int_keys(json.loads(text)) != _as_json(tables):
             return  # something JSON cannot hold: keep building at each start
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except Exception:  # a read-only home, ...: the parser works without the cache
+        # whole or absent, even with several specc processes at once
+        write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    except Exception:  # a read-only home, a full disk, ...: the parser works without it
         return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)  # whole or absent, even with several specc processes at once
-    except OSError:  # a full disk, ...
-        Path(tmp).unlink(missing_ok=True)
 
 
 def parse(text: str, file: str) -> lark.Tree:

@@ -3,10 +3,8 @@ and the file written whole (a temporary file renamed into place)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,21 +31,12 @@ def check_output(path: Path, suffixes: tuple[str, ...] | list[str], example: str
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    from specc.files import write_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; a picture is not
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(data))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass

@@ -109,11 +109,14 @@ def write_adapter(model_state: dict[str, torch.Tensor], plan: LoraPlan, path: Pa
     tmp.replace(path)
 
 
-def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_adapter(
+    path: Path, peft_folder: bool | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """An adapter's tensors (keyed by model path) and settings, from specc's
-    `adapter.safetensors` or a PEFT folder; anything unreadable is a CheckpointError."""
+    `adapter.safetensors` or a PEFT folder (`peft_folder`; None: whichever `path` is on
+    disk); anything unreadable is a CheckpointError."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() if peft_folder is None else peft_folder:
         return _read_peft(path)
     if not path.exists():
         raise CheckpointError(f"adapter not found: {path}",
@@ -163,6 +166,11 @@ def write_peft(tensors: dict[str, torch.Tensor], recorded: dict[str, Any], folde
 
 def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     config_path, weights = folder / PEFT_CONFIG, folder / PEFT_WEIGHTS
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file, and a name without `.safetensors` is read "
+                              "as a PEFT adapter folder",
+                              hint="name specc's adapter file `<name>.safetensors`, or the "
+                              "folder PEFT's save_pretrained wrote")  # fmt: skip
     for need in (config_path, weights):
         if not need.exists():
             raise CheckpointError(
@@ -245,7 +253,7 @@ def check_settings(recorded: dict[str, Any], plan: LoraPlan, source: str) -> Non
 
 def load_adapter(model: nn.Module, plan: LoraPlan, *, quiet: bool = False) -> None:
     """`lora ... (load="...")`: the adapter's tensors into the model's adapters."""
-    tensors, recorded = read_adapter(Path(plan.load))
+    tensors, recorded = read_adapter(Path(plan.load), plan.load_is_peft_folder)
     check_settings(recorded, plan, plan.load)
     own = dict(model.named_parameters())
     with torch.no_grad():

@@ -157,6 +157,13 @@ class LoraPlan:
     def scale(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
+    @property
+    def load_is_peft_folder(self) -> bool:
+        """`load=` names PEFT's folder unless it names a `.safetensors` file: decided by the
+        name, so `specc run` and the generated script (which cannot look at the disk of
+        the machine it runs on) read the same thing."""
+        return self.load is not None and not self.load.rstrip("/").endswith(".safetensors")
+
     def summary(self) -> str:
         """What `check` and `run` print: the layers, the adapters' size, the fraction."""
         shown = ", ".join(self.modules[:4]) + (", ..." if len(self.modules) > 4 else "")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from specc.errors import DataError, Location
+from specc.files import write_atomic
 
 TOKENIZER_KINDS = ("char", "bytes")  # besides a path to a tokenizer.json
 SPLITS = ("train", "val")
@@ -230,7 +230,7 @@ def write_tokenizer(tokens: Tokens | None, tokenizer: str, folder: Path) -> Path
     if tokenizer == "bytes":
         return None
     if tokenizer != "char":
-        _write_atomic(target, lambda f: f.write(resolve_path(tokenizer).read_bytes()))
+        write_atomic(target, lambda f: f.write(resolve_path(tokenizer).read_bytes()))
         return target
     try:
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -249,7 +249,7 @@ def write_tokenizer(tokens: Tokens | None, tokenizer: str, folder: Path) -> Path
     made = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))  # no [UNK]: unknown fails
     made.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     made.decoder = decoders.Fuse()  # characters join without spaces
-    _write_atomic(target, lambda f: f.write(made.to_str().encode("utf-8")))
+    write_atomic(target, lambda f: f.write(made.to_str().encode("utf-8")))
     return target
 
 
@@ -367,27 +367,14 @@ def _read_cache(npy: Path, sidecar: Path, fingerprint: dict) -> tuple[np.ndarray
     return ids, meta
 
 
-def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader never sees
-    half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_cache(npy: Path, sidecar: Path, tokens: Tokens, fingerprint: dict,
                  vocab: list[str] | None) -> None:  # fmt: skip
     meta = {**fingerprint, "count": len(tokens.ids), "dtype": tokens.ids.dtype.name,
             "vocab_size": tokens.vocab_size, "chars": vocab}  # fmt: skip
     try:
-        _write_atomic(npy, lambda f: np.save(f, tokens.ids, allow_pickle=False))
+        write_atomic(npy, lambda f: np.save(f, tokens.ids, allow_pickle=False))
         # The sidecar last: it vouches for a complete array.
-        _write_atomic(sidecar, lambda f: f.write(json.dumps(meta).encode("utf-8")))
+        write_atomic(sidecar, lambda f: f.write(json.dumps(meta).encode("utf-8")))
     except OSError:
         pass  # a read-only data folder: train without the cache
 
