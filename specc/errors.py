@@ -119,9 +119,14 @@ class UsageError(SpecError):
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """'did you mean X?' for the closest candidate, or None when nothing is close."""
+    """'did you mean X?' for the closest candidate, or None when nothing is close. A
+    candidate that differs only in case comes first (`Adamw`: `AdamW`, not `Adam`), then
+    the closest spelling, then the closest spelling ignoring case."""
     pool = list(dict.fromkeys(candidates))
-    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    same = [c for c in pool if c.lower() == name.lower()]
+    match = difflib.get_close_matches(name, same, n=1, cutoff=0.0)
+    if not match:
+        match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     if not match:
         lowered = {c.lower(): c for c in pool}
         match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
