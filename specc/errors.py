@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 EXIT_USER_ERROR = 2
+# The most errors one run reports: enough to fix a file in one go, few enough to read.
+MAX_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,23 @@ class UsageError(SpecError):
     """A bad command-line flag or API argument (no source location)."""
 
     kind = "usage"
+
+
+def each_error(err: SpecError) -> list[SpecError]:
+    """`err` and the errors collected with it, in order."""
+    return [err, *err.more]
+
+
+def together(errors: Iterable[SpecError]) -> SpecError:
+    """Errors found in one run as one to raise: the first, carrying the others (up to
+    MAX_ERRORS in all) as `.more`. Errors that carry their own `.more` are flattened."""
+    flat = [e for err in errors for e in each_error(err)][:MAX_ERRORS]
+    if not flat:
+        raise ValueError("together() needs at least one error")
+    for e in flat:
+        e.more = []
+    flat[0].more = flat[1:]
+    return flat[0]
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
