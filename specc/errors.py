@@ -128,7 +128,8 @@ def each_error(err: SpecError) -> list[SpecError]:
 def together(errors: Iterable[SpecError]) -> SpecError:
     """Errors found in one run as one to raise: the first, carrying the others (up to
     MAX_ERRORS in all) as `.more`. Errors that carry their own `.more` are flattened."""
-    flat = [e for err in errors for e in each_error(err)][:MAX_ERRORS]
+    # dict.fromkeys: each once, though one may be in the list and in another's `.more`.
+    flat = list(dict.fromkeys(e for err in errors for e in each_error(err)))[:MAX_ERRORS]
     if not flat:
         raise ValueError("together() needs at least one error")
     for e in flat:

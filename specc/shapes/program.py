@@ -62,12 +62,12 @@ def check_program(
     program, mistakes = load_with_mistakes(source, plugins=plugins, text=text)
     checker = _ProgramChecker(program)
     for name, errors in mistakes.items():
-        checker.add(errors, name)
+        for err in errors:
+            checker.add(err, name)
     checker.check_models()
     checker.check_trains(open_data)
     result = checker.result
-    result.generic = [m.name for m in program.models if m.file == checker.root
-                      and m.name not in checker.broken and not standalone(m)]  # fmt: skip
+    result.generic = checker.generic()
     result.errors = sorted(checker.errors, key=checker.source_order)[:MAX_ERRORS]
     texts = source_texts(program)
     for err in result.errors:
@@ -87,19 +87,23 @@ class _ProgramChecker:
         self.seen: set[tuple[Location | None, str]] = set()
         self.broken: set[str] = set()
         names = {m.name for m in program.models}
-        self.uses = {m.name: _models_called(m.layers, names) for m in program.models}
+        self.uses = {
+            m.name: _models_called([layer.ctor for layer in m.layers], names)
+            for m in program.models
+        }
 
-    def add(self, errors: Iterable[SpecError], model: str | None = None) -> None:
-        """Record `errors`, found checking `model`: each once, and `model` and the models
-        they lie in as having mistakes."""
-        for err in errors:
-            for name in (model, self.model_at(err.location)):
+    def add(self, err: SpecError, model: str | None = None) -> None:
+        """Record `err` and the errors collected with it, found checking `model`: each
+        once, and `model` and the models they lie in as having mistakes."""
+        for one in each_error(err):
+            one.more = []  # kept one by one here
+            for name in (model, self.model_at(one.location)):
                 if name is not None:
                     self.broken.add(name)
-            key = (err.location, err.message)
+            key = (one.location, one.message)
             if key not in self.seen:
                 self.seen.add(key)
-                self.errors.append(err)
+                self.errors.append(one)
 
     def model_at(self, where: Location | None) -> str | None:
         """The model whose definition holds `where`, if any."""
@@ -123,6 +127,11 @@ class _ProgramChecker:
                 todo.extend(sorted(self.uses.get(name, ())))
         return None
 
+    def generic(self) -> list[str]:
+        """The root file's models bound at each use, but those with mistakes."""
+        return [m.name for m in self.program.models if m.file == self.root
+                and m.name not in self.broken and not standalone(m)]  # fmt: skip
+
     def source_order(self, err: SpecError) -> tuple[int, int, int]:
         files = [s.path for s in self.program.sources]
         where = err.location
@@ -144,7 +153,7 @@ class _ProgramChecker:
             try:
                 checked[m.name] = check_model(self.program, m.name)
             except SpecError as err:
-                self.add(each_error(err), m.name)
+                self.add(err, m.name)
         self.result.models = {m.name: checked[m.name] for m in own if m.name in checked}
 
     def check_trains(self, open_data: bool) -> None:
@@ -160,7 +169,8 @@ class _ProgramChecker:
             check = TrainCheck(f"train {train.name}" if train.name else "train")
             self.result.trains.append(check)
             bad, checkable = settings_errors(self.program, train.name)
-            self.add(bad)
+            for err in bad:
+                self.add(err)
             used = _models_called([f.value for f in train.fields], names)
             if (other := self.broken_use(sorted(used))) is not None:
                 self.result.skipped[check.title] = other
@@ -179,7 +189,7 @@ class _ProgramChecker:
                 check.plan = plan
             fit, why = _fit(plan, open_data)
         except SpecError as err:
-            self.add(each_error(err))
+            self.add(err)
             return
         if keep:
             check.fit, check.labels_unchecked = fit, why
@@ -202,13 +212,9 @@ def _fit(plan: TrainPlan, open_data: bool) -> tuple[str | None, str | None]:
     return check_data_fit(plan, labels), None
 
 
-def _models_called(exprs: Iterable[Any], models: set[str]) -> set[str]:
-    """The models among `models` that the expressions (or layers) call."""
-    found = set()
-    for e in exprs:
-        expr = e.ctor if isinstance(e, ir.Layer) else e
-        found |= {c.func for c in expr.find_all(ir.Call) if c.func in models}
-    return found
+def _models_called(exprs: list[ir.Expr], models: set[str]) -> set[str]:
+    """The models among `models` that the expressions call."""
+    return {c.func for e in exprs for c in e.find_all(ir.Call) if c.func in models}
 
 
 def _used_first(models: list[ir.ModelDef], uses: dict[str, set[str]]) -> list[ir.ModelDef]:
