@@ -99,94 +99,84 @@ def check(
 def _check(spec: Path, model: str | None, shapes: list[str], no_plugins: bool) -> None:
     from rich.console import Console
 
-    from specc.lang.loader import load
-    from specc.shapes.check import check_model, standalone
-    from specc.shapes.report import model_table, print_warnings
-
-    program = load(spec, plugins=not no_plugins)
     inputs = _parse_inputs(shapes)
     console = Console(width=max(Console().width, 100))
     if model or inputs:
-        targets = [model]
+        _check_one(spec, model, inputs, no_plugins, console)
     else:
-        root = program.sources[0].path
-        targets = [m.name for m in program.models if m.file == root and standalone(m)]
-        generic = [m.name for m in program.models if m.file == root and not standalone(m)]
-        if not targets and not _train_reads_data(program):
-            targets = [None]
-            generic = []
-    for name in targets:
-        inst = check_model(program, name, inputs=inputs)
-        print_warnings(inst, program)
-        frozen = _frozen_counts(program, inst)
-        console.print(model_table(inst, frozen))
-    if not (model or inputs):
-        _check_train_model(program, console)
-        _check_train_blocks(program, console)
-        for g in generic:
-            console.print(
-                f"{g}: generic (parameters or sizes bound at each use); checked "
-                "through the models that use it"
-            )
+        _check_all(spec, no_plugins, console)
     console.print("ok")
 
 
-def _train_reads_data(program) -> bool:
-    from specc.training.plan import model_reads_data
+def _check_one(spec: Path, model: str | None, inputs: dict[str, list[int]], no_plugins: bool,
+               console) -> None:  # fmt: skip
+    """`--model`/`--input`: that one model (the default one when only inputs are given)."""
+    from specc.lang.loader import load
+    from specc.shapes.check import check_model
 
-    return model_reads_data(program)
+    program = load(spec, plugins=not no_plugins)
+    _print_model(check_model(program, model, inputs=inputs), program, console)
 
 
-def _check_train_model(program, console) -> None:
-    """The train block's model when it reads the data (`vocab_size = data.vocab_size`): its
-    table, after a line with the values the training dataset gives."""
+def _check_all(spec: Path, no_plugins: bool, console) -> None:
+    """Every model and train block of the spec that can be checked (specc.shapes.program):
+    the table or line of each that passes, then every mistake found, raised together."""
     from rich.markup import escape
 
-    from specc.errors import SpecError
-    from specc.lang.loader import source_texts
-    from specc.shapes.report import model_table
-    from specc.training.plan import train_model
+    from specc.errors import together
+    from specc.shapes.check import check_model
+    from specc.shapes.program import check_program
 
-    if not _train_reads_data(program):
+    checked = check_program(spec, plugins=not no_plugins)
+    program = checked.program
+    if not (checked.models or checked.skipped or checked.trains or checked.errors):
+        # Nothing checks on its own: the default model, whose mistake says what is missing.
+        _print_model(check_model(program), program, console)
         return
-    try:
-        plan = train_model(program)
-    except SpecError as err:
-        raise err.with_source(source_texts(program)) from None
-    shown = ", ".join(f"{name}={plan.args[name]} ({ref})" for name, ref in plan.from_data)
-    console.print(escape(f"train: {plan.call.name}({shown})"))
-    console.print(model_table(plan.instance, _frozen_counts(program, plan.instance)))
+    for inst in checked.models.values():
+        _print_model(inst, program, console)
+    for name, broken in checked.skipped.items():
+        console.print(escape(f"{name}: not checked: it uses `{broken}`, which has errors"))
+    for train in checked.trains:
+        _print_train(train, program, console)
+    for g in checked.generic:
+        console.print(
+            f"{g}: generic (parameters or sizes bound at each use); checked "
+            "through the models that use it"
+        )
+    if checked.errors:
+        raise together(checked.errors)
 
 
-def _check_train_blocks(program, console) -> None:
-    """Each train block of the spec resolved as `specc run` resolves it (optimizer, loss,
-    metrics, init, freeze), and the model's output checked through the loss against each
-    split's labels: one line per block. Labels that only a data file can tell, when that
-    file cannot be opened here, are left unchecked with a note saying why."""
-    root = program.sources[0].path
-    trains = [t for t in program.trains if t.span.file == root]
-    if not trains:
-        return  # no torchvision import for a spec of models only
+def _print_model(inst, program, console) -> None:
+    from specc.shapes.report import model_table, print_warnings
+
+    print_warnings(inst, program)
+    console.print(model_table(inst, _frozen_counts(program, inst)))
+
+
+def _print_train(train, program, console) -> None:
+    """A train block that checks: its model first when it reads the data (`vocab_size =
+    data.vocab_size`), after a line with the values the training dataset gives; then the
+    output checked through the loss against the labels, or why the labels were not."""
     from rich.markup import escape
 
-    from specc.errors import DataError, SpecError
-    from specc.lang.loader import source_texts
-    from specc.training.plan import resolve
-    from specc.training.sequence import check_data_fit, spec_labels
+    from specc.shapes.report import model_table
 
-    for train in trains:
-        title = f"train {train.name}" if train.name else "train"
-        try:
-            plan = resolve(program, train.name)
-            try:
-                labels = spec_labels(plan)
-            except DataError as err:
-                console.print(escape(f"{title}: labels not checked: {err.message}"))
-                continue
-            console.print(escape(f"{title}: {check_data_fit(plan, labels)}"))
-            _check_lora(plan, program, console)
-        except SpecError as err:
-            raise err.with_source(source_texts(program)) from None
+    plan = train.plan
+    if plan is None:
+        return
+    if plan.model.from_data:
+        shown = ", ".join(f"{name}={plan.model.args[name]} ({ref})"
+                          for name, ref in plan.model.from_data)  # fmt: skip
+        console.print(escape(f"train: {plan.model.call.name}({shown})"))
+        instance = plan.model.instance
+        console.print(model_table(instance, _frozen_counts(program, instance)))
+    if train.labels_unchecked:
+        console.print(escape(f"{train.title}: {train.labels_unchecked}"))
+    elif train.fit:
+        console.print(escape(f"{train.title}: {train.fit}"))
+        _check_lora(plan, program, console)
 
 
 def _check_lora(plan, program, console) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 EXIT_USER_ERROR = 2
+# The most errors one run reports: enough to fix a file in one go, few enough to read.
+MAX_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,33 @@ class UsageError(SpecError):
     kind = "usage"
 
 
+def each_error(err: SpecError) -> list[SpecError]:
+    """`err` and the errors collected with it, in order."""
+    return [err, *err.more]
+
+
+def together(errors: Iterable[SpecError]) -> SpecError:
+    """Errors found in one run as one to raise: the first, carrying the others (up to
+    MAX_ERRORS in all) as `.more`. Errors that carry their own `.more` are flattened."""
+    # dict.fromkeys: each once, though one may be in the list and in another's `.more`.
+    flat = list(dict.fromkeys(e for err in errors for e in each_error(err)))[:MAX_ERRORS]
+    if not flat:
+        raise ValueError("together() needs at least one error")
+    for e in flat:
+        e.more = []
+    flat[0].more = flat[1:]
+    return flat[0]
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """'did you mean X?' for the closest candidate, or None when nothing is close."""
+    """'did you mean X?' for the closest candidate, or None when nothing is close. A
+    candidate that differs only in case comes first (`Adamw`: `AdamW`, not `Adam`), then
+    the closest spelling, then the closest spelling ignoring case."""
     pool = list(dict.fromkeys(candidates))
-    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    same = [c for c in pool if c.lower() == name.lower()]
+    match = difflib.get_close_matches(name, same, n=1, cutoff=0.0)
+    if not match:
+        match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     if not match:
         lowered = {c.lower(): c for c in pool}
         match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)

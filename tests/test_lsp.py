@@ -176,3 +176,11 @@ async def test_hostile_text_never_stops_the_server(client: LanguageClient, tmp_p
         diags = await _diagnostics(client, uri, version)
         assert diags and all(d.severity == types.DiagnosticSeverity.Error for d in diags)
         assert not any("internal error" in d.message for d in diags), diags
+
+
+async def test_each_independent_mistake_is_underlined(client: LanguageClient):
+    uri = _open(client, CASES / "errors" / "independent_mistakes.spec")
+    diags = await _diagnostics(client, uri, 1)
+    # An unknown layer (Encoder), a shape mistake (Wide), a bad setting (the train block).
+    assert [d.range.start.line + 1 for d in diags] == [2, 10, 32]
+    assert all(d.severity == types.DiagnosticSeverity.Error for d in diags)

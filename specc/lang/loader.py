@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from specc import ir
-from specc.errors import Location, SpecError, SpecNameError, SpecSyntaxError, UsageError
+from specc.errors import (
+    Location,
+    SpecError,
+    SpecNameError,
+    SpecSyntaxError,
+    UsageError,
+    together,
+)
 from specc.lang.parse import parse
 from specc.lang.transform import transform
 from specc.values import loc
@@ -54,8 +61,20 @@ def _not_utf8(raw: bytes, display: str, exc: UnicodeDecodeError) -> SpecSyntaxEr
 def load(source: Any, *, plugins: bool = True, text: str | None = None) -> ir.Program:
     """Load a spec path or text into a Program, following `import` statements. `text`
     with a path is that file's text as an editor holds it (unsaved)."""
+    program, mistakes = load_with_mistakes(source, plugins=plugins, text=text)
+    if mistakes:
+        raise together(err for errs in mistakes.values() for err in errs)
+    return program
+
+
+def load_with_mistakes(
+    source: Any, *, plugins: bool = True, text: str | None = None
+) -> tuple[ir.Program, dict[str, list[SpecError]]]:
+    """`load`, with the mistakes the name passes find in a model kept apart, by model name,
+    rather than raised: the program holds the other models ready to check (specc.shapes
+    .program). A mistake that leaves nothing to check (syntax, imports) still raises."""
     if isinstance(source, ir.Program):
-        return source
+        return source, {}
     if _is_path(source):
         path = Path(source)
         display = str(source)
@@ -78,12 +97,15 @@ def load(source: Any, *, plugins: bool = True, text: str | None = None) -> ir.Pr
                 loc(p.span),
                 hint="plugins run Python code; drop --no-plugins to allow it",
             )
-        program = ir.Program(sources=reader.sources, **parts)
-        from specc.lang.passes import run_passes
+        from specc.lang.passes import passes_by_model
 
-        return run_passes(program)
+        program, mistakes = passes_by_model(ir.Program(sources=reader.sources, **parts))
     except SpecError as err:
         raise err.with_source(reader.files) from None
+    for errs in mistakes.values():
+        for err in errs:
+            err.with_source(reader.files)
+    return program, mistakes
 
 
 class _Reader:

@@ -1,16 +1,16 @@
-"""Stage 3a: IR -> IR passes that need no shapes. Each is a plain function; `PASSES` runs
-in order. Errors are collected (up to a cap) so one run reports several mistakes."""
+"""Stage 3a: IR -> IR passes that need no shapes. Each is a plain function of one model;
+`MODEL_PASSES` run in order on each model. Errors are collected (up to a cap) so one run
+reports several mistakes, and a model's mistakes do not keep the others from the passes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from specc import ir
-from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
-from specc.registry import TENSOR_CTORS, init_functions, nn_classes, tensor_methods
+from specc.errors import MAX_ERRORS, SpecError, SpecNameError, SpecTypeError, did_you_mean, together
+from specc.registry import TENSOR_CTORS, Registry, init_functions, nn_classes, tensor_methods
 from specc.values import CONST_FUNCTIONS, PARAM_TYPES, is_none, loc
 
-MAX_ERRORS = 20
 _LITERALS = ("True", "False", "None")
 
 
@@ -22,112 +22,93 @@ class _Errors:
         if len(self.items) < MAX_ERRORS:
             self.items.append(err)
 
-    def raise_if_any(self) -> None:
-        if self.items:
-            first, *rest = self.items
-            first.more = rest
-            raise first
 
-
-def _registry(program: ir.Program):
+def _registry(program: ir.Program) -> Registry:
     from specc.lang.plugins import load_plugins
-    from specc.registry import Registry
 
     return Registry({m.name for m in program.models}, load_plugins(program))
 
 
-def check_param_types(program: ir.Program) -> ir.Program:
-    errors = _Errors()
-    for m in program.models:
-        for p in m.params:
-            if p.type is not None and p.type not in PARAM_TYPES:
-                errors.add(
-                    SpecTypeError(
-                        f"unknown parameter type `{p.type}`",
-                        loc(p.span),
-                        hint=did_you_mean(p.type, PARAM_TYPES)
-                        or f"use one of {', '.join(PARAM_TYPES)}",
-                    )
-                )
-    errors.raise_if_any()
-    return program
-
-
-def resolve_names(program: ir.Program) -> ir.Program:
-    """Classify forward calls as layer or function calls and check every name exists."""
-    reg = _registry(program)
-    errors = _Errors()
-    models = []
-    for m in program.models:
-        params = {p.name for p in m.params}
-        layer_names = {layer.name for layer in m.layers if not is_tensor_decl(layer)}
-        for layer in m.layers:
-            if not is_tensor_decl(layer):  # Parameter/Buffer: `check_model_tensors`
-                _check_ctor(layer.ctor, reg, params, errors)
-        if m.forward is None:
+def check_param_types(m: ir.ModelDef, reg: Registry, errors: _Errors) -> ir.ModelDef:
+    for p in m.params:
+        if p.type is not None and p.type not in PARAM_TYPES:
             errors.add(
                 SpecTypeError(
-                    f"model `{m.name}` has no forward block",
-                    loc(m.span),
-                    hint="add `forward(x: [...]) { ... return ... }`",
+                    f"unknown parameter type `{p.type}`",
+                    loc(p.span),
+                    hint=did_you_mean(p.type, PARAM_TYPES)
+                    or f"use one of {', '.join(PARAM_TYPES)}",
                 )
             )
-            models.append(m)
-            continue
-        dims = {d.value for i in m.forward.inputs for d in i.shape if isinstance(d.value, str)}
-        # The names a node's arguments may read and the layer names they may not; in an `if`
-        # condition a layer's name asks whether the layer exists (`if downsample { ... }`).
-        # Built once per model: per node, the set difference made this pass grow with the
-        # square of the layer count (5.8 s of a 10,000-layer check).
-        outside = params | dims
-        scopes = {False: (outside, layer_names - outside), True: (outside | layer_names, set())}
-        nodes = []
-        for n in m.forward.nodes:
-            if n.op == "call":
-                if n.target in layer_names:
-                    n = n.model_copy(update={"op": "layer"})
-                elif (fn := reg.function(n.target)) is not None:
-                    n = n.model_copy(update={"op": "function", "target": fn[0]})
-                elif (why := reg.function_refusal(n.target)) is not None:
-                    errors.add(
-                        SpecNameError(
-                            f"`{n.target}` cannot be called in a forward: {why}",
-                            loc(n.span),
-                            hint="a forward may only compute on tensors (torch and "
-                            "torch.nn.functional operations such as relu, cat, zeros)",
-                        )
-                    )
-                else:
-                    hint = did_you_mean(n.target, [*layer_names, *reg.function_names()])
-                    if hint is None and reg.layer(n.target) is not None:
-                        hint = (
-                            f"`{n.target}` is a layer type: declare it first "
-                            f"(`name = {n.target}(...)`) and call it by name"
-                        )
-                    errors.add(
-                        SpecNameError(
-                            f"unknown layer or function `{n.target}`", loc(n.span), hint=hint
-                        )
-                    )
-            elif n.op == "method":
-                from specc.registry import tensor_methods
+    return m
 
-                if n.target not in tensor_methods():
-                    errors.add(
-                        SpecNameError(
-                            f"tensors have no method `{n.target}`",
-                            loc(n.span),
-                            hint=did_you_mean(n.target, tensor_methods()),
-                        )
-                    )
-            names, layers = scopes[n.op == "if"]
-            for arg in [*n.args, *n.kwargs.values()]:
-                _check_forward_expr(arg, names, layers, errors)
-            nodes.append(n)
-        fwd = m.forward.model_copy(update={"nodes": nodes})
-        models.append(m.model_copy(update={"forward": fwd}))
-    errors.raise_if_any()
-    return program.model_copy(update={"models": models})
+
+def resolve_names(m: ir.ModelDef, reg: Registry, errors: _Errors) -> ir.ModelDef:
+    """Classify forward calls as layer or function calls and check every name exists."""
+    params = {p.name for p in m.params}
+    layer_names = {layer.name for layer in m.layers if not is_tensor_decl(layer)}
+    for layer in m.layers:
+        if not is_tensor_decl(layer):  # Parameter/Buffer: `check_model_tensors`
+            _check_ctor(layer.ctor, reg, params, errors)
+    if m.forward is None:
+        errors.add(
+            SpecTypeError(
+                f"model `{m.name}` has no forward block",
+                loc(m.span),
+                hint="add `forward(x: [...]) { ... return ... }`",
+            )
+        )
+        return m
+    dims = {d.value for i in m.forward.inputs for d in i.shape if isinstance(d.value, str)}
+    # The names a node's arguments may read and the layer names they may not; in an `if`
+    # condition a layer's name asks whether the layer exists (`if downsample { ... }`).
+    # Built once per model: per node, the set difference made this pass grow with the
+    # square of the layer count (5.8 s of a 10,000-layer check).
+    outside = params | dims
+    scopes = {False: (outside, layer_names - outside), True: (outside | layer_names, set())}
+    nodes = []
+    for n in m.forward.nodes:
+        if n.op == "call":
+            n = _resolve_call(n, layer_names, reg, errors)
+        elif n.op == "method" and n.target not in tensor_methods():
+            errors.add(
+                SpecNameError(
+                    f"tensors have no method `{n.target}`",
+                    loc(n.span),
+                    hint=did_you_mean(n.target, tensor_methods()),
+                )
+            )
+        names, layers = scopes[n.op == "if"]
+        for arg in [*n.args, *n.kwargs.values()]:
+            _check_forward_expr(arg, names, layers, errors)
+        nodes.append(n)
+    return m.model_copy(update={"forward": m.forward.model_copy(update={"nodes": nodes})})
+
+
+def _resolve_call(n: ir.FNode, layer_names: set[str], reg: Registry, errors: _Errors) -> ir.FNode:
+    """A forward's call `name(...)` as a layer call or a function call, else a mistake."""
+    if n.target in layer_names:
+        return n.model_copy(update={"op": "layer"})
+    if (fn := reg.function(n.target)) is not None:
+        return n.model_copy(update={"op": "function", "target": fn[0]})
+    if (why := reg.function_refusal(n.target)) is not None:
+        errors.add(
+            SpecNameError(
+                f"`{n.target}` cannot be called in a forward: {why}",
+                loc(n.span),
+                hint="a forward may only compute on tensors (torch and "
+                "torch.nn.functional operations such as relu, cat, zeros)",
+            )
+        )
+        return n
+    hint = did_you_mean(n.target, [*layer_names, *reg.function_names()])
+    if hint is None and reg.layer(n.target) is not None:
+        hint = (
+            f"`{n.target}` is a layer type: declare it first "
+            f"(`name = {n.target}(...)`) and call it by name"
+        )
+    errors.add(SpecNameError(f"unknown layer or function `{n.target}`", loc(n.span), hint=hint))
+    return n
 
 
 def _check_ctor(e: ir.Expr, reg, params: set[str], errors: _Errors) -> None:
@@ -244,26 +225,20 @@ def is_tensor_decl(layer: ir.Layer) -> bool:
     return isinstance(layer.ctor, ir.Call) and layer.ctor.func in TENSOR_CTORS
 
 
-def check_model_tensors(program: ir.Program) -> ir.Program:
+def check_model_tensors(m: ir.ModelDef, reg: Registry, errors: _Errors) -> ir.ModelDef:
     """Check `Parameter(...)`/`Buffer(...)` declarations and `init` rules, and turn a
     forward's reads of a declared tensor into `get_attr` nodes."""
-    reg = _registry(program)
-    errors = _Errors()
-    models = []
-    for m in program.models:
-        params = {p.name for p in m.params}
-        for layer in m.layers:
-            if is_tensor_decl(layer):
-                _check_tensor_decl(m, layer, reg, params, errors)
-        for rule in m.inits:
-            _check_init_rule(rule, params, errors)
-        tensors = {layer.name for layer in m.layers if is_tensor_decl(layer)}
-        if tensors and m.forward is not None:
-            nodes = _TensorReads(tensors, m.forward.nodes, errors).rewrite()
-            m = m.model_copy(update={"forward": m.forward.model_copy(update={"nodes": nodes})})
-        models.append(m)
-    errors.raise_if_any()
-    return program.model_copy(update={"models": models})
+    params = {p.name for p in m.params}
+    for layer in m.layers:
+        if is_tensor_decl(layer):
+            _check_tensor_decl(m, layer, reg, params, errors)
+    for rule in m.inits:
+        _check_init_rule(rule, params, errors)
+    tensors = {layer.name for layer in m.layers if is_tensor_decl(layer)}
+    if not tensors or m.forward is None:
+        return m
+    nodes = _TensorReads(tensors, m.forward.nodes, errors).rewrite()
+    return m.model_copy(update={"forward": m.forward.model_copy(update={"nodes": nodes})})
 
 
 def _check_tensor_decl(
@@ -421,14 +396,35 @@ class _TensorReads:
         return ir.Ref(node=name, span=span)
 
 
-PASSES: tuple[Callable[[ir.Program], ir.Program], ...] = (
+MODEL_PASSES: tuple[Callable[[ir.ModelDef, Registry, _Errors], ir.ModelDef], ...] = (
     check_param_types,
     check_model_tensors,
     resolve_names,
 )
 
 
+def passes_by_model(program: ir.Program) -> tuple[ir.Program, dict[str, list[SpecError]]]:
+    """Each model through `MODEL_PASSES` in order, up to the first that finds mistakes in
+    it (a later pass would find their consequences). Returns the program, each model as far
+    as the passes took it, and the mistakes of each model that has any, by its name."""
+    if not program.models:
+        return program, {}
+    reg = _registry(program)
+    models, mistakes = [], {}
+    for m in program.models:
+        for run in MODEL_PASSES:
+            errors = _Errors()
+            m = run(m, reg, errors)
+            if errors.items:
+                mistakes[m.name] = errors.items
+                break
+        models.append(m)
+    return program.model_copy(update={"models": models}), mistakes
+
+
 def run_passes(program: ir.Program) -> ir.Program:
-    for p in PASSES:
-        program = p(program)
+    """The program through the passes; its mistakes, every model's, raised together."""
+    program, mistakes = passes_by_model(program)
+    if mistakes:
+        raise together(err for errs in mistakes.values() for err in errs)
     return program

@@ -2,10 +2,8 @@
 diagnostics, and the checked models for hover and symbols. No LSP types here: the server
 (specc.lsp.server) turns these into protocol messages, and tests call `analyze` directly.
 
-The checks are `specc check`'s, in its order: load (parse, names, imports), each model of
-the file that can be checked on its own, then each train block resolved as `specc run`
-resolves it with the output checked through the loss against the labels. A failing model
-does not hide the others or the train blocks: each independent error is reported.
+The checks are `specc check`'s, made by the same function (specc.shapes.program): every
+model and train block of the file that can be checked, each independent mistake reported.
 """
 
 from __future__ import annotations
@@ -50,64 +48,31 @@ class Analysis:
 
 def analyze(text: str, path: Path) -> Analysis:
     """`text` (the editor's buffer of the file at `path`) checked as `specc check` would;
-    never raises for anything a spec can contain."""
-    from specc.lang.loader import load
+    never raises for anything a spec can contain. Labels known only from a data file are
+    left unchecked: the editor checks as the user types."""
+    from specc.shapes.program import check_program
 
     result = Analysis(path)
     try:
-        result.program = load(path, text=text)
+        checked = check_program(path, text=text, open_data=False)
     except SpecError as err:
         result.error(err)
         return _capped(result)
     except RecursionError:
         result.findings.append(Finding("error", "the spec nests too deeply", None))
         return result
-    _check_models(result)
-    _check_trains(result)
-    return _capped(result)
-
-
-def _check_models(result: Analysis) -> None:
-    from specc.shapes.check import check_model, standalone
-
-    program = result.program
-    assert program is not None
-    root = program.sources[0].path
-    for model in program.models:
-        if model.file != root or not standalone(model):
-            continue
-        try:
-            inst = check_model(program, model.name)
-        except SpecError as err:
-            result.error(err)
-            continue
-        result.instances[model.name] = inst
+    result.program = checked.program
+    result.instances = dict(checked.models)
+    for err in checked.errors:
+        result.error(err)
+    for inst in checked.models.values():
         result.warn(inst.warnings)
-
-
-def _check_trains(result: Analysis) -> None:
-    """Each train block of the file, as `specc check` checks it; its data's labels only
-    when they are known without opening a file (the editor checks as the user types)."""
-    program = result.program
-    assert program is not None
-    root = program.sources[0].path
-    trains = [t for t in program.trains if t.span.file == root]
-    if not trains:
-        return
-    from specc.training import data
-    from specc.training.plan import resolve
-    from specc.training.sequence import LabelType, check_data_fit
-
-    for train in trains:
-        try:
-            plan = resolve(program, train.name)
-            result.instances.setdefault(plan.model.call.name, plan.model.instance)
-            if plan.lora is not None:
-                result.warn(plan.lora.warnings)
-            labels = {ds.split: data.known_label(ds) for ds in plan.data.splits()}
-            check_data_fit(plan, {k: LabelType(*v) for k, v in labels.items() if v})
-        except SpecError as err:
-            result.error(err)
+    for train in checked.trains:
+        if train.plan is not None:
+            result.instances.setdefault(train.plan.model.call.name, train.plan.model.instance)
+            if train.plan.lora is not None:
+                result.warn(train.plan.lora.warnings)
+    return _capped(result)
 
 
 def _capped(result: Analysis) -> Analysis:

@@ -6,12 +6,20 @@ validates them with Pydantic, translating its errors into located SpecErrors.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specc import ir
-from specc.errors import SpecError, SpecNameError, SpecTypeError, UsageError, did_you_mean
+from specc.errors import (
+    SpecError,
+    SpecNameError,
+    SpecTypeError,
+    UsageError,
+    did_you_mean,
+    together,
+)
 from specc.values import evaluate, loc
 
 
@@ -197,45 +205,124 @@ def _set(
     return out
 
 
-def _validate(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span, what: str):
-    raw = {f.key: _value(f.value) for f in fields}
+def _settings(cls: type[BaseModel], fields: list[ir.FieldDef], span: ir.Span,
+              what: str) -> tuple[Any, dict[str, SpecError]]:  # fmt: skip
+    """A block's settings validated as `cls` (None when any is bad), and a mistake per bad
+    setting by key, in the block's order: every one, so a user fixes them in one go."""
     by_key = {f.key: f for f in fields}
+    raw: dict[str, Any] = {}
+    bad: dict[str, SpecError] = {}
+    for f in fields:
+        try:
+            raw[f.key] = _value(f.value)
+        except SpecError as err:
+            bad[f.key] = err
     try:
-        return cls.model_validate(raw)
+        valid = cls.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else ""
-        field = by_key.get(key)
-        where = loc(field.span) if field else loc(span)
-        if err["type"] == "extra_forbidden":
-            raise SpecNameError(
-                f"{what} has no setting `{key}`", where, hint=did_you_mean(key, cls.model_fields)
-            ) from None
-        if err["type"] == "missing":
-            raise SpecTypeError(f"{what} needs `{key} = ...`", where) from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise SpecTypeError(f"{what}: `{key}`: {msg}", where) from None
+        for e in exc.errors():
+            key = str(e["loc"][0]) if e["loc"] else ""
+            # One mistake per setting; one that could not be read is not also `missing`.
+            if key not in bad:
+                bad[key] = _setting_error(e, key, by_key.get(key), span, cls, what)
+        valid = None
+    order = {key: i for i, key in enumerate(by_key)}
+    ordered = sorted(bad, key=lambda k: order.get(k, len(order)))
+    return (None if bad else valid), {k: bad[k] for k in ordered}
 
 
-def train_config(
-    program: ir.Program, name: str | None = None
-) -> tuple[ir.TrainDef, TrainConfig, DataConfig]:
-    """The train block (the first, or the one named), its validated settings and those of
-    its data block."""
+def _setting_error(e: Any, key: str, field: ir.FieldDef | None, span: ir.Span,
+                   cls: type[BaseModel], what: str) -> SpecError:  # fmt: skip
+    """One of Pydantic's errors as the user's mistake, at the setting (else the block)."""
+    where = loc(field.span) if field else loc(span)
+    if e["type"] == "extra_forbidden":
+        return SpecNameError(
+            f"{what} has no setting `{key}`", where, hint=did_you_mean(key, cls.model_fields)
+        )
+    if e["type"] == "missing":
+        return SpecTypeError(f"{what} needs `{key} = ...`", where)
+    msg = e["msg"].removeprefix("Value error, ")
+    return SpecTypeError(f"{what}: `{key}`: {msg}", where)
+
+
+@dataclasses.dataclass
+class _Blocks:
+    """A train block and its data block, their settings checked."""
+
+    train: ir.TrainDef
+    config: TrainConfig | None = None
+    block: ir.DataDef | None = None
+    data: DataConfig | None = None
+    bad_train: dict[str, SpecError] = dataclasses.field(default_factory=dict)
+    bad_data: dict[str, SpecError] = dataclasses.field(default_factory=dict)
+
+    def errors(self) -> list[SpecError]:
+        return [*self.bad_train.values(), *self.bad_data.values()]
+
+
+def _check_blocks(program: ir.Program, name: str | None) -> _Blocks:
     if not program.trains:
         raise UsageError(
             "the spec has no `train` block",
             hint="add `train { model = ...; data = ...; loss = ...; optimizer = ... }`",
         )
     train = next((t for t in program.trains if t.name == name), program.trains[0])
-    cfg = _validate(TrainConfig, train.fields, train.span, "train")
-    block = next((d for d in program.data if d.name == cfg.data), None)
-    if block is None:
-        field = next(f for f in train.fields if f.key == "data")
-        raise SpecNameError(
-            f"no data block named `{cfg.data}`",
-            loc(field.span),
-            hint=did_you_mean(cfg.data, [d.name for d in program.data]),
+    out = _Blocks(train)
+    out.config, out.bad_train = _settings(TrainConfig, train.fields, train.span, "train")
+    # The data block is checked even when the train block's settings are not valid.
+    data_name = out.config.data if out.config else _train_data_name(train)
+    out.block = next((d for d in program.data if d.name == data_name), None)
+    if out.block is not None:
+        what = f"data {out.block.name}"
+        out.data, out.bad_data = _settings(DataConfig, out.block.fields, out.block.span, what)
+    elif data_name is not None:
+        written = next(f for f in train.fields if f.key == "data")
+        out.bad_train["data"] = SpecNameError(
+            f"no data block named `{data_name}`",
+            loc(written.span),
+            hint=did_you_mean(data_name, [d.name for d in program.data]),
         )
-    data = _validate(DataConfig, block.fields, block.span, f"data {block.name}")
-    return train, cfg, data
+    return out
+
+
+def train_config(
+    program: ir.Program, name: str | None = None
+) -> tuple[ir.TrainDef, TrainConfig, DataConfig]:
+    """The train block (the first, or the one named), its validated settings and those of
+    its data block. A mistake raises with every other bad setting of both blocks."""
+    blocks = _check_blocks(program, name)
+    if blocks.errors():
+        raise together(blocks.errors())
+    assert blocks.config is not None and blocks.data is not None
+    return blocks.train, blocks.config, blocks.data
+
+
+def settings_errors(program: ir.Program, name: str | None = None) -> tuple[
+    list[SpecError], ir.Program | None
+]:  # fmt: skip
+    """Every bad setting of train block `name` (the first when None) and of its data block,
+    and the program with those settings left out, their defaults in their place, so that
+    the rest of the block (its optimizer, its loss against the model) can still be checked;
+    None when a setting without a default is among them."""
+    blocks = _check_blocks(program, name)
+    errors = blocks.errors()
+    if not errors:
+        return [], program
+    if any(_required(TrainConfig, k) for k in blocks.bad_train) or any(
+        _required(DataConfig, k) for k in blocks.bad_data
+    ):
+        return errors, None
+    train = _without(blocks.train, blocks.bad_train)
+    trains = [train if t is blocks.train else t for t in program.trains]
+    data = [_without(d, blocks.bad_data) if d is blocks.block else d for d in program.data]
+    return errors, program.model_copy(update={"trains": trains, "data": data})
+
+
+def _required(cls: type[BaseModel], key: str) -> bool:
+    info = cls.model_fields.get(key)
+    return info is not None and info.is_required()
+
+
+def _without(block: Any, keys: dict[str, SpecError]) -> Any:
+    """A train or data block without the settings `keys` names."""
+    return block.model_copy(update={"fields": [f for f in block.fields if f.key not in keys]})

@@ -1,0 +1,113 @@
+"""Several mistakes in one spec, as a user meets them: `specc check` reports each
+independent one (capped), in source order, once; the language server underlines the same
+set. The renderings themselves are golden files in tests/cases/errors/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import CASES
+
+from specc.cli import main
+from specc.errors import MAX_ERRORS
+from specc.lsp.analysis import analyze
+
+ERRORS = CASES / "errors"
+HEADER = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): error: (?P<message>.*)$")
+
+
+def _check(spec: Path, capsys, monkeypatch) -> tuple[int, str, list[tuple[int, int, str]]]:
+    """`specc check` on `spec`: the exit code, stdout, and each error's line, column and
+    message, as printed."""
+    monkeypatch.chdir(spec.parent)
+    code = main(["check", spec.name])
+    out, err = capsys.readouterr()
+    found = [m for line in err.splitlines() if (m := HEADER.match(line))]
+    return code, out, [(int(m["line"]), int(m["col"]), m["message"]) for m in found]
+
+
+def _underlined(spec: Path) -> list[tuple[int, int, str]]:
+    """The errors the language server finds in `spec`, as (line, column, message)."""
+    result = analyze(spec.read_text(), spec)
+    return [
+        (f.location.line, f.location.column, f.message)
+        for f in result.findings
+        if f.severity == "error" and f.location is not None
+    ]
+
+
+def test_independent_mistakes_are_all_reported_in_source_order(capsys, monkeypatch):
+    code, _out, errors = _check(ERRORS / "independent_mistakes.spec", capsys, monkeypatch)
+    assert code == 2
+    messages = [m for _, _, m in errors]
+    assert len(errors) == 3, errors
+    assert "unknown layer type `Conv2D`" in messages[0]  # model Encoder
+    assert "expects 16 input features but receives 32" in messages[1]  # model Wide
+    assert messages[2].startswith("train: `epochs`")  # the train block
+    assert errors == sorted(errors)
+
+
+def test_every_bad_setting_of_a_train_block_and_its_data(capsys, monkeypatch):
+    code, out, errors = _check(ERRORS / "train_settings.spec", capsys, monkeypatch)
+    assert code == 2
+    assert [line for line, _, _ in errors] == [10, 11, 18, 19, 20]
+    assert "unknown optimizer `Adamw`" in errors[2][2]
+    assert "Net  (x: [B, 1, 8, 8])" in out  # the model checks, and its table is shown
+
+
+def test_a_mistake_in_a_used_model_is_reported_once(capsys, monkeypatch):
+    code, out, errors = _check(ERRORS / "used_model_mistake.spec", capsys, monkeypatch)
+    assert code == 2
+    assert [line for line, _, _ in errors] == [2, 17]  # in Block and in Head, once each
+    assert "Tower: not checked: it uses `Block`, which has errors" in out
+    assert "Right: not checked: it uses `Head`, which has errors" in out
+    assert "Head: generic" not in out
+
+
+def test_a_train_block_of_a_model_with_mistakes_still_checks_its_settings(
+    tmp_path, capsys, monkeypatch
+):
+    text = (ERRORS / "independent_mistakes.spec").read_text().replace("Net()", "Wide()")
+    spec = tmp_path / "spec.spec"
+    spec.write_text(text)
+    code, out, errors = _check(spec, capsys, monkeypatch)
+    assert code == 2
+    assert [line for line, _, _ in errors] == [2, 10, 32]  # no second report of Wide's
+    assert "train: not checked: it uses `Wide`, which has errors" in out
+
+
+def test_the_count_is_capped(tmp_path, capsys, monkeypatch):
+    models = [
+        f"model M{i} {{\n    fc = Lineer(4, 2)\n    forward(x: [4]) {{\n"
+        "        return fc(x)\n    }\n}\n"
+        for i in range(MAX_ERRORS + 5)
+    ]
+    spec = tmp_path / "many.spec"
+    spec.write_text("\n".join(models))
+    code, _out, errors = _check(spec, capsys, monkeypatch)
+    assert code == 2
+    assert len(errors) == MAX_ERRORS
+    assert all("unknown layer type `Lineer`" in m for _, _, m in errors)
+    assert len(_underlined(spec)) == MAX_ERRORS
+
+
+@pytest.mark.parametrize(
+    "case", ["independent_mistakes", "train_settings", "used_model_mistake", "unknown_names"]
+)
+def test_the_editor_underlines_what_check_reports(case, capsys, monkeypatch):
+    spec = ERRORS / f"{case}.spec"
+    _code, _out, errors = _check(spec, capsys, monkeypatch)
+    assert _underlined(spec) == errors
+
+
+def test_a_name_that_differs_only_in_case_is_suggested(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "case.spec"
+    spec.write_text(
+        "model Net {\n    fc = linear(4, 2)\n    forward(x: [4]) {\n        return fc(x)\n"
+        "    }\n}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", spec.name]) == 2
+    assert "hint: did you mean `Linear`?" in capsys.readouterr().err
