@@ -119,13 +119,13 @@ def _check_one(spec: Path, model: str | None, inputs: dict[str, list[int]], no_p
 
 
 def _check_all(spec: Path, no_plugins: bool, console) -> None:
-    """Every model and train block of the spec that can be checked (specc.shapes.program):
+    """Every model and train block of the spec that can be checked (specc.training.check):
     the table or line of each that passes, then every mistake found, raised together."""
     from rich.markup import escape
 
     from specc.errors import together
     from specc.shapes.check import check_model
-    from specc.shapes.program import check_program
+    from specc.training.check import check_program
 
     checked = check_program(spec, plugins=not no_plugins)
     program = checked.program

@@ -2,7 +2,7 @@
 diagnostics, and the checked models for hover and symbols. No LSP types here: the server
 (specc.lsp.server) turns these into protocol messages, and tests call `analyze` directly.
 
-The checks are `specc check`'s, made by the same function (specc.shapes.program): every
+The checks are `specc check`'s, made by the same function (specc.training.check): every
 model and train block of the file that can be checked, each independent mistake reported.
 """
 
@@ -50,7 +50,7 @@ def analyze(text: str, path: Path) -> Analysis:
     """`text` (the editor's buffer of the file at `path`) checked as `specc check` would;
     never raises for anything a spec can contain. Labels known only from a data file are
     left unchecked: the editor checks as the user types."""
-    from specc.shapes.program import check_program
+    from specc.training.check import check_program
 
     result = Analysis(path)
     try:

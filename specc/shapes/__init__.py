@@ -15,7 +15,5 @@ The modules, in the order a check runs:
   slow the first time);
 * ``memo``: call signatures and rebuildable results for the shape caches;
 * ``meta``: size limits, sizes solved for B, and how shapes are written;
-* ``report``: the table `specc check` prints;
-* ``program``: everything checkable in a spec checked at once, every independent mistake
-  collected (`check_program`, what `specc check` and the language server run).
+* ``report``: the table `specc check` prints.
 """

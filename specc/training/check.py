@@ -1,5 +1,6 @@
 """Everything in a spec that can be checked, checked: what `specc check` prints and the
-language server underlines, decided once for both.
+language server underlines, decided once for both. It lives with training because train
+blocks are resolved as `specc run` resolves them; models alone go through specc.shapes.
 
 Each independent mistake is reported, up to `errors.MAX_ERRORS`, in source order: the name
 mistakes of each model (specc.lang.passes), the shape mistakes of each model of the root
