@@ -1,5 +1,5 @@
 """`specc lsp`: a language server over stdio (pygls) with `specc check`'s diagnostics as the
-user types, hover, document symbols and formatting.
+user types, hover, document symbols, formatting, completion and go to definition.
 
 Checking runs off the event loop, one spec at a time, a short debounce after the last
 change; every open spec is checked again when any spec changes, so a file that imports the
@@ -34,6 +34,8 @@ class SpecServer(LanguageServer):
 
         super().__init__("specc", __version__)
         self.analyses: dict[str, Analysis] = {}
+        # the last analysis that loaded the spec: its names while the text does not parse
+        self.loaded: dict[str, Analysis] = {}
         self.pending: dict[str, asyncio.Task] = {}
         # one check at a time: torch and the checker are not made for concurrent checks
         self.checker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -55,6 +57,8 @@ class SpecServer(LanguageServer):
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.checker, safe_analyze, text, path)
         self.analyses[uri] = result
+        if result.program is not None:
+            self.loaded[uri] = result
         diagnostics = [to_diagnostic(f, path) for f in result.findings]
         self.text_document_publish_diagnostics(
             lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
@@ -115,6 +119,7 @@ def did_save(ls: SpecServer, params: lsp.DidSaveTextDocumentParams) -> None:
 def did_close(ls: SpecServer, params: lsp.DidCloseTextDocumentParams) -> None:
     uri = params.text_document.uri
     ls.analyses.pop(uri, None)
+    ls.loaded.pop(uri, None)
     ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
 
@@ -154,6 +159,36 @@ def hover(ls: SpecServer, params: lsp.HoverParams) -> lsp.Hover | None:
     if text is None:
         return None
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))
+
+
+@server.feature(lsp.TEXT_DOCUMENT_COMPLETION,
+                lsp.CompletionOptions(trigger_characters=["(", ",", "."]))  # fmt: skip
+def completion(ls: SpecServer, params: lsp.CompletionParams) -> lsp.CompletionList | None:
+    """What may be typed at the cursor, read from the text before it (which need not parse)
+    and the last analysis that loaded the spec."""
+    from specc.lsp.completion import completions
+    from specc.lsp.cursor import cursor_at
+
+    uri, pos = params.text_document.uri, params.position
+    text = ls.workspace.get_text_document(uri).source
+    cursor = cursor_at(text, pos.line, pos.character)
+    if cursor is None:
+        return None
+    loaded = ls.loaded.get(uri)
+    items = completions(cursor, loaded.program if loaded is not None else None, text)
+    return lsp.CompletionList(is_incomplete=False, items=items)
+
+
+@server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
+def go_to_definition(ls: SpecServer, params: lsp.DefinitionParams) -> lsp.Location | None:
+    from specc.lsp.navigation import definition
+
+    uri, pos = params.text_document.uri, params.position
+    loaded = ls.loaded.get(uri)
+    if loaded is None:
+        return None
+    text = ls.workspace.get_text_document(uri).source
+    return definition(loaded, text, pos.line, pos.character)
 
 
 def main() -> None:
