@@ -1,10 +1,13 @@
 """`specc lsp` completion and go to definition, end to end over stdio (pytest-lsp): names
 offered on half-typed text that does not parse, taken from the registry, constructor
 signatures, the training config and the last good analysis (imports included); definitions
-of models, data blocks, layers and plugin classes, across files."""
+of models, data blocks, layers and plugin classes, across files; and the short debounce
+still taking a burst of edits as one."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +189,35 @@ async def test_definition_of_a_plugin_class_is_in_its_python_file(client):
                if line.startswith("class CustomConv2d"))  # fmt: skip
     assert await _definition(client, uri, text, "CustomConv2d(") == ("custom.py", row, 6, 18)
     assert (await _definition(client, uri, text, "CustomSGD"))[0] == "custom.py"  # an optimizer
+
+
+async def _publications(client, uri: str, texts: list[str], first: int, gap_s: float):
+    """The versions published for `uri` while `texts` were sent `gap_s` apart as versions
+    `first`, `first + 1`, ..., and the seconds from the last edit to its diagnostics."""
+    seen = len(client.published[uri])
+    for version, text in enumerate(texts, start=first):
+        _change(client, uri, text, version)
+        await asyncio.sleep(gap_s)
+    sent = time.perf_counter() - gap_s
+    await _diagnostics(client, uri, first + len(texts) - 1, seen)
+    return [v for v, _ in client.published[uri][seen:]], time.perf_counter() - sent
+
+
+async def test_edits_are_coalesced_and_checks_never_queue_up(client, tmp_path):
+    """Edits faster than the debounce: one check. Edits slower than the debounce but faster
+    than a check (a 190-line spec of shipped models): each cancels the check before it, so
+    the last edit's diagnostics come within about two checks of it, not after a queue of
+    checks of every version, and no older version is published after a newer one."""
+    spec = tmp_path / "models.spec"
+    shipped = ("gpt2.spec", "zoo/resnet50.spec", "zoo/mobilenet_v2.spec")
+    spec.write_text("\n".join((SPECS / name).read_text() for name in shipped))
+    uri = _open(client, spec)
+    await _diagnostics(client, uri, 1)
+    text = spec.read_text()
+    edits = [text.replace("Linear(2048, num_classes)", f"Linear(2048, {n})") for n in range(20)]
+    one_edit = sorted([(await _publications(client, uri, [edits[v]], v, 0))[1]
+                       for v in (2, 3, 4)])[1]  # fmt: skip
+    assert (await _publications(client, uri, edits[:10], 5, gap_s=0))[0] == [14]
+    published, last = await _publications(client, uri, edits, 15, gap_s=0.06)
+    assert published == sorted(published) and published[-1] == 34
+    assert last < 5 * one_edit, (last, one_edit)
