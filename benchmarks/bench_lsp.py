@@ -44,15 +44,18 @@ async def _latencies(path: Path, text: str, edits: int) -> tuple[float, list[flo
 
     client = LanguageClient("specc-bench", "0")
     arrived: dict[int, tuple[float, int]] = {}  # version -> (time, diagnostics)
+    news = asyncio.Event()  # waited on, not polled: a polling client would slow the server
 
     @client.feature(types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
     def published(ls: LanguageClient, params: types.PublishDiagnosticsParams) -> None:
         arrived.setdefault(params.version, (time.perf_counter(), len(params.diagnostics)))
+        news.set()
 
     async def diagnostics(version: int) -> tuple[float, int]:
         async with asyncio.timeout(120):
             while version not in arrived:
-                await asyncio.sleep(0.001)
+                news.clear()
+                await news.wait()
         return arrived[version]
 
     await client.start_io(sys.executable, "-m", "specc", "lsp")
