@@ -1,6 +1,6 @@
 """specc's benchmark suite: ``python -m benchmarks [--quick] [--only NAME] [--out PATH]``.
 
-Five sections, each a module with one ``run(ctx) -> list[Row]`` function:
+The sections, each a module with one ``run(ctx) -> list[Row]`` function:
 
 - ``modules``: forward+backward+optimizer step of the tutorial CIFAR ``Net`` and the MNIST
   ``ConvNet``, interpreted (``specc.build``) vs generated (``specc.compile``) vs hand-written,
@@ -10,6 +10,7 @@ Five sections, each a module with one ``run(ctx) -> list[Row]`` function:
 - ``compiler``: ``check`` / ``build`` / ``compile`` wall time for generated specs of 10 to
   10,000 layers and for a 20-billion-parameter spec;
 - ``cli``: ``specc --help`` / ``--version`` / ``check`` start-up against ``import torch``;
+- ``lsp``: ``specc lsp`` over stdio, from an edit of a 231-line spec to its diagnostics;
 - ``startup``: ``specc run specs/cifar10.spec`` up to its first training step (as a whole
   process, ended there by ``benchmarks/first_step.py``) against ``import torch, torchvision``.
 

@@ -20,7 +20,7 @@ from benchmarks.timing import Background
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-SECTIONS = ("cli", "startup", "compiler", "modules", "e2e", "lm")  # cheapest first
+SECTIONS = ("cli", "lsp", "startup", "compiler", "modules", "e2e", "lm")  # cheapest first
 
 
 def _parser() -> argparse.ArgumentParser:

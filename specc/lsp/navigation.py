@@ -3,6 +3,7 @@ server wraps it in protocol types. Positions are specc's: 1-based lines and colu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lsprotocol import types as lsp
@@ -80,3 +81,72 @@ def document_symbols(result: Analysis) -> list[lsp.DocumentSymbol]:
     out += [_symbol(f"train {t.name}" if t.name else "train", lsp.SymbolKind.Event, t.span)
             for t in program.trains if _in_file(t.span, result.path)]  # fmt: skip
     return out
+
+
+def plugins_of(program: ir.Program | None) -> dict[str, type]:
+    """The program's plugin classes by name; none when it has none or one fails to load
+    (the diagnostics say why)."""
+    from specc.errors import SpecError
+    from specc.lang.plugins import load_plugins
+
+    if program is None or not program.plugins:
+        return {}
+    try:
+        return load_plugins(program)
+    except SpecError:
+        return {}
+
+
+def definition(result: Analysis, text: str, line: int, column: int) -> lsp.Location | None:
+    """Where the name at 0-based `line`/`column` of `text` is defined: a layer of the model
+    the cursor is in, a model or data block (in this file or an imported one), a plugin or
+    torch.nn class (in its Python file). `result` is the last analysis that loaded."""
+    from specc.lsp.cursor import cursor_at, word_at
+    from specc.registry import nn_classes
+
+    program = result.program
+    found = word_at(text, line, column)
+    if program is None or found is None or cursor_at(text, line, found[1]) is None:
+        return None  # nothing known, no name there, or a word in a comment or string
+    name = found[0]
+    here = next((m for m in program.models if _in_file(m.span, result.path)
+                 and m.span.line <= line + 1 <= m.span.end_line), None)  # fmt: skip
+    layer = next((x for x in here.layers if x.name == name), None) if here else None
+    declared = (
+        layer or program.model(name) or next((d for d in program.data if d.name == name), None)
+    )
+    if declared is not None:
+        return _name_location(program, declared.span, name)
+    cls = plugins_of(program).get(name) or nn_classes().get(name)
+    return _class_location(cls) if cls is not None else None
+
+
+def _name_location(program: ir.Program, span: ir.Span, name: str) -> lsp.Location:
+    """The first `name` in the first line of `span`: a model's or a data block's name in
+    its header, a layer's at the start of its declaration."""
+    text = next((s.text for s in program.sources if s.path == span.file), "")
+    lines = text.split("\n")
+    row = lines[span.line - 1] if span.line <= len(lines) else ""
+    found = re.compile(rf"\b{re.escape(name)}\b").search(row, span.column - 1)
+    start, end = found.span() if found else (span.column - 1,) * 2
+    return lsp.Location(Path(span.file).resolve().as_uri(),
+                        lsp.Range(lsp.Position(span.line - 1, start),
+                                  lsp.Position(span.line - 1, end)))  # fmt: skip
+
+
+def _class_location(cls: type) -> lsp.Location | None:
+    """The `class` statement of a Python class, at its name."""
+    import inspect
+
+    try:
+        file = inspect.getsourcefile(cls)
+        lines, first = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return None
+    if file is None:
+        return None
+    header = next((i for i, text in enumerate(lines) if text.lstrip().startswith("class ")), 0)
+    start = max(lines[header].find(cls.__name__), 0)
+    where = lsp.Position(first - 1 + header, start)
+    end = lsp.Position(where.line, start + len(cls.__name__))
+    return lsp.Location(Path(file).resolve().as_uri(), lsp.Range(where, end))
