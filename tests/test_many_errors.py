@@ -111,3 +111,29 @@ def test_a_name_that_differs_only_in_case_is_suggested(tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     assert main(["check", spec.name]) == 2
     assert "hint: did you mean `Linear`?" in capsys.readouterr().err
+
+
+def test_the_editor_rechecks_only_what_an_edit_changed(tmp_path, monkeypatch):
+    """The language server gives each analysis the last one's memo: a model whose text (and
+    its models' text) is as it was, at the same lines, is not checked again, and what the
+    editor shows is what a check from scratch shows, after each kind of edit."""
+    import specc.training.check as checking
+
+    spec = tmp_path / "many.spec"
+    original = (ERRORS / "independent_mistakes.spec").read_text()
+    checked: list[str] = []
+    real = checking.check_model
+    monkeypatch.setattr(checking, "check_model",
+                        lambda program, name: checked.append(name) or real(program, name))  # fmt: skip
+    memo = analyze(original, spec).memo
+    broken = original.replace("Linear(16, 10)", "Linear(17, 10)")  # the shape error changes
+    fixed = original.replace("Linear(16, 10)", "Linear(_, 10)")
+    moved = "\n" + fixed  # every model one line lower: their spans change
+    for text, rechecked in ((broken, 1), (fixed, 1), (fixed, 0), (moved, 2)):
+        checked.clear()
+        again = analyze(text, spec, memo)
+        assert len(checked) == rechecked, (checked, text[:40])
+        scratch = analyze(text, spec)
+        assert again.findings == scratch.findings
+        assert again.instances == scratch.instances
+        memo = again.memo

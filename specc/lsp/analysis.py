@@ -35,6 +35,8 @@ class Analysis:
     findings: list[Finding] = field(default_factory=list)
     program: ir.Program | None = None
     instances: dict[str, ir.ModelInstance] = field(default_factory=dict)
+    # the model checks by what they depend on, for the next analysis of this spec
+    memo: dict = field(default_factory=dict)
 
     def error(self, err: SpecError) -> None:
         for one in [err, *err.more]:
@@ -46,22 +48,23 @@ class Analysis:
             self.findings.append(Finding("warning", w.message, where, w.hint))
 
 
-def analyze(text: str, path: Path) -> Analysis:
+def analyze(text: str, path: Path, memo: dict | None = None) -> Analysis:
     """`text` (the editor's buffer of the file at `path`) checked as `specc check` would;
     never raises for anything a spec can contain. Labels known only from a data file are
-    left unchecked: the editor checks as the user types."""
+    left unchecked: the editor checks as the user types. `memo`: the last analysis's, so
+    the models an edit left as they were are not checked again."""
     from specc.training.check import check_program
 
     result = Analysis(path)
     try:
-        checked = check_program(path, text=text, open_data=False)
+        checked = check_program(path, text=text, open_data=False, memo=memo)
     except SpecError as err:
         result.error(err)
         return _capped(result)
     except RecursionError:
         result.findings.append(Finding("error", "the spec nests too deeply", None))
         return result
-    result.program = checked.program
+    result.program, result.memo = checked.program, checked.memo
     result.instances = dict(checked.models)
     for err in checked.errors:
         result.error(err)

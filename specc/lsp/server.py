@@ -60,7 +60,8 @@ class SpecServer(LanguageServer):
         version, text = doc.version, doc.source
         path = Path(to_fs_path(uri) or uri)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.checker, safe_analyze, text, path)
+        memo = (self.loaded.get(uri) or Analysis(path)).memo
+        result = await loop.run_in_executor(self.checker, safe_analyze, text, path, memo)
         self.analyses[uri] = result
         if result.program is not None:
             self.loaded[uri] = result
@@ -70,7 +71,7 @@ class SpecServer(LanguageServer):
         )
 
 
-def safe_analyze(text: str, path: Path) -> Analysis:
+def safe_analyze(text: str, path: Path, memo: dict | None = None) -> Analysis:
     """`analyze`, and a bug in specc reported as a diagnostic rather than a dead server.
     The garbage collector waits, as in `specc check`: its passes over the check's many new
     objects took 10-20% of the time of a 200-line spec's check."""
@@ -78,7 +79,7 @@ def safe_analyze(text: str, path: Path) -> Analysis:
 
     try:
         with gc_paused():
-            return analyze(text, path)
+            return analyze(text, path, memo)
     except Exception as exc:
         log.exception("checking %s failed", path)
         message = f"internal error while checking: {type(exc).__name__}: {exc}"

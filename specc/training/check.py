@@ -51,17 +51,22 @@ class ProgramCheck:
     # A model or train block (its title) not checked -> the model with mistakes it uses.
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[SpecError] = field(default_factory=list)  # in source order
+    # Each model check's outcome by the text it depends on: give it to the next
+    # check_program of the same spec (`memo=`) and unchanged models are not checked again.
+    memo: dict[tuple, ir.ModelInstance | tuple[SpecError, ...]] = field(default_factory=dict)
 
 
 def check_program(
-    source: Any, *, text: str | None = None, plugins: bool = True, open_data: bool = True
-) -> ProgramCheck:
+    source: Any, *, text: str | None = None, plugins: bool = True, open_data: bool = True,
+    memo: dict[tuple, ir.ModelInstance | tuple[SpecError, ...]] | None = None,
+) -> ProgramCheck:  # fmt: skip
     """Load the spec `source` (a path, with `text` its unsaved text if given) and check
     everything in it that can be checked. A mistake that leaves nothing to check (syntax,
     imports) raises; the others are collected. `open_data`: read sample 0 of a dataset
-    when only its file can tell the labels' shape (the editor does not)."""
+    when only its file can tell the labels' shape (the editor does not). `memo`: the
+    previous result's, for an editor checking the same spec after each change."""
     program, mistakes = load_with_mistakes(source, plugins=plugins, text=text)
-    checker = _ProgramChecker(program)
+    checker = _ProgramChecker(program, memo or {})
     for name, errors in mistakes.items():
         for err in errors:
             checker.add(err, name)
@@ -70,9 +75,8 @@ def check_program(
     result = checker.result
     result.generic = checker.generic()
     result.errors = sorted(checker.errors, key=checker.source_order)[:MAX_ERRORS]
-    texts = source_texts(program)
     for err in result.errors:
-        err.with_source(texts)
+        err.with_source(checker.texts)
     return result
 
 
@@ -80,9 +84,11 @@ class _ProgramChecker:
     """One `check_program`: its result so far, its mistakes (each once), and the models
     that have mistakes, found or met on the way."""
 
-    def __init__(self, program: ir.Program) -> None:
+    def __init__(self, program: ir.Program, memo: dict) -> None:
         self.program = program
         self.result = ProgramCheck(program)
+        self.old_memo = memo
+        self.texts = source_texts(program)
         self.root = program.sources[0].path
         self.errors: list[SpecError] = []
         self.seen: set[tuple[Location | None, str]] = set()
@@ -151,11 +157,42 @@ class _ProgramChecker:
             if (other := self.broken_use(self.uses[m.name])) is not None:
                 self.result.skipped[m.name] = other
                 continue
-            try:
-                checked[m.name] = check_model(self.program, m.name)
-            except SpecError as err:
-                self.add(err, m.name)
+            outcome = self.checked(m.name)
+            if isinstance(outcome, ir.ModelInstance):
+                checked[m.name] = outcome
+            else:
+                for err in outcome:
+                    self.add(err, m.name)
         self.result.models = {m.name: checked[m.name] for m in own if m.name in checked}
+
+    def checked(self, name: str) -> ir.ModelInstance | tuple[SpecError, ...]:
+        """`check_model` of model `name`, or its outcome from the memo when the text of the
+        model and of every model it uses is as it was, at the same lines."""
+        key = self.memo_key(name)
+        outcome = self.old_memo.get(key)
+        if outcome is None:
+            try:
+                outcome = check_model(self.program, name)
+            except SpecError as err:
+                outcome = tuple(each_error(err))  # before `add` takes them apart
+        self.result.memo[key] = outcome
+        return outcome
+
+    def memo_key(self, name: str) -> tuple:
+        """What a model's check depends on: the source of it and of the models it uses,
+        where each lies (the instance's spans and the errors' locations say where)."""
+        by_name = {m.name: m for m in self.program.models}
+        todo, seen, parts = [name], set(), []
+        while todo:
+            current = todo.pop()
+            if current in seen or current not in by_name:
+                continue
+            seen.add(current)
+            span = by_name[current].span
+            lines = self.texts.get(span.file, "").split("\n")[span.line - 1 : span.end_line]
+            parts.append((current, span.file, span.line, span.column, "\n".join(lines)))
+            todo.extend(self.uses.get(current, ()))
+        return tuple(sorted(parts))
 
     def check_trains(self, open_data: bool) -> None:
         """Each train block of the root file: all of its bad settings, and the rest of it
