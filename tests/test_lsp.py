@@ -184,3 +184,52 @@ async def test_each_independent_mistake_is_underlined(client: LanguageClient):
     # An unknown layer (Encoder), a shape mistake (Wide), a bad setting (the train block).
     assert [d.range.start.line + 1 for d in diags] == [2, 10, 32]
     assert all(d.severity == types.DiagnosticSeverity.Error for d in diags)
+
+
+def _fuzz_corpus(generated: int, mutations: int) -> list[str]:
+    """The fuzz suite's cases (tests/fuzz_grammar.py), drawn with a fixed seed: programs
+    from the grammar-aware generator and byte-level mutations of the shipped specs."""
+    from fuzz_grammar import mutated, specs
+    from hypothesis import HealthCheck, Phase, given, settings
+    from test_fuzz import SOURCES
+
+    cases: list[str] = []
+
+    def once(n: int) -> settings:
+        return settings(max_examples=n, derandomize=True, database=None, deadline=None,
+                        phases=[Phase.generate],
+                        suppress_health_check=list(HealthCheck))  # fmt: skip
+
+    @once(generated)
+    @given(specs())
+    def programs(text):
+        cases.append(text)
+
+    @once(mutations)
+    @given(mutated(SOURCES))
+    def mutants(case):
+        cases.append(case[1].decode("utf-8", errors="replace"))
+
+    programs()
+    mutants()
+    return cases
+
+
+async def test_the_fuzz_corpus_never_stops_the_server(client: LanguageClient, tmp_path):
+    """Every case is checked and published without an internal error, and the server still
+    answers a hover afterwards."""
+    spec = tmp_path / "fuzzed.spec"
+    uri = _open(client, spec, "")
+    await _diagnostics(client, uri, 1)
+    cases = _fuzz_corpus(30, 30)
+    for version, text in enumerate(cases, start=2):
+        _change(client, uri, text, version)
+        diags = await _diagnostics(client, uri, version)
+        assert not any("internal error" in d.message for d in diags), (text, diags)
+    fixed = BAD_LINEAR.read_text().replace("Linear(9216, 128)", "Linear(_, 128)")
+    _change(client, uri, fixed, len(cases) + 2)
+    assert await _diagnostics(client, uri, len(cases) + 2) == []
+    row = next(i for i, line in enumerate(fixed.splitlines()) if "Linear(_, 128)" in line)
+    hover = await client.text_document_hover_async(types.HoverParams(
+        types.TextDocumentIdentifier(uri), types.Position(row, 16)))  # fmt: skip
+    assert hover is not None and "fc1 = Linear(1600, 128)" in hover.contents.value
