@@ -140,6 +140,17 @@ async def test_hover_shows_a_layer_and_a_model(client: LanguageClient):
     hover = await client.text_document_hover_async(types.HoverParams(
         types.TextDocumentIdentifier(uri), types.Position(header, 7)))  # fmt: skip
     assert "total" in hover.contents.value and "62,006" in hover.contents.value
+    # in the forward: a variable where it is assigned and read, a call, a layer's call
+    flat = next(i for i, line in enumerate(lines) if "flatten(x, 1)" in line)
+    for row, column, shown in (
+        (flat, lines[flat].index("x ="), "`x`: `[B, 400]`"),
+        (flat, lines[flat].index("flatten"), "`flatten(...)`: `[B, 400]`"),
+        (flat, lines[flat].index("x, 1"), "`x`: `[B, 16, 5, 5]`"),
+        (flat + 1, lines[flat + 1].index("fc1("), "fc1 = Linear(400, 120)"),
+    ):
+        hover = await client.text_document_hover_async(types.HoverParams(
+            types.TextDocumentIdentifier(uri), types.Position(row, column)))  # fmt: skip
+        assert hover is not None and shown in hover.contents.value, (row, column, shown)
 
 
 async def test_symbols_and_formatting(client: LanguageClient, tmp_path):

@@ -25,22 +25,76 @@ def _in_file(span: ir.Span, path: Path) -> bool:
 
 
 def hover_text(result: Analysis, line: int, column: int) -> str | None:
-    """A layer: its resolved constructor, output shape and parameter count. A model's
-    header: its check table."""
-    from specc.shapes.report import ctor_text, shape_of
-
-    for inst in result.instances.values():
-        for layer in inst.layers:
-            if _in_file(layer.span, result.path) and _inside(layer.span, line, column):
-                shape = shape_of(layer.out) if layer.out is not None else "not called"
-                return (f"`{layer.name} = {ctor_text(layer.ctor)}`\n\noutput `{shape}`, "
-                        f"{layer.params:,} parameters")  # fmt: skip
+    """A layer's declaration or call: its resolved constructor, output shape and parameter
+    count. A function call in a forward: its output shape. A forward variable: its shape
+    there. A model's header: its check table."""
     program = result.program
+    for inst in result.instances.values():
+        text = _layer_hover(inst, result.path, line, column) or _forward_hover(
+            inst, result, line, column
+        )
+        if text is not None:
+            return text
     for model in program.models if program is not None else []:
         span = model.span
         if _in_file(span, result.path) and line == span.line and model.name in result.instances:
             return "```\n" + _table_text(result.instances[model.name]) + "\n```"
     return None
+
+
+def _layer_text(layer: ir.LayerInstance) -> str:
+    from specc.shapes.report import ctor_text, shape_of
+
+    shape = shape_of(layer.out) if layer.out is not None else "not called"
+    return (f"`{layer.name} = {ctor_text(layer.ctor)}`\n\noutput `{shape}`, "
+            f"{layer.params:,} parameters")  # fmt: skip
+
+
+def _layer_hover(inst: ir.ModelInstance, path: Path, line: int, column: int) -> str | None:
+    for layer in inst.layers:
+        if _in_file(layer.span, path) and _inside(layer.span, line, column):
+            return _layer_text(layer)
+    return None
+
+
+def _forward_hover(inst: ir.ModelInstance, result: Analysis, line: int, column: int) -> str | None:
+    """The name under the cursor in `inst`'s forward: a variable (its value where it is
+    assigned or read), or the callee of the innermost call around the cursor."""
+    from specc.lsp.cursor import word_at
+    from specc.shapes.report import shape_of
+
+    nodes = [n for n in inst.nodes if _in_file(n.span, result.path)]
+    source = result.program.sources[0].text if result.program is not None else ""
+    word = word_at(source, line - 1, column - 1)
+    if not nodes or word is None:
+        return None
+    name = word[0]
+    if (node := _assigned(nodes, name, line, column)) is not None:
+        return f"`{name}`: `{shape_of(inst.values.get(node.name))}`"
+    around = [n for n in nodes if _inside(n.span, line, column)]
+    if not around:
+        return None
+    node = min(
+        around, key=lambda n: (n.span.end_line - n.span.line, n.span.end_column - n.span.column)
+    )
+    layers = {layer.name: layer for layer in inst.layers}
+    if node.op == "layer" and node.target == name and name in layers:
+        return _layer_text(layers[name])
+    if node.target.rsplit(".", 1)[-1] == name:
+        return f"`{name}(...)`: `{shape_of(inst.values.get(node.name))}`"
+    return None
+
+
+def _assigned(nodes: list[ir.FNode], name: str, line: int, column: int) -> ir.FNode | None:
+    """The node whose value variable `name` holds at the cursor: the assignment on the
+    cursor's line when the cursor is on its target, else the last one before the cursor."""
+    holding = [n for n in nodes if name in n.vars]
+    for n in holding:  # `x = f(...)` with the cursor on `x`: left of the value's span
+        if n.span.line == line and column < n.span.column and n.op != "input":
+            return n
+    before = [n for n in holding if (n.span.end_line, n.span.end_column) <= (line, column)
+              or (n.op == "input" and _inside(n.span, line, column))]  # fmt: skip
+    return before[-1] if before else None
 
 
 def _table_text(inst: ir.ModelInstance) -> str:
