@@ -731,16 +731,36 @@ def text_arguments(ds: DatasetPlan, location: Location | None = None) -> dict[st
                  location or loc(ds.span)).arguments  # fmt: skip
 
 
+# A built-in text's tokens, made once per process and shared (read-only): a run reads them
+# for each split, for `data.vocab_size` and for its tokenizer.json.
+_BUILTIN_TOKENS: dict[tuple, text.Tokens] = {}
+
+
 def text_tokens(ds: DatasetPlan, location: Location | None = None) -> text.Tokens:
     """The tokens of a text dataset's whole text (both splits): TextFile's from the cache
-    beside its file when fresh, PythonDocs' and PythonSource's tokenised anew (they are
-    small)."""
+    beside its file when fresh, PythonDocs' and PythonSource's tokenised once per process
+    and tokenizer (a tokenizer.json by its path, size and modification time)."""
     location = location or loc(ds.span)
     a = text_arguments(ds, location)
     if ds.kind == "text_file":
         return text.file_token_ids(a["path"], a["tokenizer"], "TextFile", location)[0]
-    source = text.python_docs_text if ds.kind == "python_docs" else text.python_source_text
-    return text.tokenize(source(), a["tokenizer"], location)
+    key = (ds.kind, a["tokenizer"], *_tokenizer_stamp(a["tokenizer"]))
+    if (tokens := _BUILTIN_TOKENS.get(key)) is None:
+        source = text.python_docs_text if ds.kind == "python_docs" else text.python_source_text
+        tokens = text.tokenize(source(), a["tokenizer"], location)
+        tokens.ids.flags.writeable = False  # every caller shares this array
+        _BUILTIN_TOKENS[key] = tokens
+    return tokens
+
+
+def _tokenizer_stamp(tokenizer: str) -> tuple:
+    if tokenizer in ("char", "bytes"):
+        return ()
+    try:
+        st = text.resolve_path(tokenizer).stat()
+    except OSError:  # tokenize() says what is wrong with it
+        return (None,)
+    return st.st_size, st.st_mtime_ns
 
 
 def save_tokenizer(ds: DatasetPlan, folder: Path) -> Path | None:
