@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,6 +142,39 @@ def nanogpt_train(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def optimizer_state_bytes(last: Path) -> int:
+    """Bytes of the optimizer's per-parameter state tensors (AdamW's moments) in a run's
+    last.pt."""
+    from specc.training import checkpoint
+
+    state = checkpoint.load(last)["optimizer"]["state"]
+    return sum(t.numel() * t.element_size() for s in state.values() for t in s.values()
+               if isinstance(t, torch.Tensor) and t.dim() > 0)  # fmt: skip
+
+
+def optimizer_row(ctx: Context, full: SpeccTrain, lora: SpeccLoRA) -> Row:
+    """The LoRA run's optimizer state against full training's, beside the trainable
+    fraction the plan gives (issue 16: it should fall by that fraction)."""
+    import specc
+    from specc.training.plan import resolve
+
+    full_bytes = optimizer_state_bytes(ctx.tmp / "lm" / f"gpt{full.count}" / "last.pt")
+    lora_bytes = optimizer_state_bytes(lora.folder / "lm" / f"lora{lora.count}" / "last.pt")
+    with contextlib.chdir(lora.folder):
+        plan = resolve(specc.load(ctx.repo / "specs" / "gpt_lora.spec")).lora
+    fraction = plan.trainable / plan.total
+    return Row(
+        SECTION,
+        "optimizer state, specs/gpt_lora.spec / full training of specs/gpt.spec (AdamW "
+        "moments, from each run's last.pt)",
+        "reported: the trainable fraction",
+        f"{lora_bytes:,} vs {full_bytes:,} bytes; trainable {plan.trainable:,} of "
+        f"{plan.total:,} parameters ({fraction:.2%})",
+        f"{lora_bytes / full_bytes:.4f}×",
+        INFO,
+    )
+
+
 def _samplers(ctx: Context, new_tokens: int):
     """specc's sampler and nanoGPT's generate over the same weights."""
     import specc
@@ -243,13 +277,14 @@ def run(ctx: Context) -> list[Row]:
     long, short = steps = (4, 2) if ctx.quick else (LONG, SHORT)
     background: dict[str, list[float]] = {}
     ctx.log(f"  training, {long} and {short} steps of {BATCH}x{BLOCK} tokens")
-    rates, rates_e2e = _training(ctx, {"specc run": SpeccTrain(ctx),
-                                       "nanoGPT loop": nanogpt_train},
+    full_run, lora_run = SpeccTrain(ctx), SpeccLoRA(ctx)
+    rates, rates_e2e = _training(ctx, {"specc run": full_run, "nanoGPT loop": nanogpt_train},
                                  rounds, background, steps)  # fmt: skip
     ctx.log(f"  LoRA fine-tuning, {long} and {short} steps")
-    lora, lora_e2e = _training(ctx, {"specc run (lora)": SpeccLoRA(ctx),
+    lora, lora_e2e = _training(ctx, {"specc run (lora)": lora_run,
                                      "hand LoRA loop": nanogpt_lora},
                                rounds, background, steps)  # fmt: skip
+    optimizer = optimizer_row(ctx, full_run, lora_run)
     ctx.log(f"  sampling, {new_tokens} tokens")
     ours, hand = _samplers(ctx, new_tokens)
     samples = paired({"specc sample": _logged(ctx, "specc sample", ours, "tokens/s", background),
@@ -303,6 +338,7 @@ def run(ctx: Context) -> list[Row]:
             ratio(lora_e2e["specc run (lora)"], lora_e2e["hand LoRA loop"]).fmt(3) + "×",
             INFO,
         ),  # fmt: skip
+        optimizer,
         ratio_row(
             SECTION,
             f"specc sample / nanoGPT's generate, tokens/s ({new_tokens} new "
