@@ -299,6 +299,10 @@ def run(ctx: Context) -> list[Row]:
         return (f"{table[a].fmt(0)} vs {table[b].fmt(0)} tokens/s; others used ≤ "
                 f"{max(loads):.1f} cores")  # fmt: skip
 
+    def reported(name: str, table: dict[str, Spread], a: str, b: str) -> Row:
+        return Row(SECTION, name, "reported", vs(table, a, b),
+                   ratio(table[a], table[b]).fmt(3) + "×", INFO)  # fmt: skip
+
     train_what = f"CPU, batch {BATCH}x{BLOCK}"
     lora_what = f"CPU, r=8 on attention and MLP, batch {BATCH}x{BLOCK}"
     return [
@@ -311,14 +315,12 @@ def run(ctx: Context) -> list[Row]:
             1.0,
             vs(rates, "specc run", "nanoGPT loop"),
         ),  # fmt: skip
-        Row(
-            SECTION,
+        reported(
             f"specc run specs/gpt.spec / nanoGPT's loop, tokens/s end to end "
             f"({train_what}, {long} steps: reading the text, the plan, checks, checkpoints)",
-            "reported",
-            vs(rates_e2e, "specc run", "nanoGPT loop"),
-            ratio(rates_e2e["specc run"], rates_e2e["nanoGPT loop"]).fmt(3) + "×",
-            INFO,
+            rates_e2e,
+            "specc run",
+            "nanoGPT loop",
         ),  # fmt: skip
         ratio_row(
             SECTION,
@@ -329,14 +331,12 @@ def run(ctx: Context) -> list[Row]:
             1.0,
             vs(lora, "specc run (lora)", "hand LoRA loop"),
         ),  # fmt: skip
-        Row(
-            SECTION,
+        reported(
             f"specc run specs/gpt_lora.spec / LoRA by hand, tokens/s end to end "
             f"({lora_what}, {long} steps)",
-            "reported",
-            vs(lora_e2e, "specc run (lora)", "hand LoRA loop"),
-            ratio(lora_e2e["specc run (lora)"], lora_e2e["hand LoRA loop"]).fmt(3) + "×",
-            INFO,
+            lora_e2e,
+            "specc run (lora)",
+            "hand LoRA loop",
         ),  # fmt: skip
         optimizer,
         ratio_row(
