@@ -244,3 +244,43 @@ async def test_the_fuzz_corpus_never_stops_the_server(client: LanguageClient, tm
     hover = await client.text_document_hover_async(types.HoverParams(
         types.TextDocumentIdentifier(uri), types.Position(row, 16)))  # fmt: skip
     assert hover is not None and "fc1 = Linear(1600, 128)" in hover.contents.value
+
+
+PLUGIN = """from torch import nn
+
+
+class Widen(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.fc = nn.Linear(4, n)
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+USES_PLUGIN = """plugin "parts.py"
+
+model Net {
+    widen = Widen(8)
+    head  = Linear(8, 2)
+    forward(x: [4]) {
+        return head(widen(x))
+    }
+}
+"""
+
+
+async def test_an_edited_plugin_file_is_checked_again(client: LanguageClient, tmp_path):
+    """A plugin's class changed on disk (the editor says so with didChangeWatchedFiles):
+    the spec that uses it is checked against the new class, not a cached import or a
+    cached check."""
+    (tmp_path / "parts.py").write_text(PLUGIN)
+    spec = tmp_path / "net.spec"
+    uri = _open(client, spec, USES_PLUGIN)
+    assert await _diagnostics(client, uri, 1) == []
+    seen = len(client.published[uri])
+    (tmp_path / "parts.py").write_text(PLUGIN.replace("nn.Linear(4, n)", "nn.Linear(4, n + 1)"))
+    client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams([
+        types.FileEvent(uri=(tmp_path / "parts.py").as_uri(),
+                        type=types.FileChangeType.Changed)]))  # fmt: skip
+    diags = await _diagnostics(client, uri, 1, seen)
+    assert any("expects 8 input features but receives 9" in d.message for d in diags), diags

@@ -18,7 +18,10 @@ from specc import ir
 from specc.errors import SpecError, SpecNameError, did_you_mean
 from specc.values import loc
 
-_loaded: dict[str, ModuleType] = {}
+# Imported plugins by file (or module name), with the file's size and modification time
+# when imported: a file that changed since is imported again (the language server lives
+# through edits of a plugin).
+_loaded: dict[str, tuple[tuple | None, ModuleType]] = {}
 
 
 def plugin_path(stmt: ir.PluginStmt) -> Path | None:
@@ -30,11 +33,27 @@ def plugin_path(stmt: ir.PluginStmt) -> Path | None:
     return (base / stmt.target).resolve()
 
 
+def _stamp(path: Path | None) -> tuple | None:
+    """A plugin file's size and modification time; None for a module name or no file."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if st is not None else None
+
+
+def plugin_stamps(program: ir.Program) -> tuple:
+    """Each plugin of `program` with its file's stamp: what a cached check depends on
+    besides the spec text."""
+    return tuple((stmt.target, _stamp(plugin_path(stmt))) for stmt in program.plugins)
+
+
 def _import(stmt: ir.PluginStmt) -> ModuleType:
     path = plugin_path(stmt)
     key = str(path) if path else stmt.target
-    if key in _loaded:
-        return _loaded[key]
+    stamp = _stamp(path)
+    if (cached := _loaded.get(key)) is not None and cached[0] == stamp:
+        return cached[1]
     try:
         if path is not None:
             if not path.is_file():
@@ -56,7 +75,7 @@ def _import(stmt: ir.PluginStmt) -> ModuleType:
             f"plugin {stmt.target!r} failed to import: {type(exc).__name__}: {exc}",
             loc(stmt.span),
         ) from None
-    _loaded[key] = module
+    _loaded[key] = (stamp, module)
     return module
 
 

@@ -126,6 +126,11 @@ def did_save(ls: SpecServer, params: lsp.DidSaveTextDocumentParams) -> None:
     ls.schedule_all()
 
 
+@server.feature(lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def watched_files_changed(ls: SpecServer, params: lsp.DidChangeWatchedFilesParams) -> None:
+    ls.schedule_all()  # a plugin file or an imported spec changed on disk
+
+
 @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: SpecServer, params: lsp.DidCloseTextDocumentParams) -> None:
     uri = params.text_document.uri

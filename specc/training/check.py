@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from specc import ir
 from specc.errors import MAX_ERRORS, Location, SpecError, each_error
 from specc.lang.loader import load_with_mistakes, source_texts
+from specc.lang.plugins import plugin_stamps
 from specc.shapes.check import check_model, standalone
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class _ProgramChecker:
         self.result = ProgramCheck(program)
         self.old_memo = memo
         self.texts = source_texts(program)
+        self.plugins = plugin_stamps(program)  # a model's check may use their classes
         self.root = program.sources[0].path
         self.errors: list[SpecError] = []
         self.seen: set[tuple[Location | None, str]] = set()
@@ -180,7 +182,8 @@ class _ProgramChecker:
 
     def memo_key(self, name: str) -> tuple:
         """What a model's check depends on: the source of it and of the models it uses,
-        where each lies (the instance's spans and the errors' locations say where)."""
+        where each lies (the instance's spans and the errors' locations say where), and
+        the plugin files as they are now."""
         by_name = {m.name: m for m in self.program.models}
         todo, seen, parts = [name], set(), []
         while todo:
@@ -192,7 +195,7 @@ class _ProgramChecker:
             lines = self.texts.get(span.file, "").split("\n")[span.line - 1 : span.end_line]
             parts.append((current, span.file, span.line, span.column, "\n".join(lines)))
             todo.extend(self.uses.get(current, ()))
-        return tuple(sorted(parts))
+        return (self.plugins, *sorted(parts))
 
     def check_trains(self, open_data: bool) -> None:
         """Each train block of the root file: all of its bad settings, and the rest of it
