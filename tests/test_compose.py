@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,25 @@ def test_model_name_clash_names_both_files(in_tmp, capsys):
     assert main(["check", "main.spec"]) == 2
     err = capsys.readouterr().err
     assert "defined in both lib.spec and main.spec" in err
+
+
+def test_the_specs_own_train_block_runs_not_an_imports(in_tmp, capsys):
+    """An imported spec's unnamed `train` block is read before the spec's own parts; the
+    spec's own block is still the one `check` and `run` use."""
+    (in_tmp / "lib.spec").write_text(
+        "model B { fc = Linear(64, 10) forward(x: [1, 8, 8]) { return fc(flatten(x, 1)) } }\n"
+        "data db { train = Digits(train=True); test = Digits(train=False); batch_size = 64 }\n"
+        "train { model = B(); data = db; loss = CrossEntropyLoss(); optimizer = SGD(lr=0.1) }\n"
+    )
+    (in_tmp / "main.spec").write_text(
+        'import "lib.spec"\n'
+        "model A { fc = Linear(64, 10) forward(x: [1, 8, 8]) { return fc(flatten(x, 1)) } }\n"
+        "train { model = A(); data = db; loss = CrossEntropyLoss(); optimizer = Adam(lr=0.01)\n"
+        "        epochs = 1; max_steps = 2 }\n"
+    )
+    summary = specc.train(in_tmp / "main.spec", runs_dir=in_tmp / "runs", quiet=True)
+    saved = checkpoint.load(Path(summary["run_dir"]) / "last.pt")
+    assert "amsgrad" in saved["optimizer"]["param_groups"][0]  # Adam's settings, not SGD's
 
 
 def test_two_tower_checks_builds_and_trains(spec_dir):

@@ -71,8 +71,9 @@ def load_with_mistakes(
     source: Any, *, plugins: bool = True, text: str | None = None
 ) -> tuple[ir.Program, dict[str, list[SpecError]]]:
     """`load`, with the mistakes the name passes find in a model kept apart, by model name,
-    rather than raised: the program holds the other models ready to check (specc.shapes
-    .program). A mistake that leaves nothing to check (syntax, imports) still raises."""
+    rather than raised: the program holds the other models ready to check
+    (specc.training.check). A mistake that leaves nothing to check (syntax, imports) still
+    raises."""
     if isinstance(source, ir.Program):
         return source, {}
     if _is_path(source):
@@ -90,6 +91,9 @@ def load_with_mistakes(
         root = str(path.resolve()) if path is not None else "<spec>"
         reader.visit(text, display, base, path, [root])
         parts = reader.parts
+        # The spec's own train blocks first: an unnamed `train` means the first one, and an
+        # import's (read before the spec's own parts) must not take its place.
+        parts["trains"].sort(key=lambda t: t.span.file != display)
         if not plugins and parts["plugins"]:
             p = parts["plugins"][0]
             raise SpecError(
