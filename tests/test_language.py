@@ -178,13 +178,14 @@ def test_compact_sequential_form():
     assert specc.check(SEQUENTIAL).params == 20 * 32 + 32 + 32 * 5 + 5
 
 
-
 def test_semicolons_separate_statements_on_one_line():
     """`;` then a name that is a keyword elsewhere (`data`, `model`) is a field, not the
     keyword: the same program as one statement per line."""
-    one_line = ("model M { l = Linear(2, 3); forward(x: [2]) { y = l(x); return y } }\n"
-                "data d { train = Digits(); val = Digits() }\n"
-                "train { model = M(); data = d; loss = CrossEntropyLoss(); epochs = 1 }\n")  # fmt: skip
+    one_line = (
+        "model M { l = Linear(2, 3); forward(x: [2]) { y = l(x); return y } }\n"
+        "data d { train = Digits(); val = Digits() }\n"
+        "train { model = M(); data = d; loss = CrossEntropyLoss(); epochs = 1 }\n"
+    )
     lines = one_line.replace("; ", "\n").replace("{ ", "{\n").replace(" }", "\n}")
 
     def plain(text):

@@ -76,6 +76,13 @@ def test_a_train_block_of_a_model_with_mistakes_still_checks_its_settings(
     assert code == 2
     assert [line for line, _, _ in errors] == [2, 10, 32]  # no second report of Wide's
     assert "train: not checked: it uses `Wide`, which has errors" in out
+    # what needs no model is still checked: an unknown optimizer and scheduler
+    text = text.replace("AdamW(", "Adamw(").replace('epochs    = "x"', "scheduler = StepLr(2)")
+    spec.write_text(text)
+    code, out, errors = _check(spec, capsys, monkeypatch)
+    assert code == 2
+    messages = [m for _, _, m in errors]
+    assert "unknown optimizer `Adamw`" in messages and "unknown scheduler `StepLr`" in messages
 
 
 def test_the_count_is_capped(tmp_path, capsys, monkeypatch):
@@ -123,8 +130,12 @@ def test_the_editor_rechecks_only_what_an_edit_changed(tmp_path, monkeypatch):
     original = (ERRORS / "independent_mistakes.spec").read_text()
     checked: list[str] = []
     real = checking.check_model
-    monkeypatch.setattr(checking, "check_model",
-                        lambda program, name: checked.append(name) or real(program, name))  # fmt: skip
+
+    def counted(program, name):
+        checked.append(name)
+        return real(program, name)
+
+    monkeypatch.setattr(checking, "check_model", counted)
     memo = analyze(original, spec).memo
     broken = original.replace("Linear(16, 10)", "Linear(17, 10)")  # the shape error changes
     fixed = original.replace("Linear(16, 10)", "Linear(_, 10)")

@@ -204,6 +204,7 @@ class _ProgramChecker:
         if not trains:
             return  # no training import for a spec of models only
         from specc.training.config import settings_errors
+        from specc.training.plan import model_free_errors
 
         names = {m.name for m in self.program.models}
         for train in trains:
@@ -215,6 +216,8 @@ class _ProgramChecker:
             used = _models_called([f.value for f in train.fields], names)
             if (other := self.broken_use(sorted(used))) is not None:
                 self.result.skipped[check.title] = other
+                for err in model_free_errors(checkable or self.program, train.name):
+                    self.add(err)
             elif checkable is not None:
                 self.resolve_train(check, checkable, train.name, open_data, keep=not bad)
 

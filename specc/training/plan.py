@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from specc import ir
-from specc.errors import SpecNameError, SpecTypeError, did_you_mean
+from specc.errors import SpecError, SpecNameError, SpecTypeError, did_you_mean
 from specc.training.config import CallSpec, DataConfig, DataRef, TrainConfig, train_config
 from specc.values import literal, loc
 
@@ -665,15 +665,10 @@ def spec_loss_instance(program: ir.Program, plan: TrainPlan,
 
 def _optimizer(program: ir.Program, spec: CallSpec, groups: list[ir.GroupStmt], meta: Any,
                frozen: set[str]) -> OptimizerPlan:  # fmt: skip
-    import torch
 
     from specc.training import kernels
 
-    plugins = _plugins(program)
-    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)]
-    ctor = _lookup(spec, torch.optim, torch.optim.Optimizer, "optimizer", plugins,
-                   [*names, *plugins])  # fmt: skip
-    bind(ctor.cls, [[], *spec.args], spec.kwargs, f"optimizer `{spec.name}`", spec.span)
+    ctor = _optimizer_ctor(program, spec)
     trainable = [n for n, _ in meta.named_parameters() if n not in frozen]
     if not trainable:
         what = "every parameter is frozen" if frozen else "the model has no parameters"
@@ -691,6 +686,35 @@ def _optimizer(program: ir.Program, spec: CallSpec, groups: list[ir.GroupStmt], 
     rest = tuple(n for n in trainable if n not in taken)
     fused = kernels.fused_candidate(ctor, [g.options for g in planned], meta)
     return OptimizerPlan(ctor, tuple(planned), rest, fused)
+
+
+def _optimizer_ctor(program: ir.Program, spec: CallSpec) -> Ctor:
+    """The optimizer's class (torch.optim's or a plugin's), its arguments bound."""
+    import torch
+
+    plugins = _plugins(program)
+    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)]
+    ctor = _lookup(spec, torch.optim, torch.optim.Optimizer, "optimizer", plugins,
+                   [*names, *plugins])  # fmt: skip
+    bind(ctor.cls, [[], *spec.args], spec.kwargs, f"optimizer `{spec.name}`", spec.span)
+    return ctor
+
+
+def model_free_errors(program: ir.Program, name: str | None = None) -> list[SpecError]:
+    """The mistakes of train block `name` that need no model: its optimizer's and
+    scheduler's classes and arguments. What `check` still reports when the block's model
+    has mistakes of its own (so that `resolve` never gets as far)."""
+    try:
+        _, cfg, _ = train_config(program, name)
+    except SpecError:  # a bad setting: reported with the settings
+        return []
+    errors = []
+    for part in (lambda: _optimizer_ctor(program, cfg.optimizer), lambda: _scheduler(cfg)):
+        try:
+            part()
+        except SpecError as err:
+            errors.append(err)
+    return errors
 
 
 def _scheduler(cfg: TrainConfig) -> SchedulerPlan:
