@@ -37,6 +37,16 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], *, durable: bo
             os.close(folder)
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """A file's size and modification time, what a per-process cache of something read
+    from it checks; None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _umask() -> int:
     """The process's umask, read each time (a caller may change it): reading it means
     setting it, so it is put straight back."""

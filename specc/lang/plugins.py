@@ -16,6 +16,7 @@ from types import ModuleType
 
 from specc import ir
 from specc.errors import SpecError, SpecNameError, did_you_mean
+from specc.files import file_stamp
 from specc.values import loc
 
 # Imported plugins by file (or module name), with the file's size and modification time
@@ -33,25 +34,21 @@ def plugin_path(stmt: ir.PluginStmt) -> Path | None:
     return (base / stmt.target).resolve()
 
 
-def _stamp(path: Path | None) -> tuple | None:
-    """A plugin file's size and modification time; None for a module name or no file."""
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns) if st is not None else None
+def _stamp_of(path: Path | None) -> tuple | None:
+    """A plugin file's stamp (specc.files.file_stamp); None for a dotted module name."""
+    return file_stamp(path) if path is not None else None
 
 
 def plugin_stamps(program: ir.Program) -> tuple:
     """Each plugin of `program` with its file's stamp: what a cached check depends on
     besides the spec text."""
-    return tuple((stmt.target, _stamp(plugin_path(stmt))) for stmt in program.plugins)
+    return tuple((stmt.target, _stamp_of(plugin_path(stmt))) for stmt in program.plugins)
 
 
 def _import(stmt: ir.PluginStmt) -> ModuleType:
     path = plugin_path(stmt)
     key = str(path) if path else stmt.target
-    stamp = _stamp(path)
+    stamp = _stamp_of(path)
     if (cached := _loaded.get(key)) is not None and cached[0] == stamp:
         return cached[1]
     try:

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specc import ir
-from specc.errors import Location, SpecError
-
-MAX_DIAGNOSTICS = 20
+from specc.errors import MAX_ERRORS, Location, SpecError, each_error
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Analysis:
     memo: dict = field(default_factory=dict)
 
     def error(self, err: SpecError) -> None:
-        for one in [err, *err.more]:
+        for one in each_error(err):
             self.findings.append(Finding("error", one.message, one.location, one.hint))
 
     def warn(self, warnings: list[ir.CheckWarning] | tuple[ir.CheckWarning, ...]) -> None:
@@ -79,7 +77,7 @@ def analyze(text: str, path: Path, memo: dict | None = None) -> Analysis:
 
 
 def _capped(result: Analysis) -> Analysis:
-    result.findings = result.findings[:MAX_DIAGNOSTICS]
+    result.findings = result.findings[:MAX_ERRORS]
     return result
 
 

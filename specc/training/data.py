@@ -27,9 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from specc.errors import DataError, Location, did_you_mean
+from specc.files import file_stamp
 from specc.training import text
 from specc.training.config import CallSpec
-from specc.training.plan import DatasetPlan, TransformPlan
+from specc.training.plan import TEXT_KINDS, DatasetPlan, TransformPlan
 from specc.values import loc
 
 BUILTIN_DATASETS = ("Digits", "TensorFile", "TextFile", "PythonDocs", "PythonSource")
@@ -273,22 +274,18 @@ def _textfile_signature(path: str, block_size: int = 256, tokenizer: str = "char
     """TextFile(path, block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
 
 
-def _pythondocs_signature(block_size: int = 256, tokenizer: str = "char", split: str = "train",
-                          val_fraction: float = 0.1) -> None:  # fmt: skip
-    """PythonDocs(block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
-
-
-def _pythonsource_signature(block_size: int = 256, tokenizer: str = "char",
-                            split: str = "train", val_fraction: float = 0.1) -> None:  # fmt: skip
-    """PythonSource(block_size=256, tokenizer="char", split="train", val_fraction=0.1)."""
+def _builtin_text_signature(block_size: int = 256, tokenizer: str = "char", split: str = "train",
+                            val_fraction: float = 0.1) -> None:  # fmt: skip
+    """PythonDocs(...) and PythonSource(...): (block_size=256, tokenizer="char",
+    split="train", val_fraction=0.1)."""
 
 
 _BUILTIN_SIGNATURES: dict[str, Callable] = {
     "Digits": _digits_signature,
     "TensorFile": _tensorfile_signature,
     "TextFile": _textfile_signature,
-    "PythonDocs": _pythondocs_signature,
-    "PythonSource": _pythonsource_signature,
+    "PythonDocs": _builtin_text_signature,
+    "PythonSource": _builtin_text_signature,
 }
 _BUILTIN_KINDS = {
     "Digits": "digits",
@@ -297,7 +294,6 @@ _BUILTIN_KINDS = {
     "PythonDocs": "python_docs",
     "PythonSource": "python_source",
 }
-TEXT_KINDS = tuple(_BUILTIN_KINDS[name] for name in TEXT_DATASETS)
 
 
 def _bind(name: str, fn: Callable, args: list, kwargs: dict, location) -> inspect.BoundArguments:
@@ -739,28 +735,21 @@ _BUILTIN_TOKENS: dict[tuple, text.Tokens] = {}
 def text_tokens(ds: DatasetPlan, location: Location | None = None) -> text.Tokens:
     """The tokens of a text dataset's whole text (both splits): TextFile's from the cache
     beside its file when fresh, PythonDocs' and PythonSource's tokenised once per process
-    and tokenizer (a tokenizer.json by its path, size and modification time)."""
+    and tokenizer (a tokenizer.json by its path, size and modification time; one that cannot
+    be read is not cached: `tokenize` says what is wrong with it)."""
     location = location or loc(ds.span)
     a = text_arguments(ds, location)
     if ds.kind == "text_file":
         return text.file_token_ids(a["path"], a["tokenizer"], "TextFile", location)[0]
-    key = (ds.kind, a["tokenizer"], *_tokenizer_stamp(a["tokenizer"]))
+    tokenizer = a["tokenizer"]
+    from_file = tokenizer not in text.TOKENIZER_KINDS
+    key = (ds.kind, tokenizer, file_stamp(text.resolve_path(tokenizer)) if from_file else ())
     if (tokens := _BUILTIN_TOKENS.get(key)) is None:
         source = text.python_docs_text if ds.kind == "python_docs" else text.python_source_text
-        tokens = text.tokenize(source(), a["tokenizer"], location)
+        tokens = text.tokenize(source(), tokenizer, location)
         tokens.ids.flags.writeable = False  # every caller shares this array
         _BUILTIN_TOKENS[key] = tokens
     return tokens
-
-
-def _tokenizer_stamp(tokenizer: str) -> tuple:
-    if tokenizer in ("char", "bytes"):
-        return ()
-    try:
-        st = text.resolve_path(tokenizer).stat()
-    except OSError:  # tokenize() says what is wrong with it
-        return (None,)
-    return st.st_size, st.st_mtime_ns
 
 
 def save_tokenizer(ds: DatasetPlan, folder: Path) -> Path | None:

@@ -665,7 +665,6 @@ def spec_loss_instance(program: ir.Program, plan: TrainPlan,
 
 def _optimizer(program: ir.Program, spec: CallSpec, groups: list[ir.GroupStmt], meta: Any,
                frozen: set[str]) -> OptimizerPlan:  # fmt: skip
-
     from specc.training import kernels
 
     ctor = _optimizer_ctor(program, spec)

@@ -392,7 +392,8 @@ def file_token_ids(path: str | os.PathLike, tokenizer: str, what: str,
         decode, encode = _cached_codec(meta, tokenizer)
         return Tokens(ids, int(meta["vocab_size"]), decode, encode), True
     tokens = tokenize(text, tokenizer, location)
-    vocab = sorted(set(text)) if tokenizer == "char" else None
+    # the char vocabulary, in id order: what char_tokens found (not the text scanned again)
+    vocab = list(tokens.decode(list(range(tokens.vocab_size)))) if tokenizer == "char" else None
     _write_cache(npy, sidecar, tokens, fingerprint, vocab)
     return tokens, False
 
