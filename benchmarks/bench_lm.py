@@ -9,8 +9,9 @@
   log), and the 40-step run's end-to-end rate, from reading the text to the last
   checkpoint, is reported beside it. Variants alternate round by round.
 - Sampling: specc's sampler (`specc.training.sample.generate` on the module specc builds,
-  as `specc sample` runs it) against nanoGPT's `generate`, the same weights in both, 200
-  new tokens from a one-token prompt (the context grows to block_size, then is cropped).
+  its head at the last position only, as `specc sample` runs it) against nanoGPT's
+  `generate`, the same weights in both, 200 new tokens from a one-token prompt (the
+  context grows to block_size, then is cropped).
 - LoRA: `specc run specs/gpt_lora.spec --set max_steps=N` (r=8 beside every attention and
   MLP Linear, the base frozen) against the same model with LoRA written by hand
   (`nanogpt.add_lora`) in nanoGPT's loop, on the same text (stdlib source, the docs'
@@ -180,14 +181,15 @@ def _samplers(ctx: Context, new_tokens: int):
     import specc
     from specc.training.build import build_model
     from specc.training.plan import resolve
-    from specc.training.sample import SampleSettings, generate
+    from specc.training.sample import SampleSettings, generate, sampling_model
 
     program = specc.load(ctx.repo / "specs" / "gpt.spec")
     plan = resolve(program)
-    ours = build_model(program, plan).eval()
+    built = build_model(program, plan).eval()
+    ours = sampling_model(built, plan)  # what `specc sample` runs
     vocab = plan.model.args["vocab_size"]
     hand = nanogpt.GPT(vocab, BLOCK, **SIZES).eval()
-    hand.load_state_dict(ours.state_dict())
+    hand.load_state_dict(built.state_dict())
     settings = SampleSettings(max_new_tokens=new_tokens, temperature=0.8, top_k=20)
     prompt = torch.zeros(1, 1, dtype=torch.long)
 
@@ -290,7 +292,7 @@ def run(ctx: Context) -> list[Row]:
     samples = paired({"specc sample": _logged(ctx, "specc sample", ours, "tokens/s", background),
                       "nanoGPT generate": _logged(ctx, "nanoGPT generate", hand, "tokens/s",
                                                   background)},
-                     rounds=rounds * 2, warmup=1)  # fmt: skip
+                     rounds=rounds * 4, warmup=1)  # fmt: skip
     ctx.log("  checking the 124M config, cold")
     check, params = cold_check_124m(ctx, rounds=1 if ctx.quick else 3)
 

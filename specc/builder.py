@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from specc import ir
 from specc.construct import Constructor
-from specc.graph import Args, GraphInterpreter, Kwargs
+from specc.graph import Args, GraphInterpreter, Kwargs, last_position, per_position_layers
 from specc.registry import function_by_qualname, init_functions, nn_classes
 from specc.tensors import tensor_value
 from specc.values import BINOPS, literal
@@ -73,6 +73,19 @@ class _Builder(Constructor):
         g = _GraphBuilder().run(inst.nodes)
         g.lint()
         return g
+
+
+def last_position_module(model: nn.Module, inst: ir.ModelInstance) -> nn.Module | None:
+    """`model`, built from the language model `inst` (and trained, adapted, moved since),
+    with a forward that gives the logits of the last position only (`graph.last_position`);
+    it shares every parameter with `model`. None when that forward cannot be written."""
+    nodes = last_position(inst.nodes, per_position_layers(inst.layers))
+    if nodes is None or not isinstance(model, fx.GraphModule):
+        return None
+    graph = _GraphBuilder().run(nodes)
+    graph.lint()
+    last = fx.GraphModule(model, graph, class_name=f"{inst.model}LastPosition")
+    return last.train(model.training)
 
 
 def add_tensor(root: nn.Module, name: str, c: ir.TensorCtor) -> None:

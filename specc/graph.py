@@ -12,6 +12,7 @@ This module imports only the IR and ``specc.values``, so every stage may use it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -132,3 +133,65 @@ class GraphInterpreter:
 
     def unsupported(self, n: ir.FNode) -> Any:  # pragma: no cover - resolve_names' job
         raise SpecTypeError(f"cannot evaluate `{n.op}` node `{n.target}`", loc(n.span))
+
+
+# ---- the last position only ------------------------------------------------------------
+
+# Classes that map each position on its own (over the last dim): run at the last position
+# only, they give that position's values. A norm qualifies when it normalises one dim.
+_PER_POSITION = frozenset(
+    f"torch.nn.{c}" for c in ("Linear", "Dropout", "Identity", "GELU", "ReLU", "SiLU", "Tanh")
+)
+_NORMS = frozenset(("torch.nn.LayerNorm", "torch.nn.RMSNorm"))
+
+
+def per_position_layers(layers: Iterable[ir.LayerInstance]) -> set[str]:
+    """The layers of an instance that act on each position alone."""
+    return {layer.name for layer in layers if _per_position(layer.ctor)}
+
+
+def _per_position(c: ir.Ctor | None) -> bool:
+    if not isinstance(c, ir.TorchCtor):
+        return False
+    if c.cls in _NORMS:
+        shape = c.args[0] if c.args else c.kwargs.get("normalized_shape")
+        return isinstance(shape, ir.Const) and isinstance(shape.value, int)
+    return c.cls in _PER_POSITION
+
+
+_LAST = ir.TupleExpr(items=[ir.SliceExpr(), ir.SliceExpr(start=ir.Const(value=-1))])
+
+
+def last_position(nodes: list[ir.FNode], per_position: set[str]) -> list[ir.FNode] | None:
+    """A language model's forward (`[B, T]` ids -> `[B, T, V]` logits) with the layers that
+    end it, when they act on each position alone (the vocabulary head, the norm before it),
+    applied to the last position only: `[B, 1, V]`, all that sampling reads. nanoGPT's
+    forward does the same without targets. None when the forward does not end that way."""
+    by_name = {n.name: n for n in nodes}
+    out = next(n for n in nodes if n.op == "output")
+    ret = out.args[0] if len(out.args) == 1 else None
+    if not isinstance(ret, ir.Ref) or ret.index is not None:
+        return None
+    uses = Counter(
+        r.node for n in nodes for e in [*n.args, *n.kwargs.values()] for r in e.find_all(ir.Ref)
+    )
+    chain: list[ir.FNode] = []  # the per-position layers the output comes from, last first
+    node = by_name[ret.node]
+    while node.op == "layer" and node.target in per_position and len(node.args) == 1:
+        if chain and uses[node.name] != 1:  # its value is read elsewhere too: keep it whole
+            break
+        chain.append(node)
+        arg = node.args[0]
+        if not isinstance(arg, ir.Ref) or arg.index is not None:
+            break
+        node = by_name[arg.node]
+    if not chain:
+        return None
+    first = chain[-1]
+    name = f"{first.name}_last"
+    while name in by_name:
+        name += "_"
+    cut = ir.FNode(name=name, op="getitem", args=[first.args[0], _LAST], span=first.span)
+    fed = first.model_copy(update={"args": [ir.Ref(node=name)]})
+    at = nodes.index(first)
+    return [*nodes[:at], cut, fed, *nodes[at + 1 :]]

@@ -1055,6 +1055,10 @@ def test_generate_is_written_for_a_model_trained_on_text(train_generated, tmp_pa
         assert f"        self.block_size = block_size{CROPS}" in lines
         assert "    @torch.inference_mode()" in lines and "    def generate(" in lines
         assert "            context = idx[:, -self.block_size :]" in lines
+        # the head at the last position only, as `specc sample` runs it
+        assert any(line.startswith("    def last_logits(self, idx):") for line in lines)
+        assert "        return self.lm_head(self.transformer(idx)[:, -1:])" in lines
+        assert "            logits = self.last_logits(context)[:, -1, :] / temperature" in lines
     file = tmp_path / "gpt.py"
     file.write_text(specc.compile(SPECS / "gpt.spec"), "utf-8")
     check = _ruff("check", "--isolated", "--no-cache", str(file))
@@ -1094,7 +1098,7 @@ def test_generate_draws_what_specc_sample_draws(tiny_gpt, tmp_path, temperature,
     built.load_state_dict(state)
     built.eval()
     settings = sample.SampleSettings(30, temperature, top_k, seed=7)
-    assert torch.equal(out, sample.generate(built, idx, 8, settings))
+    assert torch.equal(out, sample.generate(sample.sampling_model(built, plan), idx, 8, settings))
     text = specc.sample(spec, ckpt, prompt, max_new_tokens=30, temperature=temperature,
                         top_k=top_k, seed=7)  # fmt: skip
     assert tokens.decode(out[0].tolist()) == text

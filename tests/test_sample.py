@@ -15,7 +15,7 @@ from specc.errors import UsageError
 from specc.training import checkpoint
 from specc.training.build import build_model
 from specc.training.plan import LanguageModel
-from specc.training.sample import SampleSettings, generate
+from specc.training.sample import SampleSettings, generate, sampling_model
 
 
 class Bigram(nn.Module):
@@ -155,3 +155,71 @@ def test_the_plan_holds_the_language_model(bigram):
 def test_sample_needs_a_model_trained_on_text(spec, message, tmp_path):
     with pytest.raises(UsageError, match=re.escape(message)):
         specc.sample(spec, tmp_path / "none.pt")
+
+
+HEAD_SPEC = """
+model Head(vocab: int = 11, dim: int = 8) {{
+    wte  = Embedding(vocab, dim)
+    norm = LayerNorm(dim)
+    head = Linear(dim, vocab)
+    forward(idx: [6] long) {{
+{body}
+    }}
+}}
+data docs {{
+    train      = PythonDocs(block_size=6)
+    batch_size = 2
+}}
+train {{
+    model     = Head(vocab=data.vocab_size)
+    data      = docs
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "cut"),
+    [
+        ("        return head(norm(wte(idx)))", "norm"),  # the norm is per position too
+        ("        x = norm(wte(idx))\n        y = x * 2\n        return head(x)", "head"),
+        ("        return head(norm(wte(idx)) + wte(idx))", "head"),
+        ("        return head(wte(idx)).tanh()", None),  # not a layer's output: kept whole
+    ],
+    ids=["norm_and_head", "norm_read_twice", "sum_into_head", "method_last"],
+)
+def test_sampling_computes_only_the_last_positions_logits(body, cut, tmp_path):
+    """What `specc sample` runs gives forward's last-position logits, computing the layers
+    that end forward at that position only, as nanoGPT's forward does, and shares the
+    model's parameters; a forward ending otherwise is sampled whole."""
+    spec = tmp_path / "head.spec"
+    spec.write_text(HEAD_SPEC.format(body=body), "utf-8")
+    program = specc.load(spec)
+    plan = specc.train_plan(program)
+    model = build_model(program, plan).eval()
+    sampler = sampling_model(model, plan)
+    if cut is None:
+        assert sampler is model
+        return
+    calls = []
+    getattr(model, cut).register_forward_pre_hook(lambda m, a: calls.append(a[0].shape))
+    idx = torch.randint(0, plan.model.args["vocab"], (3, 6))
+    with torch.no_grad():
+        full, last = model(idx), sampler(idx)
+    assert last.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, -1], full[:, -1])
+    assert calls == [(3, 6, 8), (3, 1, 8)]  # forward's, then the sampler's: one position
+    assert dict(sampler.named_parameters()).keys() <= dict(model.named_parameters()).keys()
+    assert all(p is model.get_parameter(n) for n, p in sampler.named_parameters())
+
+
+def test_sampling_the_shipped_language_models_reads_the_last_position_only():
+    program = specc.load(SPECS / "gpt.spec")
+    plan = specc.train_plan(program)
+    model = build_model(program, plan).eval()
+    sampler = sampling_model(model, plan)
+    idx = torch.randint(0, plan.model.args["vocab_size"], (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(sampler(idx)[:, -1], model(idx)[:, -1])
+    assert sampler(idx).shape[1] == 1

@@ -49,7 +49,7 @@ from specc.errors import (
     SpecNameError,
     SpecTypeError,
 )
-from specc.graph import Args, GraphInterpreter, Kwargs
+from specc.graph import Args, GraphInterpreter, Kwargs, last_position, per_position_layers
 from specc.lang.plugins import load_plugins, plugin_module_for
 from specc.shapes.meta import tensor_dims
 from specc.values import CONST_FUNCTION_CODE, CONST_FUNCTIONS, is_none, loc
@@ -315,6 +315,7 @@ class ModuleWriter:
         reserved = {n: f"`nn.Module.{n}`" for n in _model_attrs(sequential)}
         if self.generates(mdef):
             reserved["generate"] = "`generate`, the method of a model trained on text"
+            reserved["last_logits"] = "`last_logits`, the method `generate` calls"
         attrs = Namespace(reserved)
         params: list[str] = []
         fills: list[str] = []
@@ -368,6 +369,7 @@ class ModuleWriter:
             out["template"] = "sequential.py.j2"
             out["super_call"] = statement(self.sequential_items(mdef, layers), "", BODY_INDENT)
             out["generate"] = self.generate_context(mdef, attrs, [])
+            out["last_logits"] = None
             return out
         out["template"] = "model.py.j2"
         out["layers"] = [
@@ -379,6 +381,10 @@ class ModuleWriter:
         out["init_rules"] = [self.init_rule(plan, rule, init_params) for rule in mdef.inits]
         fwd = _ForwardWriter(self, plan)
         forward_def, body = fwd.render()
+        last = self.last_logits(plan) if self.generates(mdef) else None
+        out["last_logits"] = None
+        if last is not None:
+            out["last_logits"] = dict(zip(("def", "body"), last.render(), strict=True))
         stored = []
         for p in mdef.params:
             if p.name in fwd.used_params or p.name in init_params:
@@ -394,6 +400,18 @@ class ModuleWriter:
     def generates(self, mdef: ir.ModelDef) -> bool:
         """Whether the class gets nanoGPT's `generate`: it is the model trained on text."""
         return self.language_model is not None and self.language_model.model == mdef.name
+
+    def last_logits(self, plan: _Plan) -> _ForwardWriter | None:
+        """The writer of `last_logits`: forward with its per-position head applied to the
+        last position only (graph.last_position), which `generate` calls as the sampler of
+        `specc sample` does; None when forward does not end in such layers."""
+        fwd = plan.mdef.forward
+        assert fwd is not None
+        heads = set.intersection(*(per_position_layers(i.layers) for i in plan.instances))
+        nodes = last_position(fwd.nodes, heads)
+        if nodes is None:
+            return None
+        return _ForwardWriter(self, plan, fwd.model_copy(update={"nodes": nodes}), "last_logits")
 
     def generate_context(
         self, mdef: ir.ModelDef, attrs: Namespace, stored: list[str]
@@ -901,13 +919,15 @@ class _ForwardWriter(GraphInterpreter):
     values (`a, b = b, a`) is written back as one tuple assignment. As a graph interpreter,
     its value of a node is the source expression computing it."""
 
-    def __init__(self, gen: ModuleWriter, plan: _Plan) -> None:
+    def __init__(
+        self, gen: ModuleWriter, plan: _Plan, fwd: ir.Forward | None = None, method: str = "forward"
+    ) -> None:
         super().__init__()
         self.gen = gen
         self.plan = plan
-        fwd = plan.mdef.forward
+        fwd = fwd or plan.mdef.forward
         assert fwd is not None
-        self.fwd = fwd
+        self.fwd, self.def_name = fwd, method
         self.nodes = {n.name: n for n in fwd.nodes}
         self.params = {p.name for p in plan.mdef.params}
         self.layer_names = {layer.name for layer in plan.mdef.layers}
@@ -1161,7 +1181,7 @@ class _ForwardWriter(GraphInterpreter):
                 texts.add(shape_comment(ir.Value(kind="tensor", tensor=t)) if t else "")
             if len(texts) == 1 and (text := texts.pop()):
                 notes.append(f"{name}: {text}")
-        doc = Brackets("def forward", tuple(Text(n) for n in ["self", *names]), close="):")
+        doc = Brackets(f"def {self.def_name}", tuple(Text(n) for n in ["self", *names]), close="):")
         return statement(doc, "", CLASS_INDENT, ", ".join(notes))
 
     def group(self, items: list[_Stmt | _Block], binding: dict[str, str]) -> list[_Stmt | _Block]:

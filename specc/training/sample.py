@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specc import ir
+from specc.builder import last_position_module
 from specc.errors import DataError, SpecError, UsageError
 from specc.lang.loader import source_texts
 from specc.training import checkpoint
@@ -62,8 +63,9 @@ def generate(
     on_token: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """`idx` `[B, T]` extended by `settings.max_new_tokens` tokens drawn from `model`, whose
-    forward maps `[B, t]` token ids (t <= block_size) to `[B, t, V]` logits. The draws come
-    from a generator seeded with `settings.seed` on idx's device, never the global RNG.
+    forward maps `[B, t]` token ids (t <= block_size) to `[B, t, V]` logits (or to the last
+    position's, `[B, 1, V]`: see `sampling_model`). The draws come from a generator
+    seeded with `settings.seed` on idx's device, never the global RNG.
     The `generate` method of generated code (templates/generate.py.j2) takes the same steps,
     so that both give the same tokens: change them together."""
     generator = torch.Generator(device=idx.device).manual_seed(settings.seed)
@@ -103,7 +105,7 @@ def sample_checkpoint(
         tokens = text_tokens(plan.data.train)
         ids = _prompt_ids(prompt, tokens, plan.data.train.name)
         device = pick_device(plan.device)
-        model = _load_model(program, plan, ckpt).to(device).eval()
+        model = sampling_model(_load_model(program, plan, ckpt).to(device).eval(), plan)
     except SpecError as err:
         raise err.with_source(texts) from None
     echo = _Echo(tokens.decode, ids, stream)
@@ -111,6 +113,13 @@ def sample_checkpoint(
     out = generate(model, idx, block_size, settings, echo.token)
     echo.finish()
     return tokens.decode(out[0].tolist())
+
+
+def sampling_model(model: nn.Module, plan: TrainPlan) -> nn.Module:
+    """What `generate` runs: the trained `model` computing its vocabulary head at the last
+    position only, where its forward allows (as nanoGPT's and the generated `generate`
+    do); else the model itself."""
+    return last_position_module(model, plan.model.instance) or model
 
 
 def _language_model(plan: TrainPlan) -> LanguageModel:

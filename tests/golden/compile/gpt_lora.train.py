@@ -110,6 +110,11 @@ class GPT(nn.Module):
     def forward(self, idx):  # idx: (B, 128) int64
         return self.lm_head(self.transformer(idx))
 
+    def last_logits(self, idx):  # idx: (B, 128) int64
+        """forward with the vocabulary head applied to the last position only: all that
+        generate() reads."""
+        return self.lm_head(self.transformer(idx)[:, -1:])
+
     @torch.inference_mode()
     def generate(
         self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None
@@ -121,7 +126,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             # forward reads at most block_size tokens: the last ones
             context = idx[:, -self.block_size :]
-            logits = self(context)[:, -1, :] / temperature
+            logits = self.last_logits(context)[:, -1, :] / temperature
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
