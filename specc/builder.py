@@ -28,7 +28,7 @@ from specc.values import BINOPS, literal
 
 def build_module(instance: ir.ModelInstance, plugins: dict[str, type] | None = None) -> nn.Module:
     """Construct the real module for a checked model instance (CPU, default dtype)."""
-    return _Builder(plugins or {}).instance(instance)
+    return plain_calls(_Builder(plugins or {}).instance(instance))
 
 
 class _Builder(Constructor):
@@ -85,7 +85,19 @@ def last_position_module(model: nn.Module, inst: ir.ModelInstance) -> nn.Module 
     graph = _GraphBuilder().run(nodes)
     graph.lint()
     last = fx.GraphModule(model, graph, class_name=f"{inst.model}LastPosition")
-    return last.train(model.training)
+    return plain_calls(last.train(model.training))
+
+
+def plain_calls(module: nn.Module) -> nn.Module:
+    """`module`, its GraphModules called as any nn.Module is. fx wraps each GraphModule's
+    call to print its generated code to stderr when forward raises, even if the caller
+    catches the error (and it adds two Python frames a call). Tracebacks still show the
+    generated line: fx registers its source. fx wraps a GraphModule's children again as
+    it is made, so this comes last."""
+    for m in module.modules():
+        if isinstance(m, fx.GraphModule) and "__call__" in vars(type(m)):
+            del type(m).__call__  # the class is m's own: fx makes one per GraphModule
+    return module
 
 
 def add_tensor(root: nn.Module, name: str, c: ir.TensorCtor) -> None:

@@ -370,3 +370,16 @@ def test_absurd_input_sizes_are_refused():
         specc.check(spec, inputs={"x": [10**15, 4]})
     with pytest.raises(SpecError, match="negative dimension"):
         specc.check(spec, inputs={"x": [-1, 4]})
+
+
+def test_an_error_in_a_built_forward_is_only_raised(capsys):
+    """A built model raising in forward leaves stderr alone: fx's call wrapper printed the
+    generated code there, even for an error the caller catches, at every nesting level."""
+    model = specc.build(
+        "model Inner {\n    fc = Linear(4, 4)\n"
+        "    forward(x: [4]) { return fc(x.view(-1, 4)) }\n}\n"
+        "model Outer {\n    inner = Inner()\n    forward(x: [4]) { return inner(x) }\n}\n"
+    )
+    with pytest.raises(RuntimeError, match="is invalid for input of size 15"):
+        model(torch.zeros(3, 5))
+    assert capsys.readouterr().err == ""
