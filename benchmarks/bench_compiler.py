@@ -103,7 +103,7 @@ def run(ctx: Context) -> list[Row]:
     tiny = folder / "tiny.spec"
     tiny.write_text(deep_spec(1))
     sizes = (10,) if ctx.quick else (10, 100, 1_000, 10_000)
-    reps = {10: 2} if ctx.quick else {10: 5, 100: 5, 1_000: 3, 10_000: 1}
+    reps = {10: 2} if ctx.quick else {10: 5, 100: 5, 1_000: 3, 10_000: 3}
     big_layers = 10 if ctx.quick else 100
     timeout = 60 if ctx.quick else 400
     results: dict = {}
