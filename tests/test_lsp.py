@@ -153,6 +153,40 @@ async def test_hover_shows_a_layer_and_a_model(client: LanguageClient):
         assert hover is not None and shown in hover.contents.value, (row, column, shown)
 
 
+EMOJI_SPEC = """model M {
+    act = Identity("\U0001f600"); fc = Linear(4, 2); bad = Lineer(2, 2)
+    forward(x: [4]) {
+        return fc(act(x))
+    }
+}
+"""
+
+
+async def test_columns_are_counted_in_utf16_units_as_lsp_clients_count(client, tmp_path):
+    """An emoji is one character to specc and two UTF-16 units to the client: the
+    diagnostic, a hover and the symbols after it on its line are where the client counts."""
+    spec = tmp_path / "emoji.spec"
+    spec.write_text(EMOJI_SPEC, "utf-8")
+    uri = _open(client, spec)
+    (diag,) = await _diagnostics(client, uri, 1)
+    line = EMOJI_SPEC.splitlines()[1]
+    start = line.index("Lineer") + 1  # the emoji's second unit
+    assert "unknown layer type `Lineer`" in diag.message
+    assert (diag.range.start.line, diag.range.start.character) == (1, start)
+    assert diag.range.end.character == start + len("Lineer")
+    _change(client, uri, EMOJI_SPEC.replace("; bad = Lineer(2, 2)", ""), 2)
+    assert await _diagnostics(client, uri, 2) == []
+    end = line.index("2); bad") + 1 + 1  # the `)` closing Linear(4, 2), the next is `;`
+    hover = await client.text_document_hover_async(types.HoverParams(
+        types.TextDocumentIdentifier(uri), types.Position(1, end)))  # fmt: skip
+    assert hover is not None and "fc = Linear(4, 2)" in hover.contents.value
+    (model,) = await client.text_document_document_symbol_async(
+        types.DocumentSymbolParams(types.TextDocumentIdentifier(uri))
+    )
+    fc = next(c for c in model.children if c.name == "fc")
+    assert fc.range.start.character == line.index("fc") + 1
+
+
 async def test_symbols_and_formatting(client: LanguageClient, tmp_path):
     spec = SPECS / "digits.spec"
     uri = _open(client, spec)

@@ -76,12 +76,14 @@ def test_a_train_block_of_a_model_with_mistakes_still_checks_its_settings(
     assert code == 2
     assert [line for line, _, _ in errors] == [2, 10, 32]  # no second report of Wide's
     assert "train: not checked: it uses `Wide`, which has errors" in out
-    # what needs no model is still checked: an unknown optimizer and scheduler
+    # what needs no model is still checked: an unknown loss, optimizer and scheduler
     text = text.replace("AdamW(", "Adamw(").replace('epochs    = "x"', "scheduler = StepLr(2)")
+    text = text.replace("CrossEntropyLoss()", "CrossEntropyLos()")
     spec.write_text(text)
     code, out, errors = _check(spec, capsys, monkeypatch)
     assert code == 2
     messages = [m for _, _, m in errors]
+    assert "unknown loss `CrossEntropyLos`" in messages
     assert "unknown optimizer `Adamw`" in messages and "unknown scheduler `StepLr`" in messages
 
 

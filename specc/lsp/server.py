@@ -54,6 +54,24 @@ class SpecServer(LanguageServer):
             task.cancel()
         self.pending[uri] = asyncio.ensure_future(self.check_later(uri))
 
+    # specc counts columns in characters; LSP clients count UTF-16 units unless they
+    # agree on another encoding (pygls's codec knows which): a character beyond the
+    # Basic Multilingual Plane (an emoji) is one column to specc and two to the client.
+    def server_position(self, uri: str, position: lsp.Position) -> lsp.Position:
+        """A client's position in `uri` as a line and a character index."""
+        doc = self.workspace.get_text_document(uri)
+        return self.workspace.position_codec.position_from_client_units(doc.lines, position)
+
+    def client_range(self, lines: list[str], rng: lsp.Range) -> lsp.Range:
+        """A range in characters of the text `lines` as the client counts it."""
+        return self.workspace.position_codec.range_to_client_units(lines, rng)
+
+    def client_location(self, location: lsp.Location) -> lsp.Location:
+        """A location in any file (the spec, an import, a plugin's Python source), its
+        range as the client counts it."""
+        lines = self.workspace.get_text_document(location.uri).lines  # read if not open
+        return lsp.Location(location.uri, self.client_range(lines, location.range))
+
     async def check_later(self, uri: str) -> None:
         await asyncio.sleep(DEBOUNCE_S)
         doc = self.workspace.get_text_document(uri)
@@ -65,7 +83,12 @@ class SpecServer(LanguageServer):
         self.analyses[uri] = result
         if result.program is not None:
             self.loaded[uri] = result
-        diagnostics = [to_diagnostic(f, path) for f in result.findings]
+        lines = text.splitlines(keepends=True)
+        diagnostics = []
+        for finding in result.findings:
+            diagnostic = to_diagnostic(finding, path)
+            diagnostic.range = self.client_range(lines, diagnostic.range)
+            diagnostics.append(diagnostic)
         self.text_document_publish_diagnostics(
             lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
         )
@@ -159,8 +182,19 @@ def formatting(ls: SpecServer, params: lsp.DocumentFormattingParams) -> list[lsp
 def symbols(ls: SpecServer, params: lsp.DocumentSymbolParams) -> list[lsp.DocumentSymbol]:
     from specc.lsp.navigation import document_symbols
 
-    result = ls.analyses.get(params.text_document.uri)
-    return document_symbols(result) if result is not None else []
+    uri = params.text_document.uri
+    result = ls.analyses.get(uri)
+    if result is None:
+        return []
+    lines = ls.workspace.get_text_document(uri).lines
+    symbols = document_symbols(result)
+    todo = list(symbols)
+    while todo:
+        symbol = todo.pop()
+        symbol.range = ls.client_range(lines, symbol.range)
+        symbol.selection_range = ls.client_range(lines, symbol.selection_range)
+        todo += symbol.children or []
+    return symbols
 
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
@@ -170,7 +204,7 @@ def hover(ls: SpecServer, params: lsp.HoverParams) -> lsp.Hover | None:
     result = ls.analyses.get(params.text_document.uri)
     if result is None:
         return None
-    pos = params.position
+    pos = ls.server_position(params.text_document.uri, params.position)
     text = hover_text(result, pos.line + 1, pos.character + 1)
     if text is None:
         return None
@@ -185,7 +219,8 @@ def completion(ls: SpecServer, params: lsp.CompletionParams) -> lsp.CompletionLi
     from specc.lsp.completion import completions
     from specc.lsp.cursor import cursor_at
 
-    uri, pos = params.text_document.uri, params.position
+    uri = params.text_document.uri
+    pos = ls.server_position(uri, params.position)
     text = ls.workspace.get_text_document(uri).source
     cursor = cursor_at(text, pos.line, pos.character)
     if cursor is None:
@@ -199,12 +234,14 @@ def completion(ls: SpecServer, params: lsp.CompletionParams) -> lsp.CompletionLi
 def go_to_definition(ls: SpecServer, params: lsp.DefinitionParams) -> lsp.Location | None:
     from specc.lsp.navigation import definition
 
-    uri, pos = params.text_document.uri, params.position
+    uri = params.text_document.uri
     loaded = ls.loaded.get(uri)
     if loaded is None:
         return None
+    pos = ls.server_position(uri, params.position)
     text = ls.workspace.get_text_document(uri).source
-    return definition(loaded, text, pos.line, pos.character)
+    found = definition(loaded, text, pos.line, pos.character)
+    return ls.client_location(found) if found is not None else None
 
 
 def main() -> None:

@@ -586,6 +586,15 @@ def _plugins(program: ir.Program) -> dict[str, type]:
 
 def _loss(program: ir.Program, spec: CallSpec, model: ir.ModelInstance) -> LossPlan:
     """A torch.nn loss, a plugin loss class, or a spec model taking (output, target)."""
+    plan, loss = _loss_class(program, spec)
+    if loss is None:
+        return plan
+    return dataclasses.replace(plan, targets=_class_targets(loss, model))
+
+
+def _loss_class(program: ir.Program, spec: CallSpec) -> tuple[LossPlan, Any]:
+    """What the loss is without the model: its plan, and for a class, an instance on meta
+    (None for a spec model)."""
     import torch
     from torch import nn
 
@@ -601,7 +610,8 @@ def _loss(program: ir.Program, spec: CallSpec, model: ir.ModelInstance) -> LossP
                 loc(spec.span),
             )
         ctor = Ctor(spec.name, None, "spec", tuple(spec.args), dict(spec.kwargs), spec.span)
-        return LossPlan(ctor, stateful=True, definition=mdef, model_args=model_args(mdef, spec))
+        definition = LossPlan(ctor, True, definition=mdef, model_args=model_args(mdef, spec))
+        return definition, None
     losses = [n for n in dir(nn) if n.endswith("Loss")] + list(plugins)
     ctor = _lookup(spec, nn, nn.Module, "loss", plugins, losses)
     bind(ctor.cls, spec.args, spec.kwargs, f"loss `{spec.name}`", spec.span)
@@ -612,8 +622,7 @@ def _loss(program: ir.Program, spec: CallSpec, model: ir.ModelInstance) -> LossP
         raise SpecTypeError(
             f"{spec.name}(...) is invalid: {str(exc).splitlines()[0]}", loc(spec.span)
         ) from None
-    targets = _class_targets(loss, model)
-    return LossPlan(ctor, stateful=any(True for _ in loss.state_dict()), targets=targets)
+    return LossPlan(ctor, stateful=any(True for _ in loss.state_dict())), loss
 
 
 def _class_targets(loss: Any, model: ir.ModelInstance) -> ClassTargets | None:
@@ -700,7 +709,7 @@ def _optimizer_ctor(program: ir.Program, spec: CallSpec) -> Ctor:
 
 
 def model_free_errors(program: ir.Program, name: str | None = None) -> list[SpecError]:
-    """The mistakes of train block `name` that need no model: its optimizer's and
+    """The mistakes of train block `name` that need no model: its loss's, optimizer's and
     scheduler's classes and arguments. What `check` still reports when the block's model
     has mistakes of its own (so that `resolve` never gets as far)."""
     try:
@@ -708,7 +717,12 @@ def model_free_errors(program: ir.Program, name: str | None = None) -> list[Spec
     except SpecError:  # a bad setting: reported with the settings
         return []
     errors = []
-    for part in (lambda: _optimizer_ctor(program, cfg.optimizer), lambda: _scheduler(cfg)):
+    parts = (
+        lambda: _loss_class(program, cfg.loss),
+        lambda: _optimizer_ctor(program, cfg.optimizer),
+        lambda: _scheduler(cfg),
+    )
+    for part in parts:
         try:
             part()
         except SpecError as err:
