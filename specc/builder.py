@@ -79,6 +79,9 @@ def last_position_module(model: nn.Module, inst: ir.ModelInstance) -> nn.Module 
     """`model`, built from the language model `inst` (and trained, adapted, moved since),
     with a forward that gives the logits of the last position only (`graph.last_position`);
     it shares every parameter with `model`. None when that forward cannot be written."""
+    out = inst.outputs[0].tensor if len(inst.outputs) == 1 else None
+    if out is None or not out.batched or len(out.shape) != 2:  # not [B, T, V]
+        return None
     nodes = last_position(inst.nodes, per_position_layers(inst.layers))
     if nodes is None or not isinstance(model, fx.GraphModule):
         return None

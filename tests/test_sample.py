@@ -223,3 +223,11 @@ def test_sampling_the_shipped_language_models_reads_the_last_position_only():
     with torch.no_grad():
         torch.testing.assert_close(sampler(idx)[:, -1], model(idx)[:, -1])
     assert sampler(idx).shape[1] == 1
+
+
+def test_a_model_that_is_not_a_language_model_is_sampled_as_it_is():
+    """`[B, classes]` logits have no positions: nothing to cut."""
+    program = specc.load(SPECS / "digits.spec")
+    plan = specc.train_plan(program)
+    model = build_model(program, plan)
+    assert sampling_model(model, plan) is model
