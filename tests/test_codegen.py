@@ -1235,3 +1235,43 @@ def test_layout_matches_ruff_format():
     formatted = _ruff("format", "--isolated", "--no-cache", "-", stdin=source)
     assert formatted.returncode == 0, formatted.stderr
     assert formatted.stdout == source
+
+
+STOPPED_EARLY = """
+model Net {
+    fc = Linear(64, 10)
+    forward(x: [1, 8, 8]) {
+        return fc(flatten(x, 1))
+    }
+}
+data digits {
+    train      = Digits(train=True)
+    val        = Digits(train=False)
+    test       = Digits(train=False)
+    batch_size = 32
+}
+train {
+    model     = Net()
+    data      = digits
+    loss      = CrossEntropyLoss()
+    optimizer = SGD(lr=0.1)
+    epochs    = 2
+    max_steps = 3
+    metrics   = [accuracy]
+}
+"""
+
+
+def test_a_script_that_max_steps_stops_before_any_epoch_ends_tests_as_specc_run(tmp_path):
+    """No epoch ended, so no val score chose weights: the script tests the last weights,
+    as `specc run` does (it loaded best weights it never had: an UnboundLocalError)."""
+    spec = tmp_path / "steps.spec"
+    spec.write_text(STOPPED_EARLY, "utf-8")
+    script = tmp_path / "steps.py"
+    script.write_text(specc.compile(spec, train=True), "utf-8")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = specc.train(spec, quiet=True, runs_dir=tmp_path / "runs")
+    assert summary["steps"] == 3 and summary["epochs"] == 0
+    assert _accuracies(done.stdout)[-1] == pytest.approx(summary["test_accuracy"], abs=1e-4)

@@ -124,6 +124,7 @@ def main():
     # Training: the sample order, batches and steps of `specc run`
     step = 0
     best_accuracy = float("-inf")
+    best_state = None  # max_steps may stop the run before an epoch ends
     bad_epochs = 0
     for epoch in range(1, 5):
         model.train()
@@ -178,7 +179,8 @@ def main():
 
     torch.save(model.state_dict(), "case_train.pt")
     print("saved the weights to case_train.pt")
-    model.load_state_dict(best_state)  # the best epoch's weights, as `specc run` tests
+    if best_state is not None:  # the best epoch's weights, as `specc run` tests
+        model.load_state_dict(best_state)
 
     test_loss, test_accuracy, test_top5 = evaluate(
         model, zip(test_x.split(16), test_y.split(16)), loss_fn, device
