@@ -1263,8 +1263,9 @@ train {
 
 
 def test_a_script_that_max_steps_stops_before_any_epoch_ends_tests_as_specc_run(tmp_path):
-    """No epoch ended, so no val score chose weights: the script tests the last weights,
-    as `specc run` does (it loaded best weights it never had: an UnboundLocalError)."""
+    """Stopped in its first epoch, the script scores the val set, as `specc run` does, and
+    tests the last weights: no epoch's val score chose others (it loaded best weights it
+    never had: an UnboundLocalError)."""
     spec = tmp_path / "steps.spec"
     spec.write_text(STOPPED_EARLY, "utf-8")
     script = tmp_path / "steps.py"
@@ -1275,3 +1276,7 @@ def test_a_script_that_max_steps_stops_before_any_epoch_ends_tests_as_specc_run(
     summary = specc.train(spec, quiet=True, runs_dir=tmp_path / "runs")
     assert summary["steps"] == 3 and summary["epochs"] == 0
     assert _accuracies(done.stdout)[-1] == pytest.approx(summary["test_accuracy"], abs=1e-4)
+    log = [json.loads(line) for line in (tmp_path / "runs" / "steps" / "metrics.jsonl").open()]
+    (partial,) = [r for r in log if r.get("partial")]
+    shown = re.search(r"step 3 \(max_steps, in epoch 1\): val loss (\d\.\d+)", done.stdout)
+    assert shown and float(shown[1]) == pytest.approx(partial["val_loss"], abs=1e-4)

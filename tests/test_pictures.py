@@ -15,8 +15,8 @@ from PIL import Image
 import specc
 import specc.pictures.output
 from specc.cli import main
-from specc.pictures.curves import draw
-from specc.pictures.runs import named, read_run
+from specc.pictures.curves import draw, last_x
+from specc.pictures.runs import collect, named, read_run
 from specc.training.logs import RunLog
 
 HAS_DOT = shutil.which("dot") is not None
@@ -316,3 +316,16 @@ def test_graph_bad_flags(flags, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert message in _refused(capsys, ["graph", str(SPECS / "tower.spec"), *flags])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_that_max_steps_stopped_mid_epoch_ends_where_it_stopped():
+    """The partial epoch's evaluation is logged at the fraction of epochs done; the final
+    test's star goes there too, not at the epoch the training windows were in."""
+    records = (
+        {"step": 20, "epoch": 1, "split": "train", "loss": 2.1, "lr": 0.1},
+        {"step": 20, "epoch": 0.4444, "split": "val", "partial": True, "val_loss": 2.0},
+        {"split": "test", "final": True, "test_loss": 2.0},
+    )
+    run = collect("r", Path("metrics.jsonl"), [json.dumps(r) for r in records])
+    assert last_x(run, "epoch") == pytest.approx(0.4444)
+    assert last_x(run, "step") == 20

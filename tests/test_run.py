@@ -58,6 +58,37 @@ def test_resume_gives_identical_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_max_steps_mid_epoch_scores_val_and_keeps_best_until_an_epoch_ends(tmp_path):
+    """A run that max_steps stops part way through an epoch scores the val set (logged as
+    a partial epoch); its weights are best.pt only while no epoch has ended, and the best
+    score is left alone, so resuming ends as an uninterrupted run does."""
+    spec = tmp_path / "digits_val.spec"
+    spec.write_text(DIGITS.read_text().replace(
+        "    test       = Digits(train=False)",
+        "    val        = Digits(train=False)\n    test       = Digits(train=False)"))  # fmt: skip
+    _run(spec, tmp_path, "epochs=2", "max_steps=20", name="early")  # in epoch 1 (45 steps)
+    early = tmp_path / "runs" / "early"
+    (partial,) = [r for r in _records(early) if r.get("partial")]
+    assert partial["step"] == 20 and "val_accuracy" in partial
+    assert partial["epoch"] == pytest.approx(20 / 45, abs=1e-4)  # where `specc plot` puts it
+    assert checkpoint.load(early / "best.pt")["state"]["step"] == 20
+    _run(spec, tmp_path, "epochs=2", "max_steps=57", name="later")  # in epoch 2
+    later = tmp_path / "runs" / "later"
+    assert checkpoint.load(later / "best.pt")["state"]["step"] == 45  # the first epoch's
+    assert [r["step"] for r in _records(later) if r.get("partial")] == [57]
+    # resumed to the end: the weights and the best epoch of a run never stopped
+    _run(spec, tmp_path, "epochs=2", name="full")
+    _run(spec, tmp_path, "epochs=2", name="early", resume=True)
+    full, resumed = (checkpoint.load(tmp_path / "runs" / n / "best.pt") for n in ("full", "early"))
+    assert full["state"]["best"] == resumed["state"]["best"]
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
 def test_set_overrides_reach_optimizer_and_data(tmp_path):
     _run(
         DIGITS, tmp_path, "epochs=1", "optimizer.lr=0.01", "batch_size=64", "scheduler.max_lr=0.01"

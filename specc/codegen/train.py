@@ -518,7 +518,7 @@ class TrainScript:
             return "loss_fn(outputs.flatten(0, -2), labels.flatten())"
         return "loss_fn(outputs, labels)"
 
-    def evaluation(self, split: str, held: str, base: int, epoch: bool) -> dict[str, str]:
+    def evaluation(self, split: str, held: str, base: int, prefix: str = "") -> dict[str, str]:
         """`val_loss, val_accuracy = evaluate(...)` and the line printing the results."""
         metrics = self.plan.metrics
         size = self.plan.data.eval_batch_size
@@ -534,7 +534,7 @@ class TrainScript:
         call = statement(Brackets("evaluate", args), ", ".join(names) + " = ", base)
         parts = [f"{split} loss {{{names[0]}:.4f}}"]
         parts += [f"{m} {{{n}:.4f}}" for m, n in zip(metrics, names[1:], strict=True)]
-        text = ("epoch {epoch}: " if epoch else "") + ", ".join(parts)
+        text = prefix + ", ".join(parts)
         report = statement(Brackets("print", (Text(f'f"{text}"'),)), "", base)
         return {"call": call, "report": report}
 
@@ -635,12 +635,18 @@ class TrainScript:
         eval_split = "val" if "val" in held else "test" if "test" in held else None
         epoch_eval = final_eval = None
         if eval_split is not None:
-            epoch_eval = self.evaluation(eval_split, held[eval_split], 8, True)
+            epoch_eval = self.evaluation(eval_split, held[eval_split], 8, "epoch {epoch}: ")
         if "test" in held and (eval_split == "val" or self.plan.max_steps):
-            final_eval = self.evaluation("test", held["test"], MAIN, False)
+            final_eval = self.evaluation("test", held["test"], MAIN)
+        stop_eval = None  # max_steps ending an epoch part way: val scores what it trained
+        if eval_split == "val" and self.plan.max_steps:  # (a test set is scored at the end)
+            stop_eval = self.evaluation(
+                eval_split, held[eval_split], 12, "step {step} (max_steps, in epoch {epoch}): "
+            )
         return {
             "evaluate": self.evaluate_context() if eval_split else None,
             "epoch_eval": epoch_eval,
+            "stop_eval": stop_eval,
             "best": self.best_context(eval_split, final_eval is not None),
             "final_eval": final_eval,
         }

@@ -122,6 +122,4 @@ def train_x(run: Run, record: dict[str, Any], x: str) -> float:
 
 def last_x(run: Run, x: str) -> float:
     """Where the final test goes: the last step or epoch the run logged."""
-    if x == "epoch" and not run.evals and run.train:
-        return train_x(run, run.train[-1], x)
-    return max([r[x] for r in [*run.train, *run.evals]], default=0)
+    return max([train_x(run, t, x) for t in run.train] + [e[x] for e in run.evals], default=0)

@@ -293,6 +293,8 @@ class Trainer:
                 if self.end_epoch():  # True: early stop
                     break
                 continue
+            if not self.interrupted:  # max_steps, in the middle of an epoch
+                self.end_early(epoch)
             self.save(self.last_path)  # left the epoch early: max_steps or an interrupt
             break
 
@@ -408,15 +410,38 @@ class Trainer:
             return True
         return False
 
-    def evaluate_epoch(self, record: dict[str, Any]) -> bool:
-        """Evaluate on the val (else test) set into `record`; True when the best metric
-        improved (higher is better for the accuracies, lower for the others)."""
+    def end_early(self, epoch: int) -> None:
+        """max_steps ended epoch `epoch` part way: score what it trained on the val (else
+        test) set, logged as a partial epoch (at the fraction of epochs done, as HF's
+        Trainer logs them), and keep these weights as best.pt while no epoch has ended (so
+        `specc sample --ckpt best.pt` finds a file). The best score and early stopping's
+        count are left alone: a resumed run decides as an uninterrupted one does."""
+        if self.eval_split is None:
+            return
+        done = round(epoch - 1 + self.state.batch / self.per_epoch, 4)
+        record: dict[str, Any] = {"epoch": done, "step": self.state.step, "partial": True}
+        ev = self.scores(record)
+        self.log.write(record)
+        self.progress.message(f"step {self.state.step} (max_steps, in epoch {epoch}): "
+                              + _scores_text(self.eval_split.name, ev))  # fmt: skip
+        if self.state.best is None:
+            self.save(self.best_path)
+
+    def scores(self, record: dict[str, Any]) -> dict[str, float]:
+        """The model's metrics on the val (else test) set, also written into `record`."""
         plan, state, split = self.plan, self.state, self.eval_split
         ev = evaluate(self.model, split, self.loss_fn, plan, self.device, self.amp, self.ctx,
                       self.limits)  # fmt: skip
         if split.name == "test":
             self.test_eval = (state.step, ev)
         record.update({f"{split.name}_{k}": v for k, v in ev.items()})
+        return ev
+
+    def evaluate_epoch(self, record: dict[str, Any]) -> bool:
+        """Evaluate on the val (else test) set into `record`; True when the best metric
+        improved (higher is better for the accuracies, lower for the others)."""
+        plan, state = self.plan, self.state
+        ev = self.scores(record)
         value = ev[plan.best_metric]
         improved = state.best is None or (
             value > state.best if plan.higher_is_better else value < state.best
@@ -425,9 +450,7 @@ class Trainer:
             state.best, state.best_epoch, state.stale_epochs = value, state.epoch, 0
         else:
             state.stale_epochs += 1
-        self.progress.message(
-            f"epoch {state.epoch}: " + "  ".join(f"{split.name} {k} {v:.4f}" for k, v in ev.items())
-        )
+        self.progress.message(f"epoch {state.epoch}: " + _scores_text(self.eval_split.name, ev))
         return improved
 
     def save(self, path: Path) -> None:
@@ -526,6 +549,10 @@ class Trainer:
         summary.update({f"test_{k}": v for k, v in test.items()})
         self.log.write({"final": True, **{f"test_{k}": v for k, v in test.items()}})
         return summary
+
+
+def _scores_text(split: str, ev: dict[str, float]) -> str:
+    return "  ".join(f"{split} {k} {v:.4f}" for k, v in ev.items())
 
 
 def _main_thread() -> bool:

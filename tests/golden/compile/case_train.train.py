@@ -159,6 +159,13 @@ def main():
                 print(f"[{epoch}, {i:5d}] loss: {running_loss / 2:.3f}")
                 running_loss = 0.0
         if step == 9:  # max_steps: stop mid-epoch, as `specc run` does
+            # score what this part of the epoch trained
+            val_loss, val_accuracy, val_top5 = evaluate(
+                model, zip(val_x.split(16), val_y.split(16)), loss_fn, device
+            )
+            print(
+                f"step {step} (max_steps, in epoch {epoch}): val loss {val_loss:.4f}, accuracy {val_accuracy:.4f}, top5 {val_top5:.4f}"
+            )
             break
 
         val_loss, val_accuracy, val_top5 = evaluate(
