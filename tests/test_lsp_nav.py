@@ -154,6 +154,27 @@ async def test_data_and_train_settings_come_from_the_training_config(client, pro
     assert "params=" not in labels  # specc passes the model's parameters itself
 
 
+async def test_dataset_and_transform_keywords_are_the_data_stages(client, project):
+    """Inside a dataset's or a transform's parentheses: its keyword arguments as the data
+    stage binds them (a built-in's own, a torchvision dataset's without `transform=`,
+    which the transform list gives)."""
+    cases = [
+        ('    val = TextFile("a.txt", ', {"block_size=", "tokenizer=", "split=", "val_fraction="},
+         set()),
+        ('    val = MNIST("data", train=False, ', {"download="}, {"transform=", "train="}),
+        ("    train_transform = [RandomCrop(32, ", {"padding=", "pad_if_needed="}, set()),
+    ]  # fmt: skip
+    uri = None
+    for version, (typed, offered, absent) in enumerate(cases, start=2):
+        text = _half_typed("train      = Digits(train=True)\n", typed)
+        if uri is None:
+            uri = await _typed(client, project, text, version)
+        else:
+            _change(client, uri, text, version)
+        labels = set(await _labels(client, uri, text))
+        assert offered <= labels and not absent & labels, (typed, sorted(labels))
+
+
 async def test_nothing_is_offered_in_a_comment(client, project):
     text = _half_typed("body = Linear(4, 8)\n", "    # a note on Conv")
     uri = await _typed(client, project, text, 2)

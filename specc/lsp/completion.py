@@ -1,9 +1,11 @@
 """Completion items for the place the cursor is (specc.lsp.cursor): layer constructors in a
-model, forward functions and the model's layers in a forward, a constructor's keyword
-arguments inside its parentheses, the settings of `data` and `train` blocks.
+model, forward functions and the model's layers in a forward, a constructor's (dataset's,
+transform's) keyword arguments inside its parentheses, the settings of `data` and `train`
+blocks.
 
 Every name comes from where the checker takes it: the registry's tables (torch.nn classes,
-forward functions, tensor methods), constructor signatures, the training config's pydantic
+forward functions, tensor methods), constructor signatures (a data block's: as the data
+stage binds them), the training config's pydantic
 fields, and the spec's own models and data blocks from the last analysis that loaded it
 (plus the block headers of the text as it is now, which may not parse).
 """
@@ -33,7 +35,7 @@ def completions(cursor: Cursor, program: ir.Program | None, text: str) -> list[l
     items: list[lsp.CompletionItem] = []
     if cursor.callee is not None and cursor.keyword_slot:
         if cursor.callee not in names.layers(cursor.model):  # `fc(x)` calls a layer
-            items += _keywords(cursor.callee, names, cursor.keys)
+            items += _keywords(cursor.callee, names, cursor.keys, block)
     declaring = cursor.key is not None or cursor.callee is not None
     if block == "sequential" or (block == "model" and declaring):
         items += _layer_constructors(names)
@@ -139,10 +141,12 @@ def _annotation(annotation: object) -> str:
     return _QUALIFIED.sub(r"\1", str(annotation))
 
 
-def _keywords(callee: str, names: _SpecNames, written: frozenset[str]) -> list[lsp.CompletionItem]:
-    """`name=` for each keyword argument of the constructor (or forward function) called,
-    first in the list."""
-    params = _parameters(callee, names)
+def _keywords(
+    callee: str, names: _SpecNames, written: frozenset[str], block: str | None
+) -> list[lsp.CompletionItem]:
+    """`name=` for each keyword argument of the constructor (or forward function, dataset,
+    transform) called, first in the list."""
+    params = _data_parameters(callee) if block == "data" else _parameters(callee, names)
     return [lsp.CompletionItem(label=f"{name}=", kind=Kind.Variable, insert_text=f"{name}=",
                                detail=detail, sort_text=f"0{i:03d}")
             for i, (name, detail) in enumerate(params) if name not in written]  # fmt: skip
@@ -169,6 +173,17 @@ def _parameters(callee: str, names: _SpecNames) -> list[tuple[str, str]]:
             params = list(inspect.signature(function[1]).parameters.values()) if function else []
         except (TypeError, ValueError):  # a builtin without a signature
             params = []
+    return _described(params)
+
+
+def _data_parameters(callee: str) -> list[tuple[str, str]]:
+    """(name, `= default`) of a dataset's or transform's keyword arguments in a data block."""
+    from specc.training.data import data_parameters
+
+    return _described(data_parameters(callee) or [])
+
+
+def _described(params: list[inspect.Parameter]) -> list[tuple[str, str]]:
     return [(p.name, "" if p.default is p.empty else f"= {p.default!r}") for p in params
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
 

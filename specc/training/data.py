@@ -524,6 +524,27 @@ def _uses_plain_mnist_files(cls: type) -> bool:
     )
 
 
+def data_parameters(name: str) -> list[inspect.Parameter] | None:
+    """The parameters a spec may give a `data` block's dataset or transform `name` (a
+    built-in, a torchvision dataset, a torchvision.transforms.v2 transform), as the
+    resolver binds them; None for a name that is none of these."""
+    if name in _BUILTIN_SIGNATURES:
+        return list(inspect.signature(_BUILTIN_SIGNATURES[name]).parameters.values())
+    import torchvision.datasets as tv_datasets
+    from torchvision.transforms import v2
+
+    from specc.registry import signature_params
+
+    cls = getattr(tv_datasets, name, None) if name in tv_datasets.__all__ else None
+    if isinstance(cls, type) and issubclass(cls, Dataset):  # its transforms: the list's
+        return [p for p in signature_params(cls) if not p.name.endswith("transform")
+                and p.name != "transforms"]  # fmt: skip
+    cls = getattr(v2, name, None) if not name.startswith("_") else None
+    if isinstance(cls, type) and issubclass(cls, v2.Transform):
+        return signature_params(cls)
+    return None
+
+
 def _dataset_names() -> list[str]:
     import torchvision.datasets as tv_datasets
 
