@@ -9,6 +9,7 @@ from pathlib import Path
 from lsprotocol import types as lsp
 
 from specc import ir
+from specc.errors import Location
 from specc.lsp.analysis import Analysis
 
 
@@ -109,15 +110,21 @@ def _table_text(inst: ir.ModelInstance) -> str:
     return console.export_text().rstrip()
 
 
-def _range(span: ir.Span) -> lsp.Range:
-    return lsp.Range(lsp.Position(span.line - 1, span.column - 1),
-                     lsp.Position(span.end_line - 1, span.end_column - 1))  # fmt: skip
+def to_range(where: Location | ir.Span | None) -> lsp.Range:
+    """specc's 1-based columns, end exclusive, as LSP's 0-based positions (in characters:
+    the server converts them to the client's units). None: the file's first character."""
+    if where is None:
+        return lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1))
+    start = lsp.Position(where.line - 1, where.column - 1)
+    end_line = where.end_line or where.line
+    end_column = where.end_column or where.column + 1
+    return lsp.Range(start, lsp.Position(end_line - 1, end_column - 1))
 
 
 def _symbol(name: str, kind: lsp.SymbolKind, span: ir.Span,
             children: list[lsp.DocumentSymbol] | None = None) -> lsp.DocumentSymbol:  # fmt: skip
-    return lsp.DocumentSymbol(name=name, kind=kind, range=_range(span),
-                              selection_range=_range(span), children=children)  # fmt: skip
+    return lsp.DocumentSymbol(name=name, kind=kind, range=to_range(span),
+                              selection_range=to_range(span), children=children)  # fmt: skip
 
 
 def document_symbols(result: Analysis) -> list[lsp.DocumentSymbol]:

@@ -18,8 +18,9 @@ from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from specc.errors import Location, SpecError
+from specc.errors import SpecError
 from specc.lsp.analysis import Analysis, Finding, analyze
+from specc.lsp.navigation import to_range
 
 # Long enough to take a burst of changes (a paste, a key held down, an editor's several
 # didChange for one action) as one; a check under way is cancelled by the next change anyway.
@@ -119,16 +120,6 @@ def to_diagnostic(finding: Finding, path: Path) -> lsp.Diagnostic:
         message += f"\nhint: {finding.hint}"
     return lsp.Diagnostic(range=to_range(where), message=message, source="specc",
                           severity=SEVERITY[finding.severity])  # fmt: skip
-
-
-def to_range(where: Location | None) -> lsp.Range:
-    """specc's 1-based columns, end exclusive, as LSP's 0-based positions."""
-    if where is None:
-        return lsp.Range(lsp.Position(0, 0), lsp.Position(0, 1))
-    start = lsp.Position(where.line - 1, where.column - 1)
-    end_line = where.end_line or where.line
-    end_column = where.end_column or where.column + 1
-    return lsp.Range(start, lsp.Position(end_line - 1, end_column - 1))
 
 
 server = SpecServer()
