@@ -55,9 +55,11 @@ class LoRALinear(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # scaled at rank r, before lora_B: r numbers per position instead of out_features
+        # scaled at rank r, before lora_B: r numbers per position instead of out_features.
+        # Added out of place: an in-place add to linear's 3-D output (a view of a 2-D addmm)
+        # costs autograd three full-size copies in backward (CopySlices).
         update = self.lora_B(self.lora_A(self.dropout(x)) * self.scale)
-        return F.linear(x, self.weight, self.bias).add_(update)
+        return F.linear(x, self.weight, self.bias) + update
 
 
 def add_adapters(model: nn.Module, plan: LoraPlan) -> None:

@@ -154,7 +154,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         update = self.lora_B(self.lora_A(self.dropout(x)) * self.scale)
-        return F.linear(x, self.weight, self.bias).add_(update)
+        # out of place: adding into linear's output (a view) makes backward copy it
+        return F.linear(x, self.weight, self.bias) + update
 
 
 def python_source_text():
