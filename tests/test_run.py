@@ -70,14 +70,18 @@ def test_max_steps_mid_epoch_scores_val_and_keeps_best_until_an_epoch_ends(tmp_p
     spec.write_text(DIGITS.read_text().replace(
         "    test       = Digits(train=False)",
         "    val        = Digits(train=False)\n    test       = Digits(train=False)"))  # fmt: skip
-    _run(spec, tmp_path, "epochs=2", "max_steps=20", name="early")  # in epoch 1 (45 steps)
+    summary = _run(spec, tmp_path, "epochs=2", "max_steps=20", name="early")  # epoch 1 of 45 steps
+    assert "best_epoch" not in summary  # no epoch ended to be best
     early = tmp_path / "runs" / "early"
     (partial,) = [r for r in _records(early) if r.get("partial")]
     assert partial["step"] == 20 and "val_accuracy" in partial
     assert partial["epoch"] == pytest.approx(20 / 45, abs=1e-4)  # where `specc plot` puts it
     assert checkpoint.load(early / "best.pt")["state"]["step"] == 20
-    _run(spec, tmp_path, "epochs=2", "max_steps=57", name="later")  # in epoch 2
+    summary = _run(spec, tmp_path, "epochs=2", "max_steps=57", name="later")  # in epoch 2
     later = tmp_path / "runs" / "later"
+    (first,) = [r for r in _records(later) if r["split"] == "val" and not r.get("partial")]
+    assert summary["best_epoch"] == 1  # the summary names what chose best.pt
+    assert summary["best_val_accuracy"] == first["val_accuracy"]
     assert checkpoint.load(later / "best.pt")["state"]["step"] == 45  # the first epoch's
     assert [r["step"] for r in _records(later) if r.get("partial")] == [57]
     # resumed to the end: the weights and the best epoch of a run never stopped

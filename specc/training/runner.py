@@ -537,6 +537,9 @@ class Trainer:
             summary["conv_kernels"] = state.conv_kernels
         if state.threads is not None:
             summary["threads"] = state.threads
+        if "val" in self.splits and state.best is not None:  # what chose best.pt
+            summary[f"best_val_{self.plan.best_metric}"] = state.best
+            summary["best_epoch"] = state.best_epoch
         if "test" not in self.splits:
             return summary
         if self.best_path.exists() and "val" in self.splits and not self.ctx.enabled:
