@@ -108,13 +108,18 @@ async def test_layer_constructors_and_keywords_on_text_that_does_not_parse(clien
     text += "Conv2d(3, 8, kernel_size=3, "
     _change(client, uri, text, 3)
     labels = await _labels(client, uri, text)
-    assert {"stride=", "padding=", "bias=", "in_channels="} <= set(labels)
+    assert {"stride=", "padding=", "bias="} <= set(labels)
     assert "kernel_size=" not in labels  # written already
+    assert not {"in_channels=", "out_channels="} & set(labels)  # passed by position
     assert labels.index("stride=") < labels.index("Conv2d")  # keywords first
 
-    text = _half_typed("body = Linear(4, 8)\n", "    head2 = Head(8, ")
+    text = _half_typed("body = Linear(4, 8)\n", "    head2 = Head(")
     _change(client, uri, text, 4)
     assert {"n=", "classes="} <= set(await _labels(client, uri, text))
+    text = _half_typed("body = Linear(4, 8)\n", "    head2 = Head(Linear(2, 3), ")
+    _change(client, uri, text, 5)
+    labels = await _labels(client, uri, text)
+    assert "classes=" in labels and "n=" not in labels  # a nested call's arguments are its own
 
 
 async def test_forward_offers_the_registry_functions_and_the_layers(client, project):

@@ -24,6 +24,7 @@ from specc.lsp.cursor import Cursor
 _QUALIFIED = re.compile(r"\b(?:[A-Za-z_][A-Za-z0-9_]*\.)+([A-Za-z_][A-Za-z0-9_]*)")
 _HEADER = re.compile(r"^[ \t]*(model|sequential|data)[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M)
 Kind = lsp.CompletionItemKind
+_Argument = tuple[inspect.Parameter, str]  # a callee's parameter and its detail
 
 
 def completions(cursor: Cursor, program: ir.Program | None, text: str) -> list[lsp.CompletionItem]:
@@ -35,7 +36,7 @@ def completions(cursor: Cursor, program: ir.Program | None, text: str) -> list[l
     items: list[lsp.CompletionItem] = []
     if cursor.callee is not None and cursor.keyword_slot:
         if cursor.callee not in names.layers(cursor.model):  # `fc(x)` calls a layer
-            items += _keywords(cursor.callee, names, cursor.keys, block)
+            items += _keywords(cursor.callee, names, cursor, block)
     declaring = cursor.key is not None or cursor.callee is not None
     if block == "sequential" or (block == "model" and declaring):
         items += _layer_constructors(names)
@@ -142,22 +143,25 @@ def _annotation(annotation: object) -> str:
 
 
 def _keywords(
-    callee: str, names: _SpecNames, written: frozenset[str], block: str | None
+    callee: str, names: _SpecNames, cursor: Cursor, block: str | None
 ) -> list[lsp.CompletionItem]:
     """`name=` for each keyword argument of the constructor (or forward function, dataset,
-    transform) called, first in the list."""
+    transform) called that the call has not passed yet, by keyword or by position; first
+    in the list."""
     params = _data_parameters(callee) if block == "data" else _parameters(callee, names)
     return [lsp.CompletionItem(label=f"{name}=", kind=Kind.Variable, insert_text=f"{name}=",
                                detail=detail, sort_text=f"0{i:03d}")
-            for i, (name, detail) in enumerate(params) if name not in written]  # fmt: skip
+            for i, (name, detail) in enumerate(_described(params, cursor.positional))
+            if name not in cursor.keys]  # fmt: skip
 
 
-def _parameters(callee: str, names: _SpecNames) -> list[tuple[str, str]]:
-    """(name, `= default`) of each keyword argument `callee` accepts: a spec model's
-    declared parameters, else the signature of the class or function of that name."""
+def _parameters(callee: str, names: _SpecNames) -> list[_Argument]:
+    """Each argument `callee` accepts, and its detail: a spec model's declared parameters
+    (their types), else the signature of the class or function of that name (defaults)."""
     mdef = names.model(callee)
     if mdef is not None:
-        return [(p.name, p.type or "") for p in mdef.params]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return [(inspect.Parameter(p.name, kind), p.type or "") for p in mdef.params]
     target = _class(callee, names.plugins())
     if target is not None:
         from specc.registry import signature_params
@@ -173,19 +177,30 @@ def _parameters(callee: str, names: _SpecNames) -> list[tuple[str, str]]:
             params = list(inspect.signature(function[1]).parameters.values()) if function else []
         except (TypeError, ValueError):  # a builtin without a signature
             params = []
-    return _described(params)
+    return [(p, _default(p)) for p in params]
 
 
-def _data_parameters(callee: str) -> list[tuple[str, str]]:
-    """(name, `= default`) of a dataset's or transform's keyword arguments in a data block."""
+def _data_parameters(callee: str) -> list[_Argument]:
+    """A dataset's or transform's arguments in a data block."""
     from specc.training.data import data_parameters
 
-    return _described(data_parameters(callee) or [])
+    return [(p, _default(p)) for p in data_parameters(callee) or []]
 
 
-def _described(params: list[inspect.Parameter]) -> list[tuple[str, str]]:
-    return [(p.name, "" if p.default is p.empty else f"= {p.default!r}") for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+def _default(p: inspect.Parameter) -> str:
+    return "" if p.default is p.empty else f"= {p.default!r}"
+
+
+def _described(arguments: list[_Argument], positional: int) -> list[tuple[str, str]]:
+    """(name, detail) of each argument that may still be passed by keyword, after the
+    first `positional` were passed by position."""
+    left = []
+    for p, detail in arguments:
+        if positional and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional -= 1
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            left.append((p.name, detail))
+    return left
 
 
 def _class(name: str, plugins: dict[str, type]) -> type | None:

@@ -35,6 +35,7 @@ class _Frame:
     callee: str | None = None  # `(`: the name being called, if it is a call
     header: bool = False  # `(`: a header's parameters (`model Net(`, `forward(`)
     keys: set[str] = field(default_factory=set)  # `key =` written directly inside
+    positional: int = 0  # `(`: the arguments written before the cursor without a keyword
     statement: list[str] = field(default_factory=list)  # the current statement's tokens
 
 
@@ -48,6 +49,7 @@ class Cursor:
     callee: str | None  # inside a call's parentheses: the called name
     keyword_slot: bool  # a keyword argument (in a call) or a key (in a block) may go here
     keys: frozenset[str]  # the keywords already in that call, or the keys in that block
+    positional: int  # in a call: the arguments already passed by position
     after_dot: bool  # typing an attribute or method name
 
 
@@ -93,10 +95,21 @@ def _feed(stack: list[_Frame], token: str) -> None:
                 break
         stack[-1].statement.append(token)
     else:
+        if token == "," and top.opener == "(" and _positional(top.statement):
+            top.positional += 1
         if token == "=" and top.statement and _NAME.fullmatch(top.statement[-1]):
             if top.opener == "(" or len(top.statement) == 1:
                 top.keys.add(top.statement[-1])
         top.statement.append(token)
+
+
+def _positional(statement: list[str]) -> bool:
+    """Whether the call's argument just ended (after its last comma) was given by position."""
+    start = max((i + 1 for i, t in enumerate(statement) if t == ","), default=0)
+    argument = statement[start:]
+    return bool(argument) and not (
+        len(argument) > 1 and _NAME.fullmatch(argument[0]) and argument[1] == "="
+    )
 
 
 def _block(parent: _Frame) -> _Frame:
@@ -141,6 +154,7 @@ def _cursor(stack: list[_Frame], typing: bool) -> Cursor:
         callee=top.callee if in_call else None,
         keyword_slot=(not words or words[-1] == ",") if in_call else not words,
         keys=frozenset(top.keys if in_call else block.keys),
+        positional=top.positional if in_call else 0,
         after_dot=bool(words) and words[-1] == ".",
     )
 
