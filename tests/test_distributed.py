@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -107,15 +109,18 @@ def _children(pid: int) -> list[int]:
 
 def test_killing_one_worker_ends_the_job_quickly(spec, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "specc", "run", str(spec), "--nproc-per-node",
-                             "2", "--runs-dir", "k", "--set", "epochs=500"], cwd=tmp_path,
+                             "2", "--runs-dir", "k", "--set", "epochs=500", "--set",
+                             "log_every=1"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    workers: list[int] = []
+    # in training (imports and rendezvous done) once rank 0 logs a step; a fixed sleep was
+    # either wasted on a fast host or too short on a slow one
     deadline = time.time() + 120
-    while time.time() < deadline and len(workers) < 2:
-        time.sleep(0.5)
-        workers = _children(proc.pid)
+    while time.time() < deadline and proc.poll() is None:
+        if select.select([proc.stderr], [], [], 1.0)[0]:  # never blocks past the deadline
+            if re.search(rb"step \d+/", proc.stderr.readline()):
+                break
+    workers = _children(proc.pid)
     assert len(workers) == 2, "workers did not start"
-    time.sleep(8)  # let them get into training (imports, rendezvous)
     assert proc.poll() is None
     os.kill(workers[1], signal.SIGKILL)
     t0 = time.time()
