@@ -1262,18 +1262,34 @@ train {
 """
 
 
-def test_a_script_that_max_steps_stops_before_any_epoch_ends_tests_as_specc_run(tmp_path):
-    """Stopped in its first epoch, the script scores the val set, as `specc run` does, and
-    tests the last weights: no epoch's val score chose others (it loaded best weights it
-    never had: an UnboundLocalError)."""
+def _stopped_at(tmp_path: Path, max_steps: int) -> tuple[str, dict]:
+    """STOPPED_EARLY at `max_steps`: the generated script's output, `specc run`'s summary."""
     spec = tmp_path / "steps.spec"
-    spec.write_text(STOPPED_EARLY, "utf-8")
+    spec.write_text(STOPPED_EARLY.replace("max_steps = 3", f"max_steps = {max_steps}"), "utf-8")
     script = tmp_path / "steps.py"
     script.write_text(specc.compile(spec, train=True), "utf-8")
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    summary = specc.train(spec, quiet=True, runs_dir=tmp_path / "runs")
+    return done, specc.train(spec, quiet=True, runs_dir=tmp_path / "runs")
+
+
+def test_a_script_that_max_steps_stops_at_an_epochs_end_ends_that_epoch_as_specc_run(tmp_path):
+    """max_steps on the first epoch's last batch (45 of 45): that epoch ended, so both
+    score it as an epoch (no partial record) and test its weights."""
+    done, summary = _stopped_at(tmp_path, 45)
+    assert summary["steps"] == 45 and summary["epochs"] == 1 and summary["best_epoch"] == 1
+    log = [json.loads(line) for line in (tmp_path / "runs" / "steps" / "metrics.jsonl").open()]
+    assert not [r for r in log if r.get("partial")]
+    assert "max_steps" not in done.stdout and "epoch 1: val loss" in done.stdout
+    assert _accuracies(done.stdout)[-1] == pytest.approx(summary["test_accuracy"], abs=1e-4)
+
+
+def test_a_script_that_max_steps_stops_before_any_epoch_ends_tests_as_specc_run(tmp_path):
+    """Stopped in its first epoch, the script scores the val set, as `specc run` does, and
+    tests the last weights: no epoch's val score chose others (it loaded best weights it
+    never had: an UnboundLocalError)."""
+    done, summary = _stopped_at(tmp_path, 3)
     assert summary["steps"] == 3 and summary["epochs"] == 0
     assert _accuracies(done.stdout)[-1] == pytest.approx(summary["test_accuracy"], abs=1e-4)
     log = [json.loads(line) for line in (tmp_path / "runs" / "steps" / "metrics.jsonl").open()]

@@ -293,9 +293,13 @@ class Trainer:
                 if self.end_epoch():  # True: early stop
                     break
                 continue
-            if not self.interrupted:  # max_steps, in the middle of an epoch
+            if self.interrupted:  # resuming finishes the epoch
+                self.save(self.last_path)
+            elif state.batch == self.per_epoch:  # max_steps on the epoch's last batch
+                self.end_epoch()
+            else:  # max_steps, in the middle of an epoch
                 self.end_early(epoch)
-            self.save(self.last_path)  # left the epoch early: max_steps or an interrupt
+                self.save(self.last_path)
             break
 
     def epoch_batches(self, epoch: int):

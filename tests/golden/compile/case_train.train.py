@@ -158,7 +158,8 @@ def main():
             if i % 2 == 0:
                 print(f"[{epoch}, {i:5d}] loss: {running_loss / 2:.3f}")
                 running_loss = 0.0
-        if step == 9:  # max_steps: stop mid-epoch, as `specc run` does
+        # max_steps: stop mid-epoch, as `specc run` does
+        if step == 9 and i < len(batches):
             # score what this part of the epoch trained
             val_loss, val_accuracy, val_top5 = evaluate(
                 model, zip(val_x.split(16), val_y.split(16)), loss_fn, device
@@ -183,6 +184,8 @@ def main():
             if bad_epochs == 2:  # early_stop
                 print("early stop: no improvement in 2 epochs")
                 break
+        if step == 9:  # max_steps on an epoch's last batch: that epoch ended
+            break
 
     torch.save(model.state_dict(), "case_train.pt")
     print("saved the weights to case_train.pt")

@@ -132,7 +132,8 @@ def main():
             if i % 50 == 0:
                 print(f"[{epoch}, {i:5d}] loss: {running_loss / 50:.3f}")
                 running_loss = 0.0
-        if step == 500:  # max_steps: stop mid-epoch, as `specc run` does
+        # max_steps: stop mid-epoch, as `specc run` does
+        if step == 500 and i < len(batches):
             break
         scheduler.step()
 
@@ -140,6 +141,8 @@ def main():
             model, zip(test_x.split(256), test_y.split(256)), loss_fn, device
         )
         print(f"epoch {epoch}: test loss {test_loss:.4f}, accuracy {test_accuracy:.4f}")
+        if step == 500:  # max_steps on an epoch's last batch: that epoch ended
+            break
 
     torch.save(model.state_dict(), "case_train_mnist.pt")
     print("saved the weights to case_train_mnist.pt")
