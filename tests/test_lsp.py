@@ -187,6 +187,45 @@ async def test_columns_are_counted_in_utf16_units_as_lsp_clients_count(client, t
     assert fc.range.start.character == line.index("fc") + 1
 
 
+UNSAVED = """\
+model Net {
+    fc = Linear(4, 2)
+    forward(x: [4]) {
+        return fc(x)
+    }
+}
+"""
+
+
+async def test_lines_end_where_lsp_clients_end_them_and_unsaved_buffers_navigate(client, tmp_path):
+    """A form feed does not end a line for the client (it does for str.splitlines); the
+    empty line after a final newline is a line of its own; a definition in an unsaved
+    buffer points into that buffer, which has no file."""
+    spec = tmp_path / "ff.spec"
+    text = "# page\x0cbreak\n" + UNSAVED.replace("return fc(x)", "y = x\n        return fc(y)")
+    uri = _open(client, spec, text)
+    assert await _diagnostics(client, uri, 1) == []
+    hover = await client.text_document_hover_async(types.HoverParams(  # `fc` in `return fc(y)`
+        types.TextDocumentIdentifier(uri), types.Position(5, 16)))  # fmt: skip
+    assert hover is not None and "fc = Linear(4, 2)" in hover.contents.value
+
+    text = "train t {\n    epochs = 3\n"
+    _change(client, uri, text, 2)
+    await _diagnostics(client, uri, 2)
+    listed = await client.text_document_completion_async(types.CompletionParams(
+        types.TextDocumentIdentifier(uri), types.Position(2, 0)))  # fmt: skip
+    assert listed is not None and "optimizer" in [item.label for item in listed.items]
+
+    untitled = "untitled:Untitled-1"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=untitled, language_id="specc", version=1, text=UNSAVED)))  # fmt: skip
+    assert await _diagnostics(client, untitled, 1) == []
+    found = await client.text_document_definition_async(types.DefinitionParams(
+        types.TextDocumentIdentifier(untitled), types.Position(3, 16)))  # fmt: skip
+    assert found is not None and found.uri == untitled
+    assert (found.range.start.line, found.range.start.character) == (1, 4)
+
+
 async def test_symbols_and_formatting(client: LanguageClient, tmp_path):
     spec = SPECS / "digits.spec"
     uri = _open(client, spec)

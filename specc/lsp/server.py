@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 from pathlib import Path
 
 from lsprotocol import types as lsp
@@ -25,6 +26,9 @@ from specc.lsp.navigation import to_range
 # Long enough to take a burst of changes (a paste, a key held down, an editor's several
 # didChange for one action) as one; a check under way is cancelled by the next change anyway.
 DEBOUNCE_S = 0.05
+# A line as LSP counts lines: it ends at \n, \r\n or \r only (str.splitlines, and so
+# pygls's `Document.lines`, also ends one at a form feed or U+2028, which shifts the rest).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 SEVERITY = {"error": lsp.DiagnosticSeverity.Error, "warning": lsp.DiagnosticSeverity.Warning}
 log = logging.getLogger("specc.lsp")
 
@@ -60,18 +64,26 @@ class SpecServer(LanguageServer):
     # Basic Multilingual Plane (an emoji) is one column to specc and two to the client.
     def server_position(self, uri: str, position: lsp.Position) -> lsp.Position:
         """A client's position in `uri` as a line and a character index."""
-        doc = self.workspace.get_text_document(uri)
-        return self.workspace.position_codec.position_from_client_units(doc.lines, position)
+        lines = lsp_lines(self.workspace.get_text_document(uri).source)
+        if position.line >= len(lines):  # the empty line after a final newline: no text
+            return position  # (the codec would move it to the end of the line before)
+        return self.workspace.position_codec.position_from_client_units(lines, position)
 
     def client_range(self, lines: list[str], rng: lsp.Range) -> lsp.Range:
         """A range in characters of the text `lines` as the client counts it."""
         return self.workspace.position_codec.range_to_client_units(lines, rng)
 
-    def client_location(self, location: lsp.Location) -> lsp.Location:
+    def client_location(self, location: lsp.Location, uri: str, path: Path) -> lsp.Location:
         """A location in any file (the spec, an import, a plugin's Python source), its
-        range as the client counts it."""
-        lines = self.workspace.get_text_document(location.uri).lines  # read if not open
-        return lsp.Location(location.uri, self.client_range(lines, location.range))
+        range as the client counts it. One in `path`, the file of the open document `uri`,
+        is given `uri`: an unsaved (`untitled:`) buffer has no file to point to."""
+        if location.uri == path.resolve().as_uri():
+            location = lsp.Location(uri, location.range)
+        try:
+            text = self.workspace.get_text_document(location.uri).source  # read if not open
+        except (OSError, UnicodeDecodeError):  # gone since it was loaded: columns as they are
+            return location
+        return lsp.Location(location.uri, self.client_range(lsp_lines(text), location.range))
 
     async def check_later(self, uri: str) -> None:
         await asyncio.sleep(DEBOUNCE_S)
@@ -84,7 +96,7 @@ class SpecServer(LanguageServer):
         self.analyses[uri] = result
         if result.program is not None:
             self.loaded[uri] = result
-        lines = text.splitlines(keepends=True)
+        lines = lsp_lines(text)
         diagnostics = []
         for finding in result.findings:
             diagnostic = to_diagnostic(finding, path)
@@ -93,6 +105,11 @@ class SpecServer(LanguageServer):
         self.text_document_publish_diagnostics(
             lsp.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
         )
+
+
+def lsp_lines(text: str) -> list[str]:
+    """`text`'s lines as the client numbers them, each with its line break."""
+    return _LINE.findall(text)
 
 
 def safe_analyze(text: str, path: Path, memo: dict | None = None) -> Analysis:
@@ -165,7 +182,7 @@ def formatting(ls: SpecServer, params: lsp.DocumentFormattingParams) -> list[lsp
         return None
     if formatted == doc.source:
         return []
-    end = lsp.Position(len(doc.lines), 0)
+    end = lsp.Position(len(lsp_lines(doc.source)), 0)
     return [lsp.TextEdit(range=lsp.Range(lsp.Position(0, 0), end), new_text=formatted)]
 
 
@@ -177,7 +194,7 @@ def symbols(ls: SpecServer, params: lsp.DocumentSymbolParams) -> list[lsp.Docume
     result = ls.analyses.get(uri)
     if result is None:
         return []
-    lines = ls.workspace.get_text_document(uri).lines
+    lines = lsp_lines(ls.workspace.get_text_document(uri).source)
     symbols = document_symbols(result)
     todo = list(symbols)
     while todo:
@@ -232,7 +249,7 @@ def go_to_definition(ls: SpecServer, params: lsp.DefinitionParams) -> lsp.Locati
     pos = ls.server_position(uri, params.position)
     text = ls.workspace.get_text_document(uri).source
     found = definition(loaded, text, pos.line, pos.character)
-    return ls.client_location(found) if found is not None else None
+    return ls.client_location(found, uri, loaded.path) if found is not None else None
 
 
 def main() -> None:
