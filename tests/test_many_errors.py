@@ -87,6 +87,59 @@ def test_a_train_block_of_a_model_with_mistakes_still_checks_its_settings(
     assert "unknown optimizer `Adamw`" in messages and "unknown scheduler `StepLr`" in messages
 
 
+VOCAB_LOSS = """\
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class VocabLoss(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(vocab))  # needs the number itself
+
+    def forward(self, logits, targets):
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), weight=self.weight)
+"""
+DATA_SIZED_LOSS = """\
+plugin "vocab_loss.py"
+model Tiny(vocab: int = 11) {
+    wte  = Embedding(vocab, 8)
+    head = Linear(8, vocab)
+    forward(idx: [6] long) {
+        return head(wte(idx))
+    }
+}
+data docs {
+    train      = PythonDocs(block_size=6)
+    batch_size = 2
+}
+train {
+    model     = Tiny(vocab=data.vocab_size)
+    data      = docs
+    loss      = VocabLoss(vocab=data.vocab_size)
+    optimizer = SGD(lr=0.1)
+}
+"""
+
+
+def test_a_loss_sized_by_the_data_is_no_error_beside_a_model_mistake(tmp_path, capsys, monkeypatch):
+    """Without the model, `data.vocab_size` is not known yet: the loss's class and
+    arguments are checked, and no instance is built from a placeholder."""
+    (tmp_path / "vocab_loss.py").write_text(VOCAB_LOSS)
+    spec = tmp_path / "sized.spec"
+    spec.write_text(DATA_SIZED_LOSS)
+    code, out, errors = _check(spec, capsys, monkeypatch)
+    assert (code, errors) == (0, []) and "VocabLoss" in out
+    spec.write_text(DATA_SIZED_LOSS.replace("Linear(8, vocab)", "Linear(9, vocab)"))
+    code, out, errors = _check(spec, capsys, monkeypatch)
+    assert code == 2 and [line for line, _, _ in errors] == [4]  # the Linear's alone
+    misnamed = "VocabLoss(size=data.vocab_size)"
+    spec.write_text(spec.read_text().replace("VocabLoss(vocab=data.vocab_size)", misnamed))
+    code, out, errors = _check(spec, capsys, monkeypatch)
+    assert "bad arguments for loss `VocabLoss`" in [m.split(":")[0] for _, _, m in errors]
+
+
 def test_the_count_is_capped(tmp_path, capsys, monkeypatch):
     models = [
         f"model M{i} {{\n    fc = Lineer(4, 2)\n    forward(x: [4]) {{\n"

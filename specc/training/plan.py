@@ -592,9 +592,9 @@ def _loss(program: ir.Program, spec: CallSpec, model: ir.ModelInstance) -> LossP
     return dataclasses.replace(plan, targets=_class_targets(loss, model))
 
 
-def _loss_class(program: ir.Program, spec: CallSpec) -> tuple[LossPlan, Any]:
+def _loss_class(program: ir.Program, spec: CallSpec, build: bool = True) -> tuple[LossPlan, Any]:
     """What the loss is without the model: its plan, and for a class, an instance on meta
-    (None for a spec model)."""
+    (None for a spec model, or when not `build`: only its class and arguments checked)."""
     import torch
     from torch import nn
 
@@ -615,6 +615,8 @@ def _loss_class(program: ir.Program, spec: CallSpec) -> tuple[LossPlan, Any]:
     losses = [n for n in dir(nn) if n.endswith("Loss")] + list(plugins)
     ctor = _lookup(spec, nn, nn.Module, "loss", plugins, losses)
     bind(ctor.cls, spec.args, spec.kwargs, f"loss `{spec.name}`", spec.span)
+    if not build:
+        return LossPlan(ctor, stateful=False), None
     try:
         with torch.device("meta"):
             loss = ctor.cls(*spec.args, **spec.kwargs)
@@ -717,8 +719,11 @@ def model_free_errors(program: ir.Program, name: str | None = None) -> list[Spec
     except SpecError:  # a bad setting: reported with the settings
         return []
     errors = []
+    # a loss argument from the data (`vocab=data.vocab_size`) is not known here: the class
+    # and its arguments are checked, not an instance built
+    waits = any(isinstance(v, DataRef) for v in (*cfg.loss.args, *cfg.loss.kwargs.values()))
     parts = (
-        lambda: _loss_class(program, cfg.loss),
+        lambda: _loss_class(program, cfg.loss, build=not waits),
         lambda: _optimizer_ctor(program, cfg.optimizer),
         lambda: _scheduler(cfg),
     )
