@@ -85,14 +85,15 @@ def _batch_safe_transforms() -> tuple[type, ...]:
 def _transform_names() -> list[str]:
     from torchvision.transforms import v2
 
-    names = [
-        n
-        for n in dir(v2)
-        if not n.startswith("_")
-        and isinstance(getattr(v2, n), type)
-        and issubclass(getattr(v2, n), v2.Transform)
-    ]
-    return sorted(set(names) | {"ToTensor"})
+    return sorted({n for n in dir(v2) if _v2_transform(n)} | {"ToTensor"})
+
+
+def _v2_transform(name: str) -> type | None:
+    """The torchvision.transforms.v2 transform class `name`; None when there is none."""
+    from torchvision.transforms import v2
+
+    cls = getattr(v2, name, None) if not name.startswith("_") else None
+    return cls if isinstance(cls, type) and issubclass(cls, v2.Transform) else None
 
 
 def _coerce_transform_arg(key: str | None, value: Any) -> Any:
@@ -113,8 +114,6 @@ def resolve_transforms(items: list[CallSpec]) -> tuple[TransformPlan, ...]:
 
 def _resolve_transform(name: str, raw_args: list, raw_kwargs: dict, location,
                        span=None) -> TransformPlan:  # fmt: skip
-    from torchvision.transforms import v2
-
     args = tuple(_coerce_transform_arg(None, a) for a in (raw_args or []))
     kwargs = {k: _coerce_transform_arg(k, v) for k, v in (raw_kwargs or {}).items()}
     random = is_random_transform(name)
@@ -126,8 +125,8 @@ def _resolve_transform(name: str, raw_args: list, raw_kwargs: dict, location,
                 hint="write `ToTensor()`; use `ToDtype` to choose another dtype",
             )
         return TransformPlan(name, None, (), {}, random, span)
-    cls = getattr(v2, name, None) if not name.startswith("_") else None
-    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
+    cls = _v2_transform(name)
+    if cls is None:
         raise DataError(
             f"unknown transform `{name}`: torchvision.transforms.v2 has no transform of that name",
             location,
@@ -530,17 +529,12 @@ def data_parameters(name: str) -> list[inspect.Parameter] | None:
     resolver binds them; None for a name that is none of these."""
     if name in _BUILTIN_SIGNATURES:
         return list(inspect.signature(_BUILTIN_SIGNATURES[name]).parameters.values())
-    import torchvision.datasets as tv_datasets
-    from torchvision.transforms import v2
-
     from specc.registry import signature_params
 
-    cls = getattr(tv_datasets, name, None) if name in tv_datasets.__all__ else None
-    if isinstance(cls, type) and issubclass(cls, Dataset):  # its transforms: the list's
+    if (cls := _torchvision_dataset(name)) is not None:  # its transforms: the list's
         return [p for p in signature_params(cls) if not p.name.endswith("transform")
                 and p.name != "transforms"]  # fmt: skip
-    cls = getattr(v2, name, None) if not name.startswith("_") else None
-    if isinstance(cls, type) and issubclass(cls, v2.Transform):
+    if (cls := _v2_transform(name)) is not None:
         return signature_params(cls)
     return None
 
@@ -551,11 +545,19 @@ def _dataset_names() -> list[str]:
     return [*BUILTIN_DATASETS, *tv_datasets.__all__]
 
 
-def _torchvision_class(name: str, location) -> type:
+def _torchvision_dataset(name: str) -> type | None:
+    """The torchvision.datasets dataset class `name`; None when there is none
+    (VisionDataset is their base, not a dataset)."""
     import torchvision.datasets as tv_datasets
 
     cls = getattr(tv_datasets, name, None) if name in tv_datasets.__all__ else None
-    if not (isinstance(cls, type) and issubclass(cls, Dataset)) or name == "VisionDataset":
+    ok = isinstance(cls, type) and issubclass(cls, Dataset) and name != "VisionDataset"
+    return cls if ok else None
+
+
+def _torchvision_class(name: str, location) -> type:
+    cls = _torchvision_dataset(name)
+    if cls is None:
         raise DataError(
             f"unknown dataset `{name}`: it is neither a built-in ({', '.join(BUILTIN_DATASETS)}) "
             "nor a dataset class in torchvision.datasets",
