@@ -407,22 +407,35 @@ def with_data_refs(cfg: TrainConfig, data: DataPlan) -> TrainConfig:
     training dataset gives (a located DataError when it gives none)."""
     from specc.training.data import dataset_attribute
 
-    def fill(v: Any) -> Any:
-        if isinstance(v, DataRef):
-            return dataset_attribute(data.train, v.attr, loc(v.span))
-        if isinstance(v, CallSpec):
-            return v.model_copy(
-                update={
-                    "args": [fill(a) for a in v.args],
-                    "kwargs": {k: fill(a) for k, a in v.kwargs.items()},
-                }
-            )
-        if isinstance(v, (list, tuple)):
-            return type(v)(fill(i) for i in v)
-        return v
+    def fill(ref: DataRef) -> Any:
+        return dataset_attribute(data.train, ref.attr, loc(ref.span))
 
     ctors = ("model", "loss", "optimizer", "scheduler")
-    return cfg.model_copy(update={k: fill(getattr(cfg, k)) for k in ctors})
+    return cfg.model_copy(update={k: _map_data_refs(getattr(cfg, k), fill) for k in ctors})
+
+
+def _map_data_refs(v: Any, f: Callable[[DataRef], Any]) -> Any:
+    """`v` (a constructor call, its arguments, lists of them) with each `data.<attr>`
+    replaced by `f` of it."""
+    if isinstance(v, DataRef):
+        return f(v)
+    if isinstance(v, CallSpec):
+        return v.model_copy(
+            update={
+                "args": [_map_data_refs(a, f) for a in v.args],
+                "kwargs": {k: _map_data_refs(a, f) for k, a in v.kwargs.items()},
+            }
+        )
+    if isinstance(v, (list, tuple)):
+        return type(v)(_map_data_refs(i, f) for i in v)
+    return v
+
+
+def _data_refs(v: Any) -> list[DataRef]:
+    """The `data.<attr>` arguments anywhere in `v`."""
+    found: list[DataRef] = []
+    _map_data_refs(v, found.append)
+    return found
 
 
 def model_args(mdef: ir.ModelDef, call: CallSpec) -> dict[str, Any]:
@@ -610,8 +623,8 @@ def _loss_class(program: ir.Program, spec: CallSpec, build: bool = True) -> tupl
                 loc(spec.span),
             )
         ctor = Ctor(spec.name, None, "spec", tuple(spec.args), dict(spec.kwargs), spec.span)
-        definition = LossPlan(ctor, True, definition=mdef, model_args=model_args(mdef, spec))
-        return definition, None
+        args = model_args(mdef, spec)
+        return LossPlan(ctor, stateful=True, definition=mdef, model_args=args), None
     losses = [n for n in dir(nn) if n.endswith("Loss")] + list(plugins)
     ctor = _lookup(spec, nn, nn.Module, "loss", plugins, losses)
     bind(ctor.cls, spec.args, spec.kwargs, f"loss `{spec.name}`", spec.span)
@@ -721,9 +734,8 @@ def model_free_errors(program: ir.Program, name: str | None = None) -> list[Spec
     errors = []
     # a loss argument from the data (`vocab=data.vocab_size`) is not known here: the class
     # and its arguments are checked, not an instance built
-    waits = any(isinstance(v, DataRef) for v in (*cfg.loss.args, *cfg.loss.kwargs.values()))
     parts = (
-        lambda: _loss_class(program, cfg.loss, build=not waits),
+        lambda: _loss_class(program, cfg.loss, build=not _data_refs(cfg.loss)),
         lambda: _optimizer_ctor(program, cfg.optimizer),
         lambda: _scheduler(cfg),
     )
